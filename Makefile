@@ -1,0 +1,46 @@
+# Everything runs inside .venv, created on first use; `make demo` and `make test` need nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DB ?= siliconflow.duckdb
+
+.PHONY: install demo test sync models report bench lint notebooks clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(BIN)/sfbatches demo --db demo.duckdb
+
+test: install
+	$(BIN)/python -m pytest
+
+sync: install
+	$(BIN)/sfbatches sync --db $(DB)
+
+models: install
+	$(BIN)/sfbatches models --db $(DB)
+
+report: install
+	$(BIN)/sfbatches report --db $(DB)
+
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+notebooks: install
+	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
+	SFBATCHES_DB=$(DB) $(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) demo.duckdb demo.duckdb.* .demo.duckdb.dlt .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""sfbatches: keep a DuckDB warehouse in step with SiliconFlow batch jobs."""

@@ -1,0 +1,5 @@
+"""`python -m pipelines` runs the sfbatches command line."""
+
+from pipelines.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""HTTP details of the SiliconFlow API: the client, its retries, error bodies and paging quirks."""
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from dlt.sources.helpers.requests import Client
+from dlt.sources.helpers.rest_client import RESTClient
+from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
+from dlt.sources.helpers.rest_client.paginators import JSONResponseCursorPaginator
+from requests import Response
+from requests.exceptions import HTTPError, RequestException
+
+from pipelines.errors import ApiError, AuthError, SfBatchesError
+
+from .rows import check_batches
+from .settings import BATCHES_PATH
+
+_PARSED = "_sfbatches_json"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try before a transient failure becomes an error (exit 4)."""
+
+    max_attempts: int = 6
+    backoff_factor: float = 1.0
+    max_delay_s: float = 60.0
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What the warehouse already holds, so an incremental sync reads only what may have changed.
+
+    Attributes:
+        newest_created_at: created_at (unix seconds) of the newest stored batch; None reads all.
+        open_positions: id → position (1 = newest) of each stored batch that was not terminal.
+    """
+
+    newest_created_at: int | None = None
+    open_positions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def is_full(self) -> bool:
+        return self.newest_created_at is None
+
+
+@dataclass
+class ReadStats:
+    pages: int = 0
+    lookups: int = 0
+    batches: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class BatchesPaginator(JSONResponseCursorPaginator):
+    """`after` = `last_id`, or the last item's id when the server leaves `last_id` out."""
+
+    def __init__(self) -> None:
+        super().__init__(cursor_path="last_id", cursor_param="after", has_more_path="has_more")
+
+    def update_state(self, response: Response, data: list[Any] | None = None) -> None:
+        super().update_state(response, data)
+        if self._next_reference is None and data:
+            self._next_reference = data[-1].get("id")
+        if self._next_reference is None:
+            self._has_next_page = False
+
+
+def make_client(base_url: str, api_key: str, retry: RetryPolicy) -> RESTClient:
+    http = Client(
+        request_timeout=retry.timeout_s,
+        request_max_attempts=retry.max_attempts,
+        request_backoff_factor=retry.backoff_factor,
+        request_max_retry_delay=retry.max_delay_s,
+        retry_condition=_is_unparsable_success,
+        raise_for_status=False,
+    )
+    return RESTClient(
+        base_url=base_url,
+        auth=BearerTokenAuth(api_key),
+        session=http.session,
+        data_selector="data",
+    )
+
+
+def _is_unparsable_success(response: Response | None, exception: BaseException | None) -> bool:
+    """A 200 whose body is not JSON (a proxy's HTML page) is worth another try."""
+    return response is not None and response.ok and _parse(response) is None
+
+
+def _parse(response: Response) -> Any:
+    # Parsed once with orjson and cached: dlt's client and paginator both call `.json()`.
+    if not hasattr(response, _PARSED):
+        try:
+            parsed = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            parsed = None
+        setattr(response, _PARSED, parsed)
+        response.json = lambda **_: parsed  # type: ignore[method-assign]
+    return getattr(response, _PARSED)
+
+
+def check_response(response: Response, *args: Any, **kwargs: Any) -> None:
+    """Response hook: raise on every unusable answer while dlt's retry can still see it."""
+    body = _parse(response)
+    unusable = body is None or (isinstance(body, dict) and "data" not in body and "id" not in body)
+    if not response.ok or unusable:
+        raise HTTPError(response=response)
+
+
+def describe_failure(response: Response) -> SfBatchesError:
+    """The error a user sees for an answer that stayed unusable after any retries."""
+    status = response.status_code
+    if status in (401, 403):
+        return AuthError(
+            f"authentication refused (HTTP {status}: {_api_message(response)}): "
+            "check SOURCES__SILICONFLOW__API_KEY or SILICONFLOW_API_KEY"
+        )
+    if not response.ok:
+        hint = "check sources.siliconflow.base_url" if status == 404 else "retry later"
+        return ApiError(
+            f"the SiliconFlow API failed (HTTP {status}{_api_code(response)}: "
+            f"{_api_message(response)}) at {_where(response)}; {hint}"
+        )
+    body = _parse(response)
+    if body is None:
+        return ApiError(
+            f"the SiliconFlow API answered {_where(response)} with a body that is not JSON "
+            f"({response.headers.get('content-type', 'no content type')}); retry later"
+        )
+    return ApiError(
+        f"the SiliconFlow API answered {_where(response)} without `data` "
+        f"(keys: {sorted(body)[:8] if isinstance(body, dict) else type(body).__name__}); "
+        "nothing was loaded, retry later or report it to SiliconFlow"
+    )
+
+
+def _where(response: Response) -> str:
+    return f"{response.request.method} {response.request.path_url}" if response.request else "?"
+
+
+def _api_code(response: Response) -> str:
+    body = _parse(response)
+    code = body.get("code") if isinstance(body, dict) else None
+    return f", code {code}" if code is not None else ""
+
+
+def _api_message(response: Response) -> str:
+    body = _parse(response)
+    if isinstance(body, dict):
+        body = body.get("message") or body.get("error") or body
+    text = body if isinstance(body, str) else response.text
+    return " ".join(str(text).split())[:200] or response.reason or "no message"
+
+
+def read_batches(
+    client: RESTClient, plan: SyncPlan, page_size: int, stats: ReadStats
+) -> Iterator[list[dict]]:
+    """Yield lists of batch objects: every batch created since the plan, and every open one.
+
+    Pages are read newest first until both the new batches and the open ones are behind us;
+    open batches deeper than that are fetched one by one when that costs fewer requests.
+    """
+    walk = _PageWalk(plan, page_size, stats)
+    try:
+        for page in client.paginate(
+            BATCHES_PATH,
+            params={"limit": page_size},
+            paginator=BatchesPaginator(),
+            hooks={"response": [check_response]},
+        ):
+            batches = walk.accept(page)
+            if batches:
+                yield batches
+            if walk.done:
+                break
+        for batch_id in walk.still_open():
+            yield [get_batch(client, batch_id, stats)]
+    except HTTPError as error:
+        raise describe_failure(error.response) from None
+    except RequestException as error:
+        raise ApiError(
+            f"could not reach the SiliconFlow API after retries ({type(error).__name__}: "
+            f"{_redact(str(error))}); check the network and sources.siliconflow.base_url"
+        ) from None
+
+
+def get_batch(client: RESTClient, batch_id: str, stats: ReadStats) -> dict:
+    response = client.get(f"{BATCHES_PATH}/{batch_id}", hooks={"response": [check_response]})
+    stats.lookups += 1
+    batch = _parse(response)
+    if isinstance(batch, dict) and isinstance(batch.get("data"), dict):
+        batch = batch["data"]
+    return batch
+
+
+def _redact(text: str) -> str:
+    # requests puts the URL into connection errors; the key never travels in the URL, but a
+    # user-supplied base URL could hold credentials.
+    return text.split("?")[0][:200]
+
+
+class _PageWalk:
+    """Decide, page by page, whether more pages can hold anything new or still open."""
+
+    def __init__(self, plan: SyncPlan, page_size: int, stats: ReadStats) -> None:
+        self.plan = plan
+        self.page_size = page_size
+        self.stats = stats
+        self.unseen_open = dict(plan.open_positions)
+        self.read_everything = plan.is_full
+        self.done = False
+        self.first_ids: set[str] = set()
+        self.last_created_at: int | None = None
+        self.new_count = 0
+
+    def accept(self, page: list[Any]) -> list[dict]:
+        check_batches(page)
+        self.stats.pages += 1
+        if page and page[0]["id"] in self.first_ids:
+            self.stats.warn(
+                "the API returned the same page twice (it ignores `after`): stopped paging and "
+                f"kept the {self.stats.batches} batches read; a later sync reads the rest"
+            )
+            self.done = True
+            return []
+        if page:
+            self.first_ids.add(page[0]["id"])
+        self._check_order(page)
+        self.stats.batches += len(page)
+        for batch in page:
+            self.unseen_open.pop(batch["id"], None)
+        if not self.read_everything:
+            self._decide_after(page)
+        return page
+
+    def _check_order(self, page: list[dict]) -> None:
+        created = [batch.get("created_at") for batch in page]
+        if self.last_created_at is not None:
+            created.insert(0, self.last_created_at)
+        created = [value for value in created if isinstance(value, int)]
+        if any(later > earlier for earlier, later in itertools.pairwise(created)):
+            if not self.read_everything:
+                self.stats.warn(
+                    "the API does not list batches newest first: reading every page so that "
+                    "nothing is missed"
+                )
+            self.read_everything = True
+        if created:
+            self.last_created_at = created[-1]
+
+    def _decide_after(self, page: list[dict]) -> None:
+        newest_known = self.plan.newest_created_at
+        self.new_count += sum(1 for batch in page if (batch.get("created_at") or 0) > newest_known)
+        oldest = self.last_created_at
+        if page and oldest is not None and oldest < newest_known:
+            self.done = self._cheaper_to_look_up()
+
+    def _cheaper_to_look_up(self) -> bool:
+        """Every new batch is behind us; page on only while that beats one GET per open batch."""
+        if not self.unseen_open:
+            return True
+        deepest = max(self.unseen_open.values()) + self.new_count
+        pages_to_go = -(-max(deepest - self.stats.batches, 0) // self.page_size)
+        return pages_to_go > len(self.unseen_open)
+
+    def still_open(self) -> list[str]:
+        if self.read_everything or not self.done:
+            return []
+        return list(self.unseen_open)

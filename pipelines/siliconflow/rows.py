@@ -1,0 +1,195 @@
+"""Turn API batch objects into Arrow tables, one per warehouse table, column by column."""
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from pipelines.errors import ApiError
+
+from .settings import CHILD_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
+
+UTC_SECONDS = pa.timestamp("us", tz="UTC")
+
+# Key columns are declared not-null to match dlt's primary-key hints.
+BATCHES_SCHEMA = pa.schema(
+    [pa.field(name, pa.string(), nullable=name != "id") for name in STRING_FIELDS]
+    + [pa.field(name, UTC_SECONDS) for name in TIMESTAMP_FIELDS]
+)
+REQUEST_COUNTS_SCHEMA = pa.schema(
+    [
+        pa.field("batch_id", pa.string(), nullable=False),
+        ("total", pa.int64()),
+        ("completed", pa.int64()),
+        ("failed", pa.int64()),
+    ]
+)
+METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        ("value", pa.string()),
+    ]
+)
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("position", pa.int64(), nullable=False),
+        ("code", pa.string()),
+        ("message", pa.string()),
+        ("param", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
+KNOWN_FIELDS = frozenset(BATCHES_SCHEMA.names) | CHILD_FIELDS
+
+
+def check_batches(batches: list[Any]) -> None:
+    """Refuse a page whose items are not batch objects with an id, before anything is loaded."""
+    for position, batch in enumerate(batches):
+        if not isinstance(batch, dict):
+            raise ApiError(
+                f"the API returned a batch that is not an object (item {position}: "
+                f"{str(batch)[:80]!r}); nothing was loaded, retry later or report it to SiliconFlow"
+            )
+        if not isinstance(batch.get("id"), str) or not batch["id"]:
+            raise ApiError(
+                f"the API returned a batch without an id (item {position}, "
+                f"keys {sorted(batch)[:8]}); nothing was loaded, retry later or report it"
+            )
+
+
+def batches_table(batches: list[dict]) -> pa.Table:
+    """One row per batch: every known scalar field, plus any field the API added later."""
+    columns = [
+        _column(batches, name, BATCHES_SCHEMA.field(name).type) for name in BATCHES_SCHEMA.names
+    ]
+    table = pa.Table.from_arrays(columns, schema=BATCHES_SCHEMA)
+    for name, values in _extra_columns(batches).items():
+        table = table.append_column(name, _infer_column(values))
+    return table
+
+
+def request_counts_table(batches: list[dict]) -> pa.Table:
+    rows = [
+        (batch["id"], counts)
+        for batch in batches
+        if isinstance(counts := batch.get("request_counts"), dict) and counts
+    ]
+    return pa.Table.from_pydict(
+        {
+            "batch_id": [batch_id for batch_id, _ in rows],
+            "total": [_as_int(counts.get("total")) for _, counts in rows],
+            "completed": [_as_int(counts.get("completed")) for _, counts in rows],
+            "failed": [_as_int(counts.get("failed")) for _, counts in rows],
+        },
+        schema=REQUEST_COUNTS_SCHEMA,
+    )
+
+
+def metadata_table(batches: list[dict]) -> pa.Table:
+    rows = [
+        (batch["id"], key, _as_text(value))
+        for batch in batches
+        if isinstance(metadata := batch.get("metadata"), dict)
+        for key, value in metadata.items()
+    ]
+    return _table_from_rows(rows, METADATA_SCHEMA)
+
+
+def errors_table(batches: list[dict]) -> pa.Table:
+    rows = [
+        (batch["id"], position, *_error_fields(error))
+        for batch in batches
+        for position, error in enumerate(_error_list(batch.get("errors")))
+    ]
+    return _table_from_rows(rows, ERRORS_SCHEMA)
+
+
+def _column(batches: list[dict], name: str, arrow_type: pa.DataType) -> pa.Array:
+    values = [batch.get(name) for batch in batches]
+    try:
+        return pa.array(values, type=arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
+        raise ApiError(
+            f"the API returned a batch whose {name!r} is not a {_describe(arrow_type)} "
+            f"({error}); nothing was loaded, report it to SiliconFlow"
+        ) from None
+
+
+def _describe(arrow_type: pa.DataType) -> str:
+    return "unix timestamp" if pa.types.is_timestamp(arrow_type) else "string"
+
+
+def _extra_columns(batches: list[dict]) -> dict[str, list[Any]]:
+    """Fields outside the documented ones, nested objects flattened to `parent__child` names."""
+    extra: dict[str, list[Any]] = {}
+    for row, batch in enumerate(batches):
+        for key, value in batch.items():
+            if key in KNOWN_FIELDS:
+                continue
+            for name, scalar in _flatten(key, value):
+                extra.setdefault(name, [None] * len(batches))[row] = scalar
+    return extra
+
+
+def _flatten(name: str, value: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _flatten(f"{name}__{key}", child)
+    elif isinstance(value, list):
+        yield name, orjson.dumps(value).decode()
+    else:
+        yield name, value
+
+
+def _infer_column(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types in one new field: keep every value as text rather than drop any.
+        return pa.array([None if value is None else _as_text(value) for value in values])
+
+
+def _error_list(errors: Any) -> list[Any]:
+    # SiliconFlow sends null, [], or a list of strings; OpenAI wraps a list in {"data": [...]}.
+    if isinstance(errors, dict):
+        errors = errors.get("data")
+    if isinstance(errors, list):
+        return errors
+    return [] if errors is None else [errors]
+
+
+def _error_fields(error: Any) -> tuple[str | None, str | None, str | None, int | None]:
+    if not isinstance(error, dict):
+        return None, _as_text(error), None, None
+    return (
+        _as_text(error.get("code")),
+        _as_text(error.get("message")),
+        _as_text(error.get("param")),
+        _as_int(error.get("line")),
+    )
+
+
+def _table_from_rows(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    return pa.Table.from_arrays(
+        [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)],
+        schema=schema,
+    )
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _as_int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,44 @@
+"""Constants of the SiliconFlow batch API and of the tables it is loaded into."""
+
+DEFAULT_BASE_URL = "https://api.siliconflow.cn/v1"
+DEFAULT_PAGE_SIZE = 100
+BATCHES_PATH = "batches"
+DATASET_NAME = "siliconflow"
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+STRING_FIELDS = (
+    "id",
+    "object",
+    "endpoint",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "file_name",
+)
+TIMESTAMP_FIELDS = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+# Nested fields with a table of their own; every other field becomes a column of `batches`.
+CHILD_FIELDS = frozenset({"request_counts", "metadata", "errors"})
+
+BATCHES = "batches"
+REQUEST_COUNTS = "batch_request_counts"
+METADATA = "batch_metadata"
+ERRORS = "batch_errors"
+STATUS_HISTORY = "batch_status_history"
+CHILD_TABLES = (REQUEST_COUNTS, METADATA, ERRORS)
+
+# Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
+# per-item cost vanishes, small enough to keep memory flat.
+CHUNK_ROWS = 5_000

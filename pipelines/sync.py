@@ -1,0 +1,147 @@
+"""One incremental sync: lock the database, plan from what it holds, run dlt, record history."""
+
+import fcntl
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dlt
+
+from pipelines import warehouse
+from pipelines.config import SourceConfig, resolve_source_config
+from pipelines.errors import DatabaseBusy, find_error
+from pipelines.siliconflow import ReadStats, SyncPlan, siliconflow
+from pipelines.siliconflow.settings import DATASET_NAME
+
+PIPELINE_NAME = "sfbatches"
+LOCK_TIMEOUT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
+
+# Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load id
+# is how sync tells a batch's current child rows from stale ones and when it observed a status.
+os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+
+
+@dataclass
+class SyncResult:
+    db_path: Path
+    full: bool
+    stats: ReadStats
+    new: int = 0
+    changed: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kind = "full" if self.full else "incremental"
+        return (
+            f"sfbatches: {kind} sync of {self.db_path.name}: {self.stats.batches:,} batches read "
+            f"({self.new:,} new, {self.changed:,} changed) from {self.stats.pages:,} pages "
+            f"and {self.stats.lookups:,} lookups in {self.seconds:.1f} s"
+        )
+
+
+def run_sync(
+    db_path: Path,
+    *,
+    full_refresh: bool = False,
+    config: SourceConfig | None = None,
+    progress: bool = False,
+) -> SyncResult:
+    """Bring `db_path` up to date with the API; the database changes only by whole dlt loads."""
+    started = time.monotonic()
+    config = config or resolve_source_config()
+    with database_lock(db_path):
+        pipeline = open_pipeline(db_path, progress)
+        finish_pending_loads(pipeline)
+        plan = SyncPlan() if full_refresh else warehouse.read_plan(db_path)
+        stats = ReadStats()
+        source = siliconflow(
+            api_key=config.api_key,
+            base_url=config.base_url,
+            page_size=config.page_size,
+            plan=plan,
+            retry=config.retry,
+            stats=stats,
+        )
+        _run(pipeline, source)
+        new, changed = warehouse.record_observations(db_path)
+    return SyncResult(
+        db_path=db_path,
+        full=plan.is_full,
+        stats=stats,
+        new=new,
+        changed=changed,
+        seconds=time.monotonic() - started,
+        warnings=stats.warnings,
+    )
+
+
+@contextmanager
+def database_lock(db_path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """One sync per database: wait up to `timeout_s` for another one to finish, then give up."""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock_file:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusy(
+                        f"another sync is using {db_path} (waited {timeout_s:.0f} s): "
+                        "let it finish, or check for a stuck sfbatches process"
+                    ) from None
+                time.sleep(0.2)
+        yield
+
+
+def pipeline_dir(db_path: Path) -> Path:
+    """dlt's working folder lives beside its database, so no two databases share state."""
+    return db_path.with_name(f".{db_path.name}.dlt")
+
+
+def open_pipeline(db_path: Path, progress: bool) -> dlt.Pipeline:
+    workdir = pipeline_dir(db_path)
+    if not db_path.exists() and workdir.exists():
+        # The database was deleted: its pending packages and schema belong to nothing now.
+        shutil.rmtree(workdir)
+    return dlt.pipeline(
+        pipeline_name=PIPELINE_NAME,
+        pipelines_dir=str(workdir),
+        destination=dlt.destinations.duckdb(credentials=str(db_path)),
+        dataset_name=DATASET_NAME,
+        progress=dlt.progress.log(log_period=2.0, logger=sys.stderr) if progress else None,
+    )
+
+
+def finish_pending_loads(pipeline: dlt.Pipeline) -> None:
+    """Load what a killed sync left behind, before planning, so this run still extracts."""
+    if not pipeline.has_pending_data:
+        return
+    if pipeline.list_extracted_load_packages():
+        pipeline.normalize()
+    if pipeline.list_normalized_load_packages():
+        _guard(pipeline.load)
+
+
+def _run(pipeline: dlt.Pipeline, source: object) -> None:
+    _guard(lambda: pipeline.run(source))
+
+
+def _guard(step: object) -> None:
+    """Run a dlt step; surface our own errors and a locked database instead of dlt's wrappers."""
+    try:
+        step()  # type: ignore[operator]
+    except Exception as error:
+        if ours := find_error(error):
+            raise ours from None
+        if warehouse.is_lock_error(error):
+            raise DatabaseBusy(warehouse.busy_message()) from None
+        raise

@@ -1,0 +1,209 @@
+"""The DuckDB side of a sync: what the warehouse holds now, and the bookkeeping after a load."""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from pipelines.errors import DatabaseBusy
+from pipelines.siliconflow import SyncPlan
+from pipelines.siliconflow.settings import (
+    BATCHES,
+    CHILD_TABLES,
+    DATASET_NAME,
+    REQUEST_COUNTS,
+    STATUS_HISTORY,
+    TERMINAL_STATUSES,
+)
+
+LOCK_WAIT_S = 10.0
+SCHEMA = DATASET_NAME
+TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
+
+
+def is_lock_error(error: BaseException) -> bool:
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower() or (
+        error.__cause__ is not None and is_lock_error(error.__cause__)
+    )
+
+
+def busy_message(db_path: Path | str = "the database") -> str:
+    return (
+        f"{db_path} is locked by another process (a running sync, or a notebook or DuckDB "
+        "shell holding it open): close it or wait, then run the sync again"
+    )
+
+
+@contextmanager
+def connect(db_path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S) -> Iterator[
+    duckdb.DuckDBPyConnection
+]:
+    """Open the database, waiting a little while another process holds DuckDB's file lock."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+            break
+        except duckdb.IOException as error:
+            if not is_lock_error(error) or time.monotonic() >= deadline:
+                raise DatabaseBusy(busy_message(db_path)) from None
+            time.sleep(0.2)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from information_schema.tables "
+            "where table_schema = ? and table_name = ?",
+            [SCHEMA, table],
+        ).fetchone()[0]
+    )
+
+
+def read_plan(db_path: Path) -> SyncPlan:
+    """The newest stored batch and every open one, with its position in newest-first order."""
+    if not db_path.exists():
+        return SyncPlan()
+    with connect(db_path) as con:
+        if not table_exists(con, BATCHES):
+            return SyncPlan()
+        newest = con.execute(
+            f"select max(epoch(created_at))::bigint from {SCHEMA}.{BATCHES}"
+        ).fetchone()[0]
+        if newest is None:
+            return SyncPlan()
+        open_rows = con.execute(
+            f"""
+            select id, position from (
+                select
+                    id,
+                    status,
+                    row_number() over (order by created_at desc, id desc) as position
+                from {SCHEMA}.{BATCHES}
+            )
+            where status not in ({TERMINAL_LIST})
+            """
+        ).fetchall()
+    return SyncPlan(newest_created_at=int(newest), open_positions=dict(open_rows))
+
+
+def record_observations(db_path: Path) -> tuple[int, int]:
+    """Drop stale child rows and append status history; return (new, changed) batch counts.
+
+    Runs after every load, in one transaction. A batch's current child rows carry its own load
+    id, so older ones are stale (its metadata key was removed, its errors cleared). A killed
+    sync that loaded but never got here is caught up by the next one.
+    """
+    with connect(db_path) as con:
+        if not table_exists(con, BATCHES):
+            return 0, 0
+        con.execute("begin transaction")
+        for table in CHILD_TABLES:
+            if table_exists(con, table):
+                con.execute(
+                    f"""
+                    delete from {SCHEMA}.{table} as child
+                    using {SCHEMA}.{BATCHES} as parent
+                    where parent.id = child.batch_id
+                        and child._dlt_load_id < parent._dlt_load_id
+                    """
+                )
+        new, changed = _append_history(con)
+        con.execute("commit")
+    return new, changed
+
+
+def _append_history(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    con.execute(
+        f"""
+        create table if not exists {SCHEMA}.{STATUS_HISTORY} (
+            batch_id varchar not null,
+            observed_at timestamp with time zone not null,
+            status varchar,
+            requests_total bigint,
+            requests_completed bigint,
+            requests_failed bigint
+        )
+        """
+    )
+    counts_join = (
+        f"left join {SCHEMA}.{REQUEST_COUNTS} as counts on counts.batch_id = batch.id"
+        if table_exists(con, REQUEST_COUNTS)
+        else "left join (select null::varchar as batch_id, null::bigint as total, "
+        "null::bigint as completed, null::bigint as failed) as counts on false"
+    )
+    con.execute(
+        f"""
+        create temp table observation as
+        with
+
+        last_observed as (
+            select max(observed_at) as observed_at from {SCHEMA}.{STATUS_HISTORY}
+        ),
+
+        current_state as (
+            select
+                batch.id as batch_id,
+                to_timestamp(cast(batch._dlt_load_id as double)) as observed_at,
+                batch.status,
+                counts.total as requests_total,
+                counts.completed as requests_completed,
+                counts.failed as requests_failed
+            from {SCHEMA}.{BATCHES} as batch
+            {counts_join}
+            where to_timestamp(cast(batch._dlt_load_id as double))
+                > coalesce((select observed_at from last_observed), '-infinity'::timestamptz)
+        ),
+
+        latest as (
+            select history.*
+            from {SCHEMA}.{STATUS_HISTORY} as history
+            semi join current_state using (batch_id)
+            qualify row_number() over (
+                partition by history.batch_id order by history.observed_at desc
+            ) = 1
+        )
+
+        select
+            current_state.*,
+            latest.batch_id is null as is_new
+        from current_state
+        left join latest using (batch_id)
+        where latest.batch_id is null
+            or (
+                current_state.status,
+                current_state.requests_total,
+                current_state.requests_completed,
+                current_state.requests_failed
+            ) is distinct from (
+                latest.status,
+                latest.requests_total,
+                latest.requests_completed,
+                latest.requests_failed
+            )
+        """
+    )
+    new, changed = con.execute(
+        "select count(*) filter (where is_new), count(*) filter (where not is_new) from observation"
+    ).fetchone()
+    con.execute(
+        f"""
+        insert into {SCHEMA}.{STATUS_HISTORY}
+        select
+            batch_id,
+            observed_at,
+            status,
+            requests_total,
+            requests_completed,
+            requests_failed
+        from observation
+        """
+    )
+    con.execute("drop table observation")
+    return int(new), int(changed)

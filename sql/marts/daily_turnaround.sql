@@ -1,0 +1,64 @@
+-- sql/marts/daily_turnaround.sql: outcomes and turnaround per UTC day of creation and endpoint
+create or replace view analytics.daily_turnaround as
+
+with
+
+turnaround as (
+
+    select * from analytics.batch_turnaround
+
+),
+
+batches as (
+
+    select * from analytics.stg_batches
+
+),
+
+dated as (
+
+    select
+        cast(timezone('UTC', turnaround.created_at) as date) as created_date,
+        turnaround.endpoint,
+        turnaround.status,
+        batches.is_terminal,
+        turnaround.queue_seconds,
+        turnaround.turnaround_seconds,
+        turnaround.met_window
+    from turnaround
+    inner join batches
+        on turnaround.batch_id = batches.batch_id
+
+),
+
+final as (
+
+    select
+        created_date,
+        endpoint,
+        count(*) as batches,
+        count(*) filter (where status = 'completed') as completed,
+        count(*) filter (where status = 'failed') as failed,
+        count(*) filter (where status = 'expired') as expired,
+        count(*) filter (where status = 'cancelled') as cancelled,
+        count(*) filter (where not is_terminal) as in_flight,
+        quantile_cont(turnaround_seconds, 0.5)
+            filter (where status = 'completed') as turnaround_p50_s,
+        quantile_cont(turnaround_seconds, 0.9)
+            filter (where status = 'completed') as turnaround_p90_s,
+        quantile_cont(turnaround_seconds, 0.99)
+            filter (where status = 'completed') as turnaround_p99_s,
+        quantile_cont(queue_seconds, 0.5)
+            filter (where queue_seconds is not null) as queue_p50_s,
+        quantile_cont(queue_seconds, 0.9)
+            filter (where queue_seconds is not null) as queue_p90_s,
+        count(*) filter (where met_window)
+        / nullif(count(*) filter (where is_terminal), 0) as window_met_rate
+    from dated
+    group by
+        created_date,
+        endpoint
+
+)
+
+select * from final
