@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -15,6 +16,8 @@ DEMO_BATCHES = 5_000
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # dlt reads this when it first logs; our own summary and warnings say what matters.
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "INFO" if args.verbose else "ERROR")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

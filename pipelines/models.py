@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import heapq
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
+from pipelines.errors import DatabaseBusy, SfBatchesError
+
 SCHEMA = "analytics"
 SOURCE_SCHEMA = "siliconflow"
 # folders under sql/ build in this order; a dependency can still pull a file earlier
 LAYERS = ("staging", "marts")
+LOCK_WAIT_S = 10.0
 
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _DEFINITION = re.compile(rf"\bcreate\s+or\s+replace\s+view\s+{SCHEMA}\.(\w+)", re.IGNORECASE)
@@ -21,11 +27,13 @@ _SOURCE = re.compile(rf"\b{SOURCE_SCHEMA}\.(\w+)", re.IGNORECASE)
 _ERROR_LINE = re.compile(r"^LINE (\d+):", re.MULTILINE)
 
 
-class ModelError(Exception):
+class ModelError(SfBatchesError):
     """A model could not be built; the message says where and what to do.
 
     `path` and `line` locate the failing SQL file when there is one.
     """
+
+    exit_code = 2
 
     def __init__(self, message: str, path: str | None = None, line: int | None = None):
         super().__init__(message)
@@ -79,10 +87,38 @@ def build_models(con: duckdb.DuckDBPyConnection, *, sql_dir: Path | None = None)
 
 def build_models_at(db_path: str | Path, *, sql_dir: Path | None = None) -> list[str]:
     """Open the DuckDB file at `db_path`, build the models, close it."""
+    with open_database(db_path) as con:
+        return build_models(con, sql_dir=sql_dir)
+
+
+@contextmanager
+def open_database(
+    db_path: str | Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Connect to an existing DuckDB file, waiting a little while another process holds it.
+
+    Raises ModelError when the file does not exist and DatabaseBusy when it stays locked.
+    """
     if str(db_path) != ":memory:" and not Path(db_path).exists():
         raise ModelError(f"database {db_path} not found: run `sfbatches sync` first")
-    with duckdb.connect(str(db_path)) as con:
-        return build_models(con, sql_dir=sql_dir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+            break
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(
+                    f"{db_path} is locked by another process (a sync, a notebook or a DuckDB "
+                    "shell): close it or wait, then run again"
+                ) from error
+            time.sleep(0.2)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def discover_models(sql_dir: Path) -> list[Model]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import duckdb
+
+from pipelines.errors import SfBatchesError
+from pipelines.models import open_database
 
 WIDTH = 80
 OPEN_SHOWN = 5
@@ -71,8 +75,10 @@ _OPEN = """
 """
 
 
-class ReportError(Exception):
+class ReportError(SfBatchesError):
     """The report cannot be made; the message says what to do."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,12 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
+def render_report_at(db_path: str | Path, days: int = 7, now: datetime | None = None) -> str:
+    """Open the DuckDB file at `db_path` read-only and render the report from it."""
+    with open_database(db_path, read_only=True) as con:
+        return render_report(con, days, now)
+
+
 def report_lines(con: duckdb.DuckDBPyConnection, window: Window, days: int) -> list[str]:
     """Every line of the report, in order."""
     (total,) = fetch_one(con, "select coalesce(sum(batches), 0) from analytics.status_counts")
@@ -127,14 +139,22 @@ def created_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     if not created:
         return ["Created     no batches in these days"]
     done, t50, t90, started, q50, q90, met, ended = fetch_one(con, _CREATED, days)
-    statuses = ", ".join(f"{status} {counts[status]:,}" for status in by_lifecycle(counts))
     return [
         f"Created     {created:,} {batches(created)}",
-        *textwrap.wrap(statuses, WIDTH, initial_indent="  ", subsequent_indent="  "),
+        *status_lines(counts),
         f"Turnaround  p50 {duration(t50)}  p90 {duration(t90)}  ({done:,} completed)",
         f"Queue wait  p50 {duration(q50)}  p90 {duration(q90)}  ({started:,} started)",
         f"Window met  {met:,} of {ended:,} ended {batches(ended)}{percent_in(met, ended, 1)}",
     ]
+
+
+def status_lines(counts: dict[str, int]) -> list[str]:
+    """'status count' pairs in lifecycle order, wrapped to the width, never split apart."""
+    pairs = ", ".join(
+        f"{status}\N{NO-BREAK SPACE}{counts[status]:,}" for status in by_lifecycle(counts)
+    )
+    wrapped = textwrap.wrap(pairs, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    return [line.replace("\N{NO-BREAK SPACE}", " ") for line in wrapped]
 
 
 def completed_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
@@ -160,18 +180,25 @@ def open_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:
     if not rows:
         return ["Open        none"]
     lines = [f"Open        {len(rows):,} {batches(len(rows))}, longest open first"]
-    for batch_id, status, created_epoch, total, completed in rows[:OPEN_SHOWN]:
+    shown = rows[:OPEN_SHOWN]
+    id_width = min(max(len(row[0]) for row in shown), ID_WIDTH)
+    for batch_id, status, created_epoch, total, completed in shown:
         age = None if created_epoch is None else now.timestamp() - created_epoch
-        lines.append(open_line(batch_id, status, age, total, completed))
+        lines.append(open_line(batch_id, status, age, total, completed, id_width))
     return lines
 
 
 def open_line(
-    batch_id: str, status: str | None, age: float | None, total: int | None, done: int | None
+    batch_id: str,
+    status: str | None,
+    age: float | None,
+    total: int | None,
+    done: int | None,
+    id_width: int = ID_WIDTH,
 ) -> str:
     """One open batch: id, status, age and progress, shortened to fit the width."""
-    shown_id = batch_id if len(batch_id) <= ID_WIDTH else batch_id[: ID_WIDTH - 3] + "..."
-    head = f"  {shown_id:<{ID_WIDTH}}  {(status or '?')[:11]:<11}  {duration(age):>7}"
+    shown_id = batch_id if len(batch_id) <= id_width else batch_id[: id_width - 3] + "..."
+    head = f"  {shown_id:<{id_width}}  {(status or '?')[:11]:<11}  {duration(age):>7}"
     if not total or done is None:
         return f"{head}  no counts yet"
     line = f"{head}  {done / total:.0%} ({done:,}/{total:,})"

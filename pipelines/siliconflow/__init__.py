@@ -57,7 +57,8 @@ def siliconflow(
             if len(chunk) >= CHUNK_ROWS:
                 yield chunk
                 chunk = []
-        if chunk:
+        # An empty last chunk still carries every table's columns, so a new account gets them.
+        if chunk or not stats.batches:
             yield chunk
 
     resources = [batch_chunks | batches_resource()]

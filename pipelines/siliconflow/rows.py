@@ -10,12 +10,15 @@ from pipelines.errors import ApiError
 
 from .settings import CHILD_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
 
-UTC_SECONDS = pa.timestamp("us", tz="UTC")
+API_TIME = pa.timestamp("s", tz="UTC")
+# Stored as microseconds: dlt maps second-precision arrow timestamps to a DuckDB type without
+# a time zone, and SPEC wants TIMESTAMP WITH TIME ZONE.
+UTC_TIME = pa.timestamp("us", tz="UTC")
 
 # Key columns are declared not-null to match dlt's primary-key hints.
 BATCHES_SCHEMA = pa.schema(
     [pa.field(name, pa.string(), nullable=name != "id") for name in STRING_FIELDS]
-    + [pa.field(name, UTC_SECONDS) for name in TIMESTAMP_FIELDS]
+    + [pa.field(name, UTC_TIME) for name in TIMESTAMP_FIELDS]
 )
 REQUEST_COUNTS_SCHEMA = pa.schema(
     [
@@ -110,6 +113,8 @@ def errors_table(batches: list[dict]) -> pa.Table:
 def _column(batches: list[dict], name: str, arrow_type: pa.DataType) -> pa.Array:
     values = [batch.get(name) for batch in batches]
     try:
+        if arrow_type == UTC_TIME:
+            return pa.array(values, type=API_TIME).cast(UTC_TIME)
         return pa.array(values, type=arrow_type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
         raise ApiError(

@@ -38,8 +38,10 @@ final as (
         count(*) as batches_completed,
         cast(sum(requests_completed) as bigint) as requests_completed,
         cast(sum(requests_failed) as bigint) as requests_failed,
-        sum(requests_failed)
-        / nullif(sum(requests_completed) + sum(requests_failed), 0) as request_failure_rate,
+        (
+            sum(requests_failed)
+            / nullif(sum(requests_completed) + sum(requests_failed), 0)
+        ) as request_failure_rate,
         median(requests_per_second) as batch_rps_p50
     from completed
     group by

@@ -22,8 +22,12 @@ dated as (
         turnaround.endpoint,
         turnaround.status,
         batches.is_terminal,
+        -- null unless the batch started, so the quantiles below skip the others
         turnaround.queue_seconds,
-        turnaround.turnaround_seconds,
+        case
+            when turnaround.status = 'completed'
+                then turnaround.turnaround_seconds
+        end as completed_turnaround_seconds,
         turnaround.met_window
     from turnaround
     inner join batches
@@ -42,18 +46,15 @@ final as (
         count(*) filter (where status = 'expired') as expired,
         count(*) filter (where status = 'cancelled') as cancelled,
         count(*) filter (where not is_terminal) as in_flight,
-        quantile_cont(turnaround_seconds, 0.5)
-            filter (where status = 'completed') as turnaround_p50_s,
-        quantile_cont(turnaround_seconds, 0.9)
-            filter (where status = 'completed') as turnaround_p90_s,
-        quantile_cont(turnaround_seconds, 0.99)
-            filter (where status = 'completed') as turnaround_p99_s,
-        quantile_cont(queue_seconds, 0.5)
-            filter (where queue_seconds is not null) as queue_p50_s,
-        quantile_cont(queue_seconds, 0.9)
-            filter (where queue_seconds is not null) as queue_p90_s,
-        count(*) filter (where met_window)
-        / nullif(count(*) filter (where is_terminal), 0) as window_met_rate
+        quantile_cont(completed_turnaround_seconds, 0.5) as turnaround_p50_s,
+        quantile_cont(completed_turnaround_seconds, 0.9) as turnaround_p90_s,
+        quantile_cont(completed_turnaround_seconds, 0.99) as turnaround_p99_s,
+        quantile_cont(queue_seconds, 0.5) as queue_p50_s,
+        quantile_cont(queue_seconds, 0.9) as queue_p90_s,
+        (
+            count(*) filter (where met_window)
+            / nullif(count(*) filter (where is_terminal), 0)
+        ) as window_met_rate
     from dated
     group by
         created_date,

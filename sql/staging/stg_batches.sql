@@ -76,7 +76,7 @@ final as (
             status in ('completed', 'failed', 'expired', 'cancelled'),
             false
         ) as is_terminal,
-        try_cast(window_parts.amount as double) * case window_parts.unit
+        try_cast(window_parts['amount'] as double) * case window_parts['unit']
             when 's' then 1
             when 'm' then 60
             when 'h' then 3600

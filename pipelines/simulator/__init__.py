@@ -1,0 +1,17 @@
+"""A built-in stand-in for SiliconFlow's batch API: seeded batches served over local HTTP."""
+
+from .server import DEFAULT_API_KEY, Fault, Faults, Reply, Request, Simulator, serve
+from .world import TERMINAL, UnknownBatchError, World
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "TERMINAL",
+    "Fault",
+    "Faults",
+    "Reply",
+    "Request",
+    "Simulator",
+    "UnknownBatchError",
+    "World",
+    "serve",
+]

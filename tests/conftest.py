@@ -1,0 +1,80 @@
+"""Fixtures: a simulator on 127.0.0.1 with a clock the test drives, and ways to run the CLI."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipelines import cli
+from pipelines.simulator import Simulator, World
+
+# A fixed clock: results do not depend on the day the tests run.
+START = 1_764_000_000
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach the real API: unless a test points elsewhere, the key and URL lead nowhere."""
+    for name in list(os.environ):
+        if name.startswith(("SOURCES__", "SILICONFLOW_", "SFBATCHES_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SOURCES__SILICONFLOW__BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.01")
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_RETRY_DELAY", "0.05")
+
+
+@pytest.fixture
+def world() -> World:
+    return World(batches=2000, seed=11, now=START)
+
+
+@pytest.fixture
+def simulator(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
+    with Simulator(world) as sim:
+        monkeypatch.setenv("SOURCES__SILICONFLOW__BASE_URL", sim.base_url)
+        monkeypatch.setenv("SILICONFLOW_API_KEY", sim.api_key)
+        yield sim
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse.duckdb"
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]):
+    """Run `sfbatches ARGS` in this process (fast); returns exit code and output."""
+
+    def run_cli(*args: str) -> Outcome:
+        capsys.readouterr()
+        code = cli.main(list(args))
+        captured = capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    return run_cli
+
+
+def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Outcome:
+    """Run `sfbatches ARGS` as a real process, as cron would."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+    return Outcome(done.returncode, done.stdout, done.stderr)

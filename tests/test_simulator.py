@@ -1,0 +1,564 @@
+"""The simulator behaves like SiliconFlow's batch API, and its faults do what they say."""
+
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Any
+
+import pytest
+import requests
+
+from pipelines.simulator import TERMINAL, Simulator, World
+
+NOW = 1_750_000_000
+HOUR = 3600
+TIMESTAMPS = (
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+WINDOW_SECONDS = {"24h": 24 * HOUR, "72h": 72 * HOUR, "336h": 336 * HOUR}
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(World(batches=2000, seed=7, now=NOW)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def api(sim: Simulator) -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {sim.api_key}"
+        yield session
+
+
+def list_batches(api: requests.Session, sim: Simulator, **params: Any) -> requests.Response:
+    return api.get(f"{sim.base_url}/batches", params=params, timeout=5)
+
+
+def fetch_all(api: requests.Session, sim: Simulator, limit: int = 100) -> list[dict]:
+    """Page like OpenAI's SDK: the last item's id is the next `after`."""
+    batches: list[dict] = []
+    params: dict[str, Any] = {"limit": limit}
+    while True:
+        page = list_batches(api, sim, **params).json()
+        batches.extend(page["data"])
+        if not page["has_more"]:
+            return batches
+        params["after"] = page["data"][-1]["id"]
+
+
+def ids(batches: list[dict]) -> list[str]:
+    return [batch["id"] for batch in batches]
+
+
+# --- listing and paging --------------------------------------------------------------------
+
+
+def test_paging_with_limit_100_returns_every_visible_batch_newest_first_once(sim, api):
+    batches = fetch_all(api, sim, limit=100)
+
+    assert batches == sim.world.visible()
+    assert len(set(ids(batches))) == len(batches) == sim.world.visible_count()
+    order = [(b["created_at"], b["id"]) for b in batches]
+    assert order == sorted(order, reverse=True)
+
+
+def test_batches_created_in_the_same_second_page_correctly_at_any_page_size(sim, api):
+    truth = sim.world.visible()
+    ties = sum(a["created_at"] == b["created_at"] for a, b in pairwise(truth))
+    assert ties >= 10
+
+    assert ids(fetch_all(api, sim, limit=7)) == ids(truth)
+
+
+def test_a_cursor_stays_valid_while_new_batches_appear(sim, api):
+    before = sim.world.visible_ids()
+    first = list_batches(api, sim, limit=100).json()
+    sim.world.advance(30 * HOUR)
+    rest = fetch_all_after(api, sim, first["last_id"])
+
+    assert ids(first["data"]) + ids(rest) == before
+    assert sim.world.visible_ids()[-len(before) :] == before  # new ones only on top
+
+
+def fetch_all_after(api: requests.Session, sim: Simulator, after: str) -> list[dict]:
+    batches: list[dict] = []
+    while True:
+        page = list_batches(api, sim, limit=100, after=after).json()
+        batches.extend(page["data"])
+        if not page["has_more"]:
+            return batches
+        after = page["last_id"]
+
+
+def test_page_fields_follow_the_openai_list_shape(sim, api):
+    page = list_batches(api, sim, limit=5).json()
+
+    assert page["object"] == "list"
+    assert page["first_id"] == page["data"][0]["id"]
+    assert page["last_id"] == page["data"][-1]["id"]
+    assert page["has_more"] is True
+
+
+def test_limit_defaults_to_20_and_is_clamped_to_100(sim, api):
+    assert len(list_batches(api, sim).json()["data"]) == 20
+    assert len(list_batches(api, sim, limit=5000).json()["data"]) == 100
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "", "2.5"])
+def test_a_limit_below_1_or_not_an_integer_answers_400_code_20012(sim, api, limit):
+    response = list_batches(api, sim, limit=limit)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == 20012
+
+
+def test_an_unknown_after_answers_400_code_20012(sim, api):
+    response = list_batches(api, sim, after="batch_000000000000000000000000")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == 20012
+
+
+def test_a_batch_not_yet_created_is_neither_listed_nor_found(sim, api):
+    future = sim.world.id_at(sim.world.size - 1)
+
+    assert future not in sim.world.visible_ids()
+    assert api.get(f"{sim.base_url}/batches/{future}").status_code == 404
+    assert list_batches(api, sim, after=future).status_code == 400
+
+
+# --- single batches, auth, routing ---------------------------------------------------------
+
+
+def test_get_returns_the_object_the_listing_shows(sim, api):
+    listed = list_batches(api, sim, limit=3).json()["data"]
+
+    for batch in listed:
+        assert api.get(f"{sim.base_url}/batches/{batch['id']}").json() == batch
+
+
+def test_an_unknown_batch_answers_404_with_a_json_body(sim, api):
+    response = api.get(f"{sim.base_url}/batches/batch_nope")
+
+    assert response.status_code == 404
+    assert response.json()["code"] == 20012
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-wrong"}])
+def test_a_missing_or_wrong_key_answers_401_invalid_token(sim, headers):
+    response = requests.get(f"{sim.base_url}/batches", headers=headers, timeout=5)
+
+    assert response.status_code == 401
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == "Invalid token"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/files"), ("GET", "/batches"), ("POST", "/v1/batches")]
+)
+def test_unknown_routes_answer_404_page_not_found_in_plain_text(sim, api, method, path):
+    response = api.request(method, f"http://127.0.0.1:{sim.port}{path}", timeout=5)
+
+    assert response.status_code == 404
+    assert response.text == "404 page not found"
+
+
+def test_successful_answers_carry_a_trace_id(sim, api):
+    assert list_batches(api, sim).headers["x-siliconcloud-trace-id"]
+
+
+def test_a_session_reuses_one_keep_alive_connection(sim, api):
+    for _ in range(5):
+        list_batches(api, sim, limit=1)
+
+    assert sim.connections == 1
+
+
+def test_every_request_is_logged_with_its_query_and_status(sim, api):
+    list_batches(api, sim, limit=2)
+    list_batches(api, sim, limit=0)
+    api.get(f"{sim.base_url}/nothing")
+
+    assert [(r.method, r.path, r.query, r.status) for r in sim.requests] == [
+        ("GET", "/v1/batches", {"limit": "2"}, 200),
+        ("GET", "/v1/batches", {"limit": "0"}, 400),
+        ("GET", "/v1/nothing", {}, 404),
+    ]
+    assert sim.count("/v1/batches") == 2
+    assert len(sim.list_requests()) == 2
+
+
+def test_a_stopped_simulator_hangs_up_and_restarts_on_the_same_port():
+    simulator = Simulator(World(batches=10, now=NOW)).start()
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {simulator.api_key}"
+        assert session.get(f"{simulator.base_url}/batches", timeout=5).ok
+        simulator.stop()
+        with pytest.raises(requests.ConnectionError):
+            session.get(f"{simulator.base_url}/batches", timeout=5)
+        simulator.start()
+        assert session.get(f"{simulator.base_url}/batches", timeout=5).ok
+        simulator.stop()
+
+
+# --- the world: ids, lifecycle, payload variants -------------------------------------------
+
+
+def test_ids_are_batch_plus_24_lowercase_alnum_and_follow_the_seed():
+    world = World(batches=50, seed=3, now=NOW)
+
+    assert world.visible_ids() == World(batches=50, seed=3, now=NOW).visible_ids()
+    assert not set(world.visible_ids()) & set(World(batches=50, seed=4, now=NOW).visible_ids())
+    for batch_id in world.visible_ids():
+        assert batch_id.startswith("batch_") and len(batch_id) == 30
+        assert batch_id[6:].isalnum() and batch_id[6:] == batch_id[6:].lower()
+
+
+def test_timestamps_and_counts_are_consistent_at_every_clock():
+    world = World(batches=2000, seed=7, now=NOW)
+    for step in (0, HOUR, 7 * HOUR, 30 * HOUR):
+        world.advance(step)
+        for batch in world.visible():
+            assert_consistent(batch, world.now)
+
+
+def assert_consistent(batch: dict, now: int) -> None:
+    created, status = batch["created_at"], batch["status"]
+    assert created <= now
+    assert batch["expires_at"] == created + WINDOW_SECONDS[batch["completion_window"]]
+    seen = [batch[name] for name in TIMESTAMPS if batch[name] is not None]
+    assert all(created <= at <= now for at in seen)
+    if status in TERMINAL:
+        assert batch[f"{status}_at"] is not None
+    if status == "completed":
+        assert batch["in_progress_at"] <= batch["finalizing_at"] <= batch["completed_at"]
+        assert batch["completed_at"] <= batch["expires_at"]
+    if status == "expired":
+        assert batch["expired_at"] == batch["expires_at"]
+    if status in ("cancelling", "cancelled"):
+        assert batch["cancelling_at"] is not None
+    counts = batch["request_counts"]
+    if counts:
+        assert counts["completed"] + counts["failed"] <= counts["total"]
+        if status == "completed":
+            assert counts["completed"] + counts["failed"] == counts["total"]
+        if status == "expired":
+            assert counts["completed"] < counts["total"]
+
+
+def test_advancing_the_clock_moves_open_batches_on_and_never_back():
+    world = World(batches=2000, seed=7, now=NOW)
+    before = {batch["id"]: batch for batch in world.visible()}
+    for hours in (1, 7, 30):
+        world.advance(hours * HOUR)
+        after = {batch["id"]: batch for batch in world.visible()}
+        changed = [i for i in before if after[i]["status"] != before[i]["status"]]
+        assert changed, f"no status changed within {hours} h"
+        for batch_id, old in before.items():
+            assert_moved_forward(old, after[batch_id])
+        before = after
+
+
+def assert_moved_forward(old: dict, new: dict) -> None:
+    if old["status"] in TERMINAL:
+        assert new == old
+    for name in TIMESTAMPS:
+        assert old[name] is None or new[name] == old[name]
+    if old["request_counts"] and new["request_counts"]:
+        assert new["request_counts"]["completed"] >= old["request_counts"]["completed"]
+
+
+def test_new_batches_appear_on_top_as_the_clock_passes_their_creation():
+    world = World(batches=2000, seed=7, now=NOW)
+    before = world.visible_ids()
+    world.advance(30 * HOUR)
+    after = world.visible()
+
+    appeared = after[: len(after) - len(before)]
+    assert appeared and all(NOW < batch["created_at"] <= world.now for batch in appeared)
+
+
+def test_request_counts_grow_while_in_progress():
+    world = World(batches=2000, seed=7, now=NOW)
+    running = [b for b in world.visible() if b["status"] == "in_progress" and b["request_counts"]]
+    world.advance(20 * 60)
+
+    grown = [
+        b
+        for b in running
+        if world.get(b["id"])["request_counts"]["completed"] > b["request_counts"]["completed"]
+    ]
+    assert running and grown
+
+
+def test_every_payload_variant_occurs_in_a_2000_batch_world():
+    batches = World(batches=2000, seed=7, now=NOW).visible()
+
+    def occurs(predicate) -> bool:
+        return any(predicate(batch) for batch in batches)
+
+    assert occurs(lambda b: b["request_counts"] is None)
+    assert occurs(lambda b: b["request_counts"] == {})
+    assert occurs(lambda b: set(b["request_counts"] or ()) == {"total", "completed", "failed"})
+    assert occurs(lambda b: b["errors"] is None)
+    assert occurs(lambda b: b["errors"] == [])
+    assert occurs(
+        lambda b: (
+            isinstance(b["errors"], list)
+            and b["errors"]
+            and all(isinstance(e, str) for e in b["errors"])
+        )
+    )
+    assert occurs(
+        lambda b: (
+            isinstance(b["errors"], dict)
+            and b["errors"]["object"] == "list"
+            and set(b["errors"]["data"][0]) == {"code", "message", "param", "line"}
+        )
+    )
+    assert occurs(lambda b: b["metadata"] is None)
+    assert occurs(lambda b: b["metadata"] == {})
+    keys = {key for batch in batches for key in batch["metadata"] or ()}
+    assert {"项目", "team name", "a.b", 'say "hi"', "emoji 🚀"} <= keys
+    assert occurs(lambda b: "" in (b["metadata"] or {}).values())
+    assert occurs(lambda b: "model" in b and "usage" in b)
+    assert occurs(lambda b: b["endpoint"] == "/v1/embeddings")
+    assert {b["completion_window"] for b in batches} == {"24h", "72h", "336h"}
+    assert {b["status"] for b in batches} >= {*TERMINAL, "in_progress", "in_queue"}
+
+
+def test_lifecycle_edge_cases_occur_in_a_2000_batch_world():
+    batches = World(batches=2000, seed=7, now=NOW).visible()
+
+    def occurs(predicate) -> bool:
+        return any(predicate(batch) for batch in batches)
+
+    assert occurs(lambda b: b["status"] == "failed" and b["in_progress_at"] is None)
+    assert occurs(lambda b: b["status"] == "failed" and b["in_progress_at"] is not None)
+    assert occurs(lambda b: b["status"] == "completed" and b["completed_at"] == b["expires_at"])
+    assert occurs(lambda b: b["status"] == "completed" and b["error_file_id"] is not None)
+    assert occurs(
+        lambda b: b["finalizing_at"] is not None and b["finalizing_at"] == b["in_progress_at"]
+    )
+    assert occurs(
+        lambda b: b["status"] == "expired" and (b["request_counts"] or {}).get("completed")
+    )
+    assert occurs(lambda b: b["status"] == "cancelled" and b["cancelled_at"] > b["cancelling_at"])
+
+
+def test_openai_style_validating_status_shows_while_fresh_batches_wait():
+    world = World(batches=2000, seed=7, now=NOW)
+    statuses = set()
+    for _ in range(3 * 24 * 4):
+        world.advance(15 * 60)
+        statuses |= {b["status"] for b in world.list_page(10)["data"]}
+
+    assert {"validating", "in_queue", "finalizing"} <= statuses
+
+
+def test_set_metadata_overrides_what_the_api_returns_from_then_on(sim, api):
+    batch = list_batches(api, sim, limit=1).json()["data"][0]
+    sim.world.set_metadata(batch["id"], {"kept": "yes"})
+
+    assert api.get(f"{sim.base_url}/batches/{batch['id']}").json()["metadata"] == {"kept": "yes"}
+    sim.world.set_metadata(batch["id"], None)
+    assert sim.world.get(batch["id"])["metadata"] is None
+
+
+def test_cancel_passes_through_cancelling_to_cancelled():
+    world = World(batches=2000, seed=7, now=NOW)
+    open_batch = next(b for b in world.visible() if b["status"] not in TERMINAL)
+    ended = next(b for b in world.visible() if b["status"] == "completed")
+    world.cancel(open_batch["id"])
+    world.cancel(ended["id"])
+
+    assert world.get(open_batch["id"])["status"] == "cancelling"
+    assert world.get(open_batch["id"])["cancelling_at"] == world.now
+    world.advance(10 * 60)
+    assert world.get(open_batch["id"])["status"] == "cancelled"
+    assert world.get(ended["id"]) == ended
+
+
+def test_a_100k_world_builds():
+    world = World(batches=100_000, seed=1)
+
+    assert world.size == 100_000
+    assert 80_000 < world.visible_count() < 100_000
+
+
+# --- faults --------------------------------------------------------------------------------
+
+
+def test_queued_429s_answer_the_next_requests_with_retry_after_then_recover(sim, api):
+    sim.faults.queue(status=429, times=2, retry_after="1")
+    first, second, third = (list_batches(api, sim) for _ in range(3))
+
+    for response in (first, second):
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["code"] == 50603
+    assert third.status_code == 200
+    assert sim.faults.pending() == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (
+            503,
+            {
+                "code": 50505,
+                "message": "Model service overloaded. Please try again later.",
+                "data": None,
+            },
+        ),
+        (403, "Forbidden"),
+        (400, None),
+    ],
+)
+def test_queued_json_errors_carry_siliconflow_bodies(sim, api, status, body):
+    sim.faults.queue(status=status)
+    response = list_batches(api, sim)
+
+    assert response.status_code == status
+    if body is not None:
+        assert response.json() == body
+    else:
+        assert response.json()["code"] == 20012
+
+
+@pytest.mark.parametrize("status", [500, 504, 404])
+def test_queued_gateway_errors_answer_in_plain_text(sim, api, status):
+    sim.faults.queue(status=status)
+    response = api.get(f"{sim.base_url}/batches/{sim.world.visible_ids()[0]}")
+
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith("text/plain")
+
+
+def test_a_queued_fault_may_carry_its_own_body(sim, api):
+    sim.faults.queue(status=429, body={"message": "slow down", "data": None, "code": 50602})
+
+    assert list_batches(api, sim).json()["code"] == 50602
+
+
+def test_bad_json_answers_200_with_an_html_proxy_page(sim, api):
+    sim.faults.queue(kind="bad_json")
+    response = list_batches(api, sim)
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    with pytest.raises(requests.JSONDecodeError):
+        response.json()
+
+
+def test_drop_closes_the_connection_without_an_answer(sim, api):
+    sim.faults.queue(kind="drop")
+
+    with pytest.raises(requests.ConnectionError):
+        list_batches(api, sim)
+    assert list_batches(api, sim).ok
+    assert sim.requests[0].status == 0
+
+
+def test_slow_answers_late_enough_to_trip_a_client_timeout(sim, api):
+    sim.faults.queue(kind="slow", seconds=0.5)
+
+    with pytest.raises(requests.Timeout):
+        api.get(f"{sim.base_url}/batches", timeout=0.1)
+    assert list_batches(api, sim).ok
+
+
+def test_no_data_answers_a_list_object_without_data(sim, api):
+    sim.faults.queue(kind="no_data")
+    page = list_batches(api, sim).json()
+
+    assert page["object"] == "list" and "data" not in page
+
+
+def test_malformed_answers_a_page_where_one_batch_lacks_its_id(sim, api):
+    sim.faults.queue(kind="malformed")
+    page = list_batches(api, sim, limit=10).json()
+
+    assert sum("id" not in batch for batch in page["data"]) == 1
+
+
+def test_an_unknown_fault_kind_is_refused(sim):
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        sim.faults.queue(kind="explode")
+
+
+def test_error_rate_mixes_transient_errors_into_answers(sim, api):
+    sim.faults.error_rate = 0.5
+    statuses = {list_batches(api, sim, limit=1).status_code for _ in range(40)}
+
+    assert 200 in statuses
+    assert statuses - {200} and statuses - {200} <= {429, 500, 503, 504}
+
+
+def test_latency_delays_every_answer(sim, api):
+    sim.faults.latency_ms = 60
+    started = time.perf_counter()
+    list_batches(api, sim, limit=1)
+
+    assert time.perf_counter() - started >= 0.06
+
+
+def test_faults_do_not_touch_the_control_api(sim):
+    sim.faults.queue(status=500)
+
+    assert requests.get(f"http://127.0.0.1:{sim.port}/_sim/state", timeout=5).ok
+    assert sim.faults.pending() == 1
+
+
+# --- quirks --------------------------------------------------------------------------------
+
+
+def test_ignore_after_serves_the_first_page_again_with_has_more(sim, api):
+    sim.faults.ignore_after = True
+    first = list_batches(api, sim, limit=10).json()
+    again = list_batches(api, sim, limit=10, after=first["last_id"]).json()
+
+    assert again["data"] == first["data"] and again["has_more"] is True
+
+
+def test_oldest_first_lists_ascending_and_still_pages_consistently(sim, api):
+    sim.faults.oldest_first = True
+
+    assert ids(fetch_all(api, sim, limit=100)) == sim.world.visible_ids()[::-1]
+
+
+def test_single_page_returns_everything_at_once(sim, api):
+    sim.faults.single_page = True
+    page = list_batches(api, sim, limit=5).json()
+
+    assert ids(page["data"]) == sim.world.visible_ids() and page["has_more"] is False
+
+
+def test_omit_last_id_drops_the_cursor_fields_but_last_item_paging_works(sim, api):
+    sim.faults.omit_last_id = True
+    page = list_batches(api, sim, limit=5).json()
+
+    assert "first_id" not in page and "last_id" not in page
+    assert ids(fetch_all(api, sim, limit=100)) == sim.world.visible_ids()
+
+
+# --- control API for out-of-process users --------------------------------------------------
+
+
+def test_the_control_api_advances_the_clock_and_sets_faults(sim, api):
+    control = f"http://127.0.0.1:{sim.port}/_sim"
+
+    assert requests.post(f"{control}/advance?seconds=3600", timeout=5).json()["now"] == NOW + HOUR
+    settings = {"omit_last_id": True, "queue": [{"status": 503, "times": 2}]}
+    assert requests.post(f"{control}/faults", json=settings, timeout=5).ok
+    assert sim.faults.omit_last_id and sim.faults.pending() == 2
+    assert requests.post(f"{control}/faults", json={"typo": 1}, timeout=5).status_code == 400
+    assert requests.post(f"{control}/advance?seconds=x", timeout=5).status_code == 400

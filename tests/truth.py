@@ -1,0 +1,133 @@
+"""Expected warehouse tables worked out in plain Python from the API objects (no project code)."""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+
+SCALARS = (
+    "id",
+    "object",
+    "endpoint",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "file_name",
+)
+TIMES = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+def _ts(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def expected_batches(api: list[dict]) -> set[tuple]:
+    return {
+        tuple(batch.get(name) for name in SCALARS) + tuple(_ts(batch.get(n)) for n in TIMES)
+        for batch in api
+    }
+
+
+def expected_request_counts(api: list[dict]) -> set[tuple]:
+    return {
+        (b["id"], c.get("total"), c.get("completed"), c.get("failed"))
+        for b in api
+        if (c := b.get("request_counts"))
+    }
+
+
+def expected_metadata(api: list[dict]) -> set[tuple]:
+    return {(b["id"], k, v) for b in api for k, v in (b.get("metadata") or {}).items()}
+
+
+def expected_errors(api: list[dict]) -> set[tuple]:
+    rows = set()
+    for b in api:
+        errors = b.get("errors")
+        if isinstance(errors, dict):
+            errors = errors.get("data")
+        for position, error in enumerate(errors or []):
+            if isinstance(error, str):
+                rows.add((b["id"], position, None, error, None, None))
+            else:
+                code, line = error.get("code"), error.get("line")
+                rows.add(
+                    (
+                        b["id"],
+                        position,
+                        None if code is None else str(code),
+                        error.get("message"),
+                        error.get("param"),
+                        line,
+                    )
+                )
+    return rows
+
+
+def actual(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    return con.execute(sql).fetchall()
+
+
+def assert_warehouse_equals(db_path: Any, api: list[dict]) -> None:
+    """Every table equals what the API returned: row for row, column for column, no id twice."""
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        con.execute("set TimeZone = 'UTC'")
+        batches = actual(
+            con, f"select {', '.join(SCALARS + TIMES)} from siliconflow.batches"
+        )
+        assert len(batches) == len(api), "row count of batches"
+        assert len({row[0] for row in batches}) == len(batches), "an id appears twice"
+        assert set(batches) == expected_batches(api)
+        counts = actual(
+            con, "select batch_id, total, completed, failed from siliconflow.batch_request_counts"
+        )
+        assert len(counts) == len(set(counts))
+        assert set(counts) == expected_request_counts(api)
+        metadata = actual(con, "select batch_id, key, value from siliconflow.batch_metadata")
+        assert len(metadata) == len(set(metadata))
+        assert set(metadata) == expected_metadata(api)
+        errors = actual(
+            con,
+            "select batch_id, position, code, message, param, line from siliconflow.batch_errors",
+        )
+        assert len(errors) == len(set(errors))
+        assert set(errors) == expected_errors(api)
+
+
+def latest_history(db_path: Any) -> dict[str, tuple]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        rows = con.execute(
+            """
+            select batch_id, status, requests_total, requests_completed, requests_failed
+            from siliconflow.batch_status_history
+            qualify row_number() over (partition by batch_id order by observed_at desc) = 1
+            """
+        ).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def expected_latest_history(api: list[dict]) -> dict[str, tuple]:
+    def counts(b: dict, key: str) -> Any:
+        return (b.get("request_counts") or {}).get(key)
+
+    return {
+        b["id"]: (b["status"], counts(b, "total"), counts(b, "completed"), counts(b, "failed"))
+        for b in api
+    }
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
