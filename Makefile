@@ -37,6 +37,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/sqlfluff lint sql/
 
 notebooks: install
 	$(BIN)/python -m pip install --quiet -e ".[notebooks]"

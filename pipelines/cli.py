@@ -7,8 +7,12 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.errors import SfBatchesError
+
+if TYPE_CHECKING:
+    from pipelines.config import SourceConfig
 
 DEMO_DB = "demo.duckdb"
 DEMO_BATCHES = 5_000
@@ -105,7 +109,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sync_and_build(db_path: Path, config, full_refresh: bool, models: bool) -> None:  # noqa: ANN001
+def _sync_and_build(
+    db_path: Path, config: "SourceConfig", full_refresh: bool, models: bool
+) -> None:
     from pipelines.sync import run_sync
 
     result = run_sync(

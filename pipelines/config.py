@@ -1,7 +1,7 @@
 """Settings from dlt's providers (.dlt/*.toml, environment), checked before anything runs."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dlt
@@ -18,7 +18,7 @@ class SourceConfig:
     api_key: str
     base_url: str = DEFAULT_BASE_URL
     page_size: int = DEFAULT_PAGE_SIZE
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __repr__(self) -> str:
         # Never let the key reach a log line or traceback through this object.

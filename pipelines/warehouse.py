@@ -24,7 +24,7 @@ TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 
 
 def is_lock_error(error: BaseException) -> bool:
-    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower() or (
+    return (isinstance(error, duckdb.IOException) and "lock" in str(error).lower()) or (
         error.__cause__ is not None and is_lock_error(error.__cause__)
     )
 
@@ -37,9 +37,9 @@ def busy_message(db_path: Path | str = "the database") -> str:
 
 
 @contextmanager
-def connect(db_path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S) -> Iterator[
-    duckdb.DuckDBPyConnection
-]:
+def connect(
+    db_path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the database, waiting a little while another process holds DuckDB's file lock."""
     deadline = time.monotonic() + wait_s
     while True:

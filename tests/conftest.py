@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may reach the real API: unless a test points elsewhere, the key and URL lead nowhere."""
+    """No test reaches the real API: unless a test says otherwise, key and URL lead nowhere."""
     for name in list(os.environ):
         if name.startswith(("SOURCES__", "SILICONFLOW_", "SFBATCHES_")):
             monkeypatch.delenv(name)

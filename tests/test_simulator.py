@@ -1,8 +1,12 @@
 """The simulator behaves like SiliconFlow's batch API, and its faults do what they say."""
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -562,3 +566,21 @@ def test_the_control_api_advances_the_clock_and_sets_faults(sim, api):
     assert sim.faults.omit_last_id and sim.faults.pending() == 2
     assert requests.post(f"{control}/faults", json={"typo": 1}, timeout=5).status_code == 400
     assert requests.post(f"{control}/advance?seconds=x", timeout=5).status_code == 400
+
+
+def test_serve_prints_its_url_and_key_and_stops_on_ctrl_c():
+    code = "from pipelines.simulator import serve; serve(port=0, batches=50, seed=1, api_key='k')"
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = process.stdout.readline()
+        base_url = next(word for word in line.split() if word.startswith("http://"))
+        response = requests.get(
+            f"{base_url}/batches", headers={"Authorization": "Bearer k"}, timeout=5
+        )
+        assert response.ok and " k " in line
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=5) == 0

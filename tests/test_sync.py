@@ -215,7 +215,7 @@ def test_every_column_exists_from_the_first_sync_even_when_all_null(tmp_path, ru
 def test_fields_the_api_adds_become_columns(simulator, db_path, run):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
 
-    truth = [b for b in simulator.world.visible() if "usage" in b and b["usage"]]
+    truth = [b for b in simulator.world.visible() if b.get("usage")]
     assert truth, "the simulator should serve OpenAI-style batches with usage"
     rows = dict(
         query(

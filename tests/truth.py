@@ -85,9 +85,7 @@ def assert_warehouse_equals(db_path: Any, api: list[dict]) -> None:
     """Every table equals what the API returned: row for row, column for column, no id twice."""
     with duckdb.connect(str(db_path), read_only=True) as con:
         con.execute("set TimeZone = 'UTC'")
-        batches = actual(
-            con, f"select {', '.join(SCALARS + TIMES)} from siliconflow.batches"
-        )
+        batches = actual(con, f"select {', '.join(SCALARS + TIMES)} from siliconflow.batches")
         assert len(batches) == len(api), "row count of batches"
         assert len({row[0] for row in batches}) == len(batches), "an id appears twice"
         assert set(batches) == expected_batches(api)

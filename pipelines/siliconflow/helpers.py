@@ -2,6 +2,7 @@
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from requests.exceptions import HTTPError, RequestException
 from pipelines.errors import ApiError, AuthError, SfBatchesError
 
 from .rows import check_batches
-from .settings import BATCHES_PATH
+from .settings import BATCHES_PATH, LOOKUP_THREADS
 
 _PARSED = "_sfbatches_json"
 
@@ -181,8 +182,7 @@ def read_batches(
                 yield batches
             if walk.done:
                 break
-        for batch_id in walk.still_open():
-            yield [get_batch(client, batch_id, stats)]
+        yield from look_up(client, walk.still_open(), stats)
     except HTTPError as error:
         raise describe_failure(error.response) from None
     except RequestException as error:
@@ -192,9 +192,30 @@ def read_batches(
         ) from None
 
 
-def get_batch(client: RESTClient, batch_id: str, stats: ReadStats) -> dict:
-    response = client.get(f"{BATCHES_PATH}/{batch_id}", hooks={"response": [check_response]})
-    stats.lookups += 1
+def look_up(client: RESTClient, batch_ids: list[str], stats: ReadStats) -> Iterator[list[dict]]:
+    """`GET /batches/{id}` for each id, a few at a time: each one is a full round trip."""
+    if not batch_ids:
+        return
+    with ThreadPoolExecutor(max_workers=LOOKUP_THREADS) as pool:
+        found = [batch for batch in pool.map(lambda i: get_batch(client, i), batch_ids) if batch]
+    check_batches(found)
+    stats.lookups += len(batch_ids)
+    stats.batches += len(found)
+    if len(found) < len(batch_ids):
+        stats.warn(
+            f"{len(batch_ids) - len(found)} batches open at the last sync are gone from the API "
+            "(HTTP 404); their last known state is kept"
+        )
+    yield found
+
+
+def get_batch(client: RESTClient, batch_id: str) -> dict | None:
+    try:
+        response = client.get(f"{BATCHES_PATH}/{batch_id}", hooks={"response": [check_response]})
+    except HTTPError as error:
+        if error.response is not None and error.response.status_code == 404:
+            return None
+        raise
     batch = _parse(response)
     if isinstance(batch, dict) and isinstance(batch.get("data"), dict):
         batch = batch["data"]
@@ -261,15 +282,23 @@ class _PageWalk:
         self.new_count += sum(1 for batch in page if (batch.get("created_at") or 0) > newest_known)
         oldest = self.last_created_at
         if page and oldest is not None and oldest < newest_known:
-            self.done = self._cheaper_to_look_up()
+            self.done = self._pages_worth_reading() == 0
 
-    def _cheaper_to_look_up(self) -> bool:
-        """Every new batch is behind us; page on only while that beats one GET per open batch."""
-        if not self.unseen_open:
-            return True
-        deepest = max(self.unseen_open.values()) + self.new_count
-        pages_to_go = -(-max(deepest - self.stats.batches, 0) // self.page_size)
-        return pages_to_go > len(self.unseen_open)
+    def _pages_worth_reading(self) -> int:
+        """Every new batch is behind us: how many more pages beat one GET per open batch left.
+
+        Reading k more pages costs k requests and saves a lookup for each open batch within
+        them; pick the k with the fewest requests in all (ties go to looking up).
+        """
+        read = self.stats.batches
+        depths = sorted(pos + self.new_count - read for pos in self.unseen_open.values())
+        best_pages, best_cost = 0, len(depths)
+        for covered, depth in enumerate(depths, start=1):
+            pages = -(-max(depth, 1) // self.page_size)
+            cost = pages + len(depths) - covered
+            if cost < best_cost:
+                best_pages, best_cost = pages, cost
+        return best_pages
 
     def still_open(self) -> list[str]:
         if self.read_everything or not self.done:

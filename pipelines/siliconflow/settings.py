@@ -42,3 +42,6 @@ CHILD_TABLES = (REQUEST_COUNTS, METADATA, ERRORS)
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
 # per-item cost vanishes, small enough to keep memory flat.
 CHUNK_ROWS = 5_000
+
+# Open batches deep in the history are fetched one by one; a few at a time hides the latency.
+LOOKUP_THREADS = 4

@@ -27,6 +27,7 @@ LIST_PATH = "/v1/batches"
 ITEM_PREFIX = "/v1/batches/"
 FAULT_KINDS = ("status", "bad_json", "drop", "slow", "no_data", "malformed")
 RANDOM_ERRORS = (429, 500, 503, 504)
+POLL_SECONDS = 0.01  # stop() waits up to one poll; tests start and stop a server each
 PROXY_PAGE = (
     "<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
     "<body><h1>Checking your browser before accessing api.siliconflow.cn</h1></body></html>"
@@ -257,7 +258,7 @@ class Simulator:
             self._address = (self._address[0], self._server.server_address[1])
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
+                kwargs={"poll_interval": POLL_SECONDS},
                 name=f"simulator:{self.port}",
                 daemon=True,
             )
