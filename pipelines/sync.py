@@ -19,7 +19,6 @@ from pipelines.siliconflow import ReadStats, SyncPlan, siliconflow
 from pipelines.siliconflow.settings import DATASET_NAME
 
 PIPELINE_NAME = "sfbatches"
-LOCK_TIMEOUT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 
 # Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load id
 # is how sync tells a batch's current child rows from stale ones and when it observed a status.
@@ -82,8 +81,9 @@ def run_sync(
 
 
 @contextmanager
-def database_lock(db_path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def database_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[None]:
     """One sync per database: wait up to `timeout_s` for another one to finish, then give up."""
+    timeout_s = warehouse.LOCK_WAIT_S if timeout_s is None else timeout_s
     lock_path = db_path.with_name(db_path.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock_file:

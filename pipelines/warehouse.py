@@ -1,5 +1,6 @@
 """The DuckDB side of a sync: what the warehouse holds now, and the bookkeeping after a load."""
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,8 @@ from pipelines.siliconflow.settings import (
     TERMINAL_STATUSES,
 )
 
-LOCK_WAIT_S = 10.0
+# How long to wait for a lock held by another process before exit 5 (cron runs overlap rarely).
+LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 SCHEMA = DATASET_NAME
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 

@@ -14,7 +14,7 @@ import requests
 
 from pipelines.simulator import TERMINAL, Simulator, World
 
-NOW = 1_750_000_000
+NOW = 1_750_300_000  # a Thursday, 10:26 in Beijing
 HOUR = 3600
 TIMESTAMPS = (
     "in_progress_at",
@@ -190,7 +190,7 @@ def test_every_request_is_logged_with_its_query_and_status(sim, api):
     list_batches(api, sim, limit=0)
     api.get(f"{sim.base_url}/nothing")
 
-    assert [(r.method, r.path, r.query, r.status) for r in sim.requests] == [
+    assert [r[:4] for r in sim.requests] == [
         ("GET", "/v1/batches", {"limit": "2"}, 200),
         ("GET", "/v1/batches", {"limit": "0"}, 400),
         ("GET", "/v1/nothing", {}, 404),
@@ -358,11 +358,11 @@ def test_lifecycle_edge_cases_occur_in_a_2000_batch_world():
 
 
 def test_openai_style_validating_status_shows_while_fresh_batches_wait():
-    world = World(batches=2000, seed=7, now=NOW)
+    world = World(batches=20_000, seed=7, now=NOW)
     statuses = set()
-    for _ in range(3 * 24 * 4):
-        world.advance(15 * 60)
-        statuses |= {b["status"] for b in world.list_page(10)["data"]}
+    for _ in range(3 * 24 * 12):
+        world.advance(5 * 60)
+        statuses |= {b["status"] for b in world.list_page(20)["data"]}
 
     assert {"validating", "in_queue", "finalizing"} <= statuses
 
@@ -445,6 +445,25 @@ def test_queued_gateway_errors_answer_in_plain_text(sim, api, status):
 
     assert response.status_code == status
     assert response.headers["Content-Type"].startswith("text/plain")
+
+
+def test_a_queued_fault_may_let_some_requests_through_first(sim, api):
+    sim.faults.queue(status=503, times=2, after=1)
+
+    assert sim.faults.pending() == 2
+    assert requests.get(f"http://127.0.0.1:{sim.port}/_sim/faults", timeout=5).ok
+    statuses = [list_batches(api, sim, limit=1).status_code for _ in range(4)]
+    assert statuses == [200, 503, 503, 200]
+    assert sim.faults.pending() == 0
+
+
+def test_the_request_log_times_answers_so_backoff_can_be_measured(sim, api):
+    list_batches(api, sim, limit=1)
+    time.sleep(0.05)
+    list_batches(api, sim, limit=1)
+
+    first, second = sim.requests
+    assert second.at - first.at >= 0.05
 
 
 def test_a_queued_fault_may_carry_its_own_body(sim, api):

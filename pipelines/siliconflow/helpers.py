@@ -137,7 +137,7 @@ def describe_failure(response: Response) -> SfBatchesError:
             f"({response.headers.get('content-type', 'no content type')}); retry later"
         )
     return ApiError(
-        f"the SiliconFlow API answered {_where(response)} without `data` "
+        f"the SiliconFlow API answered {_where(response)} without `data` and without an id "
         f"(keys: {sorted(body)[:8] if isinstance(body, dict) else type(body).__name__}); "
         "nothing was loaded, retry later or report it to SiliconFlow"
     )
@@ -213,13 +213,19 @@ def get_batch(client: RESTClient, batch_id: str) -> dict | None:
     try:
         response = client.get(f"{BATCHES_PATH}/{batch_id}", hooks={"response": [check_response]})
     except HTTPError as error:
-        if error.response is not None and error.response.status_code == 404:
+        # The API's own JSON "no such batch" means it is gone; the router's plain-text 404
+        # means a wrong base URL, which must fail.
+        if _is_missing_batch(error.response):
             return None
         raise
     batch = _parse(response)
     if isinstance(batch, dict) and isinstance(batch.get("data"), dict):
         batch = batch["data"]
     return batch
+
+
+def _is_missing_batch(response: Response | None) -> bool:
+    return response is not None and response.status_code == 404 and _parse(response) is not None
 
 
 def _redact(text: str) -> str:

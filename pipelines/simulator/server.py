@@ -50,6 +50,7 @@ class Request(NamedTuple):
     path: str
     query: dict[str, str]
     status: int
+    at: float = 0.0  # time.monotonic() when the answer was ready, for retry-delay checks
 
 
 def json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -85,7 +86,7 @@ def error_reply(status: int, retry_after: str | None = None) -> Reply:
     return Reply(status, texts.get(status, b"error"), TEXT, headers)
 
 
-# --- faults -------------------------------------------------------------------------------------
+# --- faults -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Faults:
 
     def __init__(self, seed: int = 7) -> None:
         self._lock = threading.Lock()
-        self._queue: deque[Fault] = deque()
+        self._queue: deque[Fault | None] = deque()
         self._rng = random.Random(seed)
         self.error_rate = 0.0
         self.latency_ms = 0.0
@@ -149,8 +150,9 @@ class Faults:
         retry_after: str | int | None = None,
         seconds: float = 0.0,
         content_type: str | None = None,
+        after: int = 0,
     ) -> None:
-        """Answer the next `times` requests with this fault instead of the real response."""
+        """Answer `times` requests with this fault, once `after` more have been served well."""
         kind = kind or "status"
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
@@ -165,15 +167,18 @@ class Faults:
             seconds=seconds,
         )
         with self._lock:
-            self._queue.extend([fault] * times)
+            self._queue.extend([None] * after + [fault] * times)
 
     def pending(self) -> int:
-        return len(self._queue)
+        """How many queued faults have not fired yet (requests let through not counted)."""
+        with self._lock:
+            return sum(fault is not None for fault in self._queue)
 
     def take(self) -> Fault | None:
         """The fault for this request, if any: queued ones first, then the random error rate."""
         with self._lock:
             if self._queue:
+                # a None placeholder lets one request through (see `after`)
                 return self._queue.popleft()
             if self.error_rate and self._rng.random() < self.error_rate:
                 return Fault(status=self._rng.choice(RANDOM_ERRORS))
@@ -206,12 +211,13 @@ class Faults:
         state: dict[str, Any] = {name: getattr(self, name) for name in self.SETTINGS}
         with self._lock:
             state["queue"] = [
-                {f.name: getattr(fault, f.name) for f in fields(Fault)} for fault in self._queue
+                {f.name: getattr(fault, f.name) for f in fields(Fault)} if fault else None
+                for fault in self._queue
             ]
         return state
 
 
-# --- the API ------------------------------------------------------------------------------------
+# --- the API ----------------------------------------------------------------------------------
 
 
 class Simulator:
@@ -239,7 +245,7 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    # --- lifecycle ---------------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------------
 
     @property
     def port(self) -> int:
@@ -281,7 +287,7 @@ class Simulator:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # --- the request log ---------------------------------------------------------------
+    # --- the request log ------------------------------------------------------------------
 
     def count(self, path_prefix: str = "/v1/") -> int:
         """How many requests were made to paths starting with `path_prefix`."""
@@ -295,7 +301,7 @@ class Simulator:
         with self._log_lock:
             self.requests.clear()
 
-    # --- answering ---------------------------------------------------------------------
+    # --- answering ------------------------------------------------------------------------
 
     def respond(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes
@@ -305,7 +311,9 @@ class Simulator:
         query = dict(parse_qsl(query_string, keep_blank_values=True))
         reply = self._route(method, path, query, headers, body)
         with self._log_lock:
-            self.requests.append(Request(method, path, query, reply.status if reply else 0))
+            self.requests.append(
+                Request(method, path, query, reply.status if reply else 0, time.monotonic())
+            )
         return reply
 
     def _route(
@@ -380,7 +388,7 @@ class Simulator:
             return api_error(f"batch {batch_id} not found", status=404)
         return batch
 
-    # --- control API for out-of-process users ------------------------------------------
+    # --- control API for out-of-process users ---------------------------------------------
 
     def _control(self, method: str, path: str, query: dict[str, str], body: bytes) -> Reply:
         try:
@@ -408,7 +416,7 @@ class Simulator:
         }
 
 
-# --- HTTP plumbing ------------------------------------------------------------------------------
+# --- HTTP plumbing ----------------------------------------------------------------------------
 
 
 class _Server(ThreadingHTTPServer):

@@ -161,7 +161,7 @@ class World:
         self._cancelled: dict[int, Timeline] = {}
         self._plan = lru_cache(maxsize=PLAN_CACHE)(self._make_plan)
 
-    # --- the clock and what is visible at it -------------------------------------------
+    # --- the clock and what is visible at it ----------------------------------------------
 
     def advance(self, seconds: int) -> None:
         """Move the clock forward; batches never go back to an earlier state."""
@@ -221,7 +221,7 @@ class World:
             "has_more": has_more,
         }
 
-    # --- changes tests make to single batches --------------------------------------------
+    # --- changes tests make to single batches ---------------------------------------------
 
     def set_metadata(self, batch_id: str, metadata: dict[str, str] | None) -> None:
         """Replace a batch's metadata from now on (also before it was created)."""
@@ -239,9 +239,10 @@ class World:
                 return
             self._cancelled[key] = _cancelled_now(timeline, t, 60 + key % 240)
 
-    # --- ids ---------------------------------------------------------------------------------
+    # --- ids ------------------------------------------------------------------------------
 
     def id_at(self, pos: int) -> str:
+        """The id at position `pos` counted from the oldest batch, future ones included."""
         return _id_of_key(self._key_at[pos], self._id_salt)
 
     def _key(self, batch_id: str) -> int:
@@ -268,7 +269,7 @@ class World:
                 keys[first:pos] = array("i", tied)
             first = pos
 
-    # --- rendering ----------------------------------------------------------------------------
+    # --- rendering ------------------------------------------------------------------------
 
     def _make_plan(self, key: int) -> Plan:
         created_at = self._created[self._pos_of_key[key]]
@@ -391,7 +392,7 @@ def _usage(usage: tuple[int, int, int, int]) -> dict[str, Any]:
     }
 
 
-# --- planning one batch ---------------------------------------------------------------------
+# --- planning one batch -----------------------------------------------------------------------
 
 Draw = Callable[[], float]  # the next uniform number in [0, 1) for one batch
 
@@ -441,12 +442,13 @@ def make_plan(draw: Draw, spare: bytes, created_at: int) -> Plan:
 def plan_timeline(draw: Draw, created: int, expires: int) -> Timeline:
     """Queue wait, processing and finalizing durations, ended by one terminal outcome."""
     window = expires - created
-    short_queue = draw() < 0.6
-    queue = int(_log_uniform(draw, 2, 600) if short_queue else _log_uniform(draw, 600, 10 * HOUR))
+    # Batch work waits for spare capacity, so queues of hours are common.
+    short_queue = draw() < 0.3
+    queue = int(_log_uniform(draw, 2, 600) if short_queue else _log_uniform(draw, 600, 12 * HOUR))
     finalize = int(_log_uniform(draw, 2, 600))
     # Longer windows attract longer jobs; every job must still fit inside its window.
     longest = min(window * 0.9, 22 * HOUR * math.sqrt(window / DAY))
-    work = min(int(_log_uniform(draw, 900, longest)), window - queue - finalize - 1)
+    work = min(int(_log_uniform(draw, 1800, longest)), window - queue - finalize - 1)
     outcome = _pick(draw, OUTCOMES)
     if outcome == "completed":
         return _completed(draw, created, expires, queue, work, finalize)
@@ -565,7 +567,7 @@ def _log_uniform(draw: Draw, low: float, high: float) -> float:
     return low * math.exp(draw() * math.log(high / low))
 
 
-# --- creation times -------------------------------------------------------------------------
+# --- creation times ---------------------------------------------------------------------------
 
 
 def _creation_times(rnd: random.Random, n: int, start: int, now: int, end: int) -> list[int]:
@@ -590,15 +592,15 @@ def _hour_buckets(
         weekday = (hour_start // DAY + 3) % 7  # 1970-01-01 was a Thursday
         # Peak around 06:00 UTC (afternoon in China), quieter weekends, rare submission storms,
         # and usage growing over the period, so the recent past is busiest.
-        weight = 1 + 0.7 * math.cos(2 * math.pi * (hour_of_day - 6) / 24)
-        weight *= 0.5 if weekday >= 5 else 1.0
+        weight = 1 + 0.5 * math.cos(2 * math.pi * (hour_of_day - 6) / 24)
+        weight *= 0.7 if weekday >= 5 else 1.0
         weight *= 0.6 + 0.8 * min(1.0, (low - start) / max(1, now - start))
         weight *= 6.0 if rnd.random() < 0.02 else 1.0
         buckets.append((low, high, weight * (high - low) / HOUR))
     return buckets
 
 
-# --- ids ------------------------------------------------------------------------------------
+# --- ids --------------------------------------------------------------------------------------
 
 
 def _salt(seed: int) -> int:

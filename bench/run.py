@@ -1,0 +1,592 @@
+"""`make bench`: how fast and how lean `sfbatches` syncs, next to a bare fetch loop and dlt's peer.
+
+One run starts the simulator (`sfbatches simulate`, its own process) with N batches, and for each
+latency measures, every step in its own process:
+
+1. bare fetch - a plain `requests.Session` loop over `GET /v1/batches?limit=100&after=...`
+2. `sfbatches sync --no-models` on a fresh database (full sync)
+3. the same command again (incremental sync, nothing new)
+4. `sfbatches models`
+5. the peer - dlt's generic `rest_api` source, merge on `id`, into its own DuckDB file
+
+Wall seconds and peak RSS come from a small wrapper process (`MEASURE`) that starts the step and
+collects it with `os.wait4`: that rusage belongs to the step alone (and whatever it waited for).
+The wrapper is needed because on Linux a child's `ru_maxrss` starts at the peak RSS of the
+process that spawned it; the wrapper stays small, so its floor (printed) is below any step's.
+The benchmark only measures and reports targets met or not; it never fails on time.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BATCHES = 100_000
+MAX_BATCHES = 1_000_000
+PAGE_SIZE = 100
+SEED = 7
+FALLBACK_API_KEY = "sk-sim-test"  # pipelines.simulator.DEFAULT_API_KEY, if the banner lacks it
+START_TIMEOUT_S = 300.0
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+MB = 1024 * 1024
+
+# Targets from the performance issue, as (limit, unit) checked against one run's figures.
+FULL_RATIO_AT_ZERO = 1.5
+FULL_RATIO_WITH_LATENCY = 1.1
+RSS_LIMIT_MB = 300.0
+INCREMENTAL_LIST_REQUESTS = 3
+INCREMENTAL_WALL_S = 3.0
+MODELS_WALL_S = 1.0
+
+# Runs argv[2:], waits for it with os.wait4 and writes its wall time, peak RSS and exit code
+# as JSON to argv[1]. Kept tiny: a child's ru_maxrss never starts below its parent's peak.
+MEASURE = """\
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+wall = time.perf_counter() - start
+child.returncode = code = os.waitstatus_to_exitcode(status)
+scale = 1 if sys.platform == "darwin" else 1024
+with open(sys.argv[1], "w") as out:
+    json.dump({"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * scale, "exit_code": code}, out)
+"""
+
+SUMMARY = re.compile(
+    r"sync of .*?: (?P<batches>[\d,]+) batches read .*? from (?P<pages>[\d,]+) pages "
+    r"and (?P<lookups>[\d,]+) lookups"
+)
+BANNER = re.compile(r"simulator: (?P<url>\S+) api key (?P<key>\S+)")
+
+
+@dataclass
+class Measure:
+    """One step of one latency, as measured."""
+
+    step: str
+    wall_s: float
+    peak_rss_mb: float
+    rows: int
+    requests: int  # HTTP requests the simulator answered during the step
+    exit_code: int = 0
+    pages: int | None = None
+    lookups: int | None = None
+    ratio: float | None = None  # wall_s / bare fetch wall_s
+    error: str = ""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
+class Check:
+    target: str
+    measured: str
+    met: bool
+
+
+@dataclass
+class LatencyRun:
+    latency_ms: float
+    open_batches: int = 0
+    steps: list[Measure] = field(default_factory=list)
+
+    def get(self, step: str) -> Measure | None:
+        return next((m for m in self.steps if m.step == step), None)
+
+
+# --- the simulator, in its own process ----------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    base_url: str
+    api_key: str
+
+    def state(self) -> dict[str, Any]:
+        root = self.base_url.rsplit("/v1", 1)[0]
+        with urllib.request.urlopen(f"{root}/_sim/state", timeout=30) as response:
+            return json.load(response)
+
+    def request_count(self) -> int:
+        # The state request itself is logged after it answers, so the next count includes it.
+        return int(self.state()["requests"])
+
+    def set_latency(self, latency_ms: float) -> None:
+        root = self.base_url.rsplit("/v1", 1)[0]
+        body = json.dumps({"latency_ms": latency_ms}).encode()
+        request = urllib.request.Request(
+            f"{root}/_sim/faults", data=body, method="POST", headers={"Content-Type": "json"}
+        )
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def simulator(batches: int, workdir: Path) -> Iterator[Server]:
+    """`sfbatches simulate` on a free port, answering with its key before this yields."""
+    port = free_port()
+    argv = [sys.executable, "-m", "pipelines", "simulate", "--port", str(port)]
+    argv += ["--batches", str(batches), "--seed", str(SEED)]
+    process = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE, text=True)
+    try:
+        banner = process.stdout.readline() if process.stdout else ""
+        match = BANNER.search(banner)
+        base_url = match["url"] if match else f"http://127.0.0.1:{port}/v1"
+        server = Server(process, base_url, match["key"] if match else FALLBACK_API_KEY)
+        wait_until_answering(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until_answering(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    request = urllib.request.Request(
+        f"{server.base_url}/batches?limit=1",
+        headers={"Authorization": f"Bearer {server.api_key}"},
+    )
+    while True:
+        if server.process.poll() is not None:
+            raise SystemExit(f"bench: the simulator exited with code {server.process.returncode}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: the simulator did not answer in time")
+        time.sleep(0.1)
+
+
+# --- running one measured step ------------------------------------------------------------------
+
+
+def child_env(server: Server) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        SILICONFLOW_API_KEY=server.api_key,
+        SOURCES__SILICONFLOW__API_KEY=server.api_key,
+        SOURCES__SILICONFLOW__BASE_URL=server.base_url,
+        SOURCES__SILICONFLOW__PAGE_SIZE=str(PAGE_SIZE),
+        RUNTIME__DLTHUB_TELEMETRY="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("SFBATCHES_DB", None)
+    return env
+
+
+def measure(argv: list[str], env: dict[str, str], workdir: Path) -> tuple[dict[str, Any], str]:
+    """Run argv under the MEASURE wrapper; its figures and the step's stdout and stderr."""
+    figures = workdir / "measure.json"
+    output = workdir / "step.out"
+    with open(output, "w") as out:
+        subprocess.run(
+            [sys.executable, "-c", MEASURE, str(figures), *argv],
+            env=env,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    result = json.loads(figures.read_text())
+    text = output.read_text(errors="replace")
+    figures.unlink()
+    output.unlink()
+    return result, text
+
+
+def run_step(name: str, argv: list[str], server: Server, workdir: Path) -> tuple[Measure, str]:
+    before = server.request_count()
+    figures, text = measure(argv, child_env(server), workdir)
+    requests = server.request_count() - before - 1
+    step = Measure(
+        step=name,
+        wall_s=figures["wall_s"],
+        peak_rss_mb=figures["peak_rss_bytes"] / MB,
+        rows=0,
+        requests=requests,
+        exit_code=figures["exit_code"],
+    )
+    if step.exit_code:
+        step.error = last_line(text)
+        tail = "\n".join(text.splitlines()[-40:])
+        print(f"bench: {name} exited with {step.exit_code}:\n{tail}", file=sys.stderr)
+    return step, text
+
+
+def last_line(text: str) -> str:
+    """The line most likely to say what failed: the last naming an error, else the last one."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1][:200]
+
+
+def this_script(*args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def sfbatches(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines", *args]
+
+
+def parse_sync(step: Measure, text: str) -> None:
+    match = SUMMARY.search(text)
+    if match:
+        step.rows = int(match["batches"].replace(",", ""))
+        step.pages = int(match["pages"].replace(",", ""))
+        step.lookups = int(match["lookups"].replace(",", ""))
+
+
+def parse_json_line(step: Measure, text: str) -> None:
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            figures = json.loads(line)
+            step.rows = int(figures.get("rows", 0))
+            step.pages = figures.get("pages")
+            return
+
+
+# --- one latency --------------------------------------------------------------------------------
+
+
+def run_latency(server: Server, latency_ms: float, skip_peer: bool, root: Path) -> LatencyRun:
+    server.set_latency(latency_ms)
+    run = LatencyRun(latency_ms)
+    workdir = Path(tempfile.mkdtemp(prefix=f"lat{latency_ms:g}-", dir=root))
+    db = workdir / "bench.duckdb"
+    url = server.base_url
+
+    def step(name: str, argv: list[str], parse: Any, rows: int | None = None) -> Measure:
+        print(f"bench: {latency_ms:g} ms: {name} ...", file=sys.stderr, flush=True)
+        measured, text = run_step(name, argv, server, workdir)
+        parse(measured, text)
+        if rows is not None:
+            measured.rows = rows
+        run.steps.append(measured)
+        return measured
+
+    bare = step("bare fetch", this_script("--step", "bare", "--base-url", url), parse_json_line)
+    full = step("sync (full)", sfbatches("sync", "--no-models", "--db", str(db)), parse_sync)
+    run.open_batches = count_open(db, server, workdir)
+    step("sync (incremental)", sfbatches("sync", "--no-models", "--db", str(db)), parse_sync)
+    step("models", sfbatches("models", "--db", str(db)), lambda *_: None, rows=full.rows)
+    if not skip_peer:
+        peer_db = workdir / "peer.duckdb"
+        argv = this_script("--step", "peer", "--base-url", url, "--db", str(peer_db))
+        step("dlt rest_api (peer)", argv, parse_json_line)
+    for measured in run.steps:
+        if bare.wall_s > 0 and not bare.exit_code:
+            measured.ratio = measured.wall_s / bare.wall_s
+    shutil.rmtree(workdir, ignore_errors=True)
+    return run
+
+
+def count_open(db: Path, server: Server, workdir: Path) -> int:
+    """Batches not terminal in the synced database: what an incremental sync must re-read."""
+    if not db.exists():
+        return 0
+    figures, text = measure(
+        this_script("--step", "open", "--db", str(db)), child_env(server), workdir
+    )
+    probe = Measure("open", 0, 0, 0, 0)
+    parse_json_line(probe, text)
+    return probe.rows if not figures["exit_code"] else 0
+
+
+# --- targets and printing -----------------------------------------------------------------------
+
+
+def checks(run: LatencyRun) -> list[Check]:
+    at = f"@ {run.latency_ms:g} ms"
+    found: list[Check] = []
+    full, incremental = run.get("sync (full)"), run.get("sync (incremental)")
+    models = run.get("models")
+    if full and full.ratio is not None:
+        limit = FULL_RATIO_AT_ZERO if run.latency_ms == 0 else FULL_RATIO_WITH_LATENCY
+        found.append(
+            Check(
+                f"full sync <= {limit}x bare fetch {at}", f"{full.ratio:.2f}x", full.ratio <= limit
+            )
+        )
+    ours = [m for m in (full, incremental, models) if m]
+    if ours:
+        peak = max(m.peak_rss_mb for m in ours)
+        found.append(
+            Check(
+                f"sfbatches peak RSS <= {RSS_LIMIT_MB:.0f} MB {at}",
+                f"{peak:.0f} MB",
+                peak <= RSS_LIMIT_MB,
+            )
+        )
+    if incremental:
+        found += incremental_checks(incremental, run.open_batches, at)
+    if models:
+        found.append(
+            Check(
+                f"models <= {MODELS_WALL_S:g} s {at}",
+                f"{models.wall_s:.2f} s",
+                models.wall_s <= MODELS_WALL_S and not models.exit_code,
+            )
+        )
+    return found
+
+
+def incremental_checks(step: Measure, open_batches: int, at: str) -> list[Check]:
+    budget = INCREMENTAL_LIST_REQUESTS + open_batches
+    detail = (
+        f"{step.requests} requests ({step.pages} pages + {step.lookups} lookups; "
+        f"{open_batches} open batches)"
+    )
+    return [
+        Check(
+            f"no-op incremental <= {INCREMENTAL_LIST_REQUESTS} list requests + one per open "
+            f"batch {at}",
+            detail,
+            step.requests <= budget and not step.exit_code,
+        ),
+        Check(
+            f"no-op incremental <= {INCREMENTAL_WALL_S:g} s wall {at}",
+            f"{step.wall_s:.2f} s",
+            step.wall_s <= INCREMENTAL_WALL_S and not step.exit_code,
+        ),
+    ]
+
+
+def table(run: LatencyRun) -> str:
+    head = (
+        f"{'step':<22} {'wall s':>8} {'peak RSS MB':>12} {'rows':>9} {'rows/s':>10} "
+        f"{'x bare fetch':>13} {'requests':>9}"
+    )
+    lines = [f"latency {run.latency_ms:g} ms per request", head, "-" * len(head)]
+    for m in run.steps:
+        ratio = f"{m.ratio:.2f}x" if m.ratio is not None else "-"
+        lines.append(
+            f"{m.step:<22} {m.wall_s:>8.2f} {m.peak_rss_mb:>12.0f} {m.rows:>9,} "
+            f"{m.rows_per_s:>10,.0f} {ratio:>13} {m.requests:>9,}"
+        )
+        if m.error:
+            lines.append(f"  ! exit {m.exit_code}: {m.error}")
+    return "\n".join(lines)
+
+
+def targets_block(found: list[Check]) -> str:
+    width = max((len(c.target) for c in found), default=10)
+    lines = ["targets"]
+    for c in found:
+        lines.append(f"  {c.target:<{width}}  {c.measured:<48}  {'met' if c.met else 'NOT met'}")
+    return "\n".join(lines)
+
+
+# --- the steps that run in their own process (`--step`) -----------------------------------------
+
+
+def bare_fetch(base_url: str, api_key: str) -> dict[str, int]:
+    """The floor: page through the listing with one keep-alive session and parse every page."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {api_key}"
+    url = f"{base_url.rstrip('/')}/batches"
+    rows = pages = 0
+    params: dict[str, Any] = {"limit": PAGE_SIZE}
+    while True:
+        response = session.get(url, params=params, timeout=60)
+        response.raise_for_status()
+        page = response.json()
+        pages += 1
+        data = page["data"]
+        rows += len(data)
+        if not page.get("has_more") or not data:
+            return {"rows": rows, "pages": pages}
+        params["after"] = page.get("last_id") or data[-1]["id"]
+
+
+def peer_sync(base_url: str, api_key: str, db: Path) -> dict[str, int]:
+    """dlt's generic `rest_api` source, configured for this API, merged on `id` into DuckDB."""
+    import dlt
+    from dlt.sources.helpers.rest_client.paginators import JSONResponseCursorPaginator
+    from dlt.sources.rest_api import rest_api_source
+
+    paginator = JSONResponseCursorPaginator(
+        cursor_path="last_id", cursor_param="after", has_more_path="has_more"
+    )
+    source = rest_api_source(
+        {
+            "client": {
+                "base_url": base_url.rstrip("/") + "/",
+                "auth": {"type": "bearer", "token": api_key},
+                "paginator": paginator,
+            },
+            "resources": [
+                {
+                    "name": "batches",
+                    "primary_key": "id",
+                    "write_disposition": "merge",
+                    "endpoint": {
+                        "path": "batches",
+                        "params": {"limit": PAGE_SIZE},
+                        "data_selector": "data",
+                    },
+                }
+            ],
+        }
+    )
+    pipeline = dlt.pipeline(
+        pipeline_name="bench_peer",
+        pipelines_dir=str(db.with_name(f".{db.name}.dlt")),
+        destination=dlt.destinations.duckdb(credentials=str(db)),
+        dataset_name="siliconflow",
+    )
+    pipeline.run(source)
+    counts = pipeline.last_trace.last_normalize_info.row_counts
+    return {"rows": int(counts.get("batches", 0))}
+
+
+def open_count(db: Path) -> dict[str, int]:
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        row = con.execute(
+            "select count(*) from siliconflow.batches where status not in (?, ?, ?, ?)",
+            list(TERMINAL),
+        ).fetchone()
+    return {"rows": int(row[0]) if row else 0}
+
+
+def child_step(args: argparse.Namespace) -> int:
+    api_key = os.environ.get("SILICONFLOW_API_KEY", FALLBACK_API_KEY)
+    if args.step == "bare":
+        figures = bare_fetch(args.base_url, api_key)
+    elif args.step == "peer":
+        figures = peer_sync(args.base_url, api_key, Path(args.db))
+    else:
+        figures = open_count(Path(args.db))
+    print(json.dumps(figures), flush=True)
+    return 0
+
+
+# --- the whole run ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=batch_count, default=DEFAULT_BATCHES)
+    parser.add_argument(
+        "--latencies", type=latencies, default=[0.0, 50.0], help="ms per request, e.g. 0,50"
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="leave out dlt's rest_api peer")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--step", choices=("bare", "peer", "open"), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def batch_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_BATCHES:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_BATCHES:,}, not {value:,}")
+    return value
+
+
+def latencies(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of milliseconds: {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"need milliseconds of 0 or more, not {text!r}")
+    return values
+
+
+def rss_floor(root: Path) -> float:
+    """The lowest peak RSS the wrapper can report (a trivial process measured the same way)."""
+    figures, _ = measure([sys.executable, "-c", "pass"], dict(os.environ), root)
+    return figures["peak_rss_bytes"] / MB
+
+
+def bench(args: argparse.Namespace) -> int:
+    root = Path(tempfile.mkdtemp(prefix="sfbatches-bench-"))
+    runs: list[LatencyRun] = []
+    try:
+        floor = rss_floor(root)
+        print(f"bench: starting the simulator with {args.batches:,} batches", file=sys.stderr)
+        with simulator(args.batches, root) as server:
+            for latency_ms in args.latencies:
+                runs.append(run_latency(server, latency_ms, args.skip_peer, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report(args, runs, floor)
+    return 0
+
+
+def report(args: argparse.Namespace, runs: list[LatencyRun], floor: float) -> None:
+    print(
+        f"\nsfbatches bench: {args.batches:,} batches, page size {PAGE_SIZE}, simulator in its "
+        f"own process; peak RSS of a bare `python -c pass` measured the same way: {floor:.0f} MB"
+    )
+    found: list[Check] = []
+    for run in runs:
+        print()
+        print(table(run))
+        found += checks(run)
+    print()
+    print(targets_block(found))
+    if args.batches != DEFAULT_BATCHES:
+        print(
+            f"  (targets are stated for {DEFAULT_BATCHES:,} batches; this run used "
+            f"{args.batches:,})"
+        )
+    if args.json:
+        payload = {
+            "batches": args.batches,
+            "rss_floor_mb": floor,
+            "runs": [
+                {
+                    **asdict(run),
+                    "steps": [{**asdict(m), "rows_per_s": m.rows_per_s} for m in run.steps],
+                }
+                for run in runs
+            ],
+            "targets": [asdict(c) for c in found],
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.step:
+        return child_step(args)
+    return bench(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

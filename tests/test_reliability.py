@@ -1,0 +1,329 @@
+"""Faults, API quirks, crashes, concurrent runs and secrets: the warehouse stays correct."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import REPO, run_process
+from truth import assert_warehouse_equals
+
+TABLES = (
+    "batches",
+    "batch_request_counts",
+    "batch_metadata",
+    "batch_errors",
+    "batch_status_history",
+)
+
+
+def snapshot(db_path: Path) -> str:
+    """A digest of every warehouse table's content, to show a failed sync changed nothing."""
+    digest = hashlib.sha256()
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        for table in TABLES:
+            rows = con.execute(
+                f"select * exclude (_dlt_load_id) from siliconflow.{table} order by all"
+                if table != "batch_status_history"
+                else f"select * from siliconflow.{table} order by all"
+            ).fetchall()
+            digest.update(repr(rows).encode())
+    return digest.hexdigest()
+
+
+def stored_ids(db_path: Path) -> set[str]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        return {row[0] for row in con.execute("select id from siliconflow.batches").fetchall()}
+
+
+@pytest.fixture
+def synced(simulator, db_path, run):
+    """A warehouse synced once, then the world moved on by two hours."""
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.world.advance(2 * 3600)
+    simulator.clear_requests()
+    return snapshot(db_path)
+
+
+# --- transient errors: retried, then either success or exit 4 with nothing changed ---------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 429},
+        {"status": 500},
+        {"status": 503},
+        {"status": 504},
+        {"kind": "drop"},
+        {"kind": "bad_json"},
+        {"kind": "slow", "seconds": 2.0},
+    ],
+    ids=["429", "500", "503-50505", "504", "dropped-connection", "html-200", "timeout"],
+)
+def test_transient_fault_is_retried_and_the_sync_completes(
+    simulator, db_path, run, synced, monkeypatch, fault
+):
+    monkeypatch.setenv("RUNTIME__REQUEST_TIMEOUT", "0.5")
+    simulator.faults.queue(**fault, times=2, after=1)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert simulator.faults.pending() == 0
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_retry_waits_as_long_as_retry_after_says(simulator, db_path, run, synced, monkeypatch):
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_RETRY_DELAY", "5")
+    simulator.faults.queue(status=429, retry_after=1)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    first, second = simulator.requests[0], simulator.requests[1]
+    assert first.status == 429 and second.status == 200
+    assert second.at - first.at >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ({"status": 503}, "HTTP 503, code 50505: Model service overloaded"),
+        ({"status": 429}, "HTTP 429, code 50603"),
+        ({"status": 500}, "HTTP 500"),
+        ({"kind": "bad_json"}, "not JSON"),
+    ],
+    ids=["503", "429", "500", "html-200"],
+)
+def test_retries_run_out_exit_4_and_the_database_is_unchanged(
+    simulator, db_path, run, synced, fault, said
+):
+    simulator.faults.queue(**fault, times=50, after=2)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 4
+    assert said in outcome.err and outcome.err.count("\n") == 1
+    assert snapshot(db_path) == synced
+    # the next cron run, with the API healthy again, brings everything current
+    simulator.faults.reset()
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+# --- permanent errors: no retries -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "said"),
+    [
+        ({"status": 401}, 3, "HTTP 401"),
+        ({"status": 403}, 3, "HTTP 403: Forbidden"),
+        ({"status": 400}, 4, "HTTP 400, code 20012"),
+        ({"status": 404}, 4, "404 page not found"),
+        ({"kind": "no_data"}, 4, "without `data`"),
+        ({"kind": "malformed"}, 4, "without an id"),
+    ],
+    ids=["401", "403", "400", "404", "no-data", "batch-without-id"],
+)
+def test_permanent_error_fails_at_once_and_loads_nothing(
+    simulator, db_path, run, synced, fault, code, said
+):
+    simulator.faults.queue(**fault, times=5, after=1)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == code
+    assert said in outcome.err and outcome.err.count("\n") == 1
+    asked = [(r.path, sorted(r.query.items())) for r in simulator.requests]
+    assert len(asked) == len({repr(a) for a in asked}), "a permanent error must not be retried"
+    assert snapshot(db_path) == synced
+
+
+def test_wrong_base_url_says_to_check_it(simulator, db_path, run, monkeypatch):
+    monkeypatch.setenv("SOURCES__SILICONFLOW__BASE_URL", simulator.base_url.replace("/v1", "/v2"))
+
+    outcome = run("sync", "--db", str(db_path))
+
+    assert outcome.code == 4
+    assert "404" in outcome.err and "base_url" in outcome.err
+
+
+def test_unreachable_api_exits_4(db_path, run, monkeypatch):
+    monkeypatch.setenv("SILICONFLOW_API_KEY", "sk-anything")
+
+    outcome = run("sync", "--db", str(db_path))
+
+    assert outcome.code == 4 and "could not reach" in outcome.err
+
+
+def test_bad_page_size_is_a_configuration_error(simulator, db_path, run, monkeypatch):
+    monkeypatch.setenv("SOURCES__SILICONFLOW__PAGE_SIZE", "lots")
+
+    outcome = run("sync", "--db", str(db_path))
+
+    assert outcome.code == 2 and "page_size" in outcome.err
+
+
+# --- API quirks -------------------------------------------------------------------------------
+
+
+def test_pages_not_newest_first_are_detected_and_every_page_read(simulator, db_path, run, synced):
+    simulator.faults.oldest_first = True
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0
+    assert "newest first" in outcome.err
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_server_ignoring_after_is_detected_and_what_was_read_is_kept(simulator, db_path, run):
+    simulator.faults.ignore_after = True
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0
+    assert "ignores `after`" in outcome.err
+    assert len(simulator.list_requests()) == 2
+    first_page = {b["id"] for b in simulator.world.visible()[:100]}
+    assert stored_ids(db_path) == first_page
+
+
+def test_everything_in_one_page_just_works(simulator, db_path, run, synced):
+    simulator.faults.single_page = True
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0 and outcome.err == ""
+    assert len(simulator.list_requests()) == 1
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_responses_without_last_id_page_by_the_last_item(simulator, db_path, run):
+    simulator.faults.omit_last_id = True
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+# --- crashes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kill_after_s", [0.3, 0.8, 1.5, 2.5, 4.0])
+def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
+    simulator, db_path, run, kill_after_s
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    before = stored_ids(db_path)
+    simulator.world.advance(30 * 3600)
+    simulator.faults.latency_ms = 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--full-refresh"],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(kill_after_s)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    simulator.faults.latency_ms = 0
+
+    assert stored_ids(db_path) >= before, "the previous state or newer"
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+def test_second_sync_waits_then_exits_5_while_one_runs(simulator, db_path, run, monkeypatch):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.faults.latency_ms = 30
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--full-refresh"],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while simulator.count() == 0:
+        time.sleep(0.05)
+
+    second = run_process("sync", "--db", str(db_path), env={"SFBATCHES_LOCK_TIMEOUT": "0.5"})
+    _, err = first.communicate(timeout=120)
+
+    assert second.code == 5
+    assert "another sync" in second.err and second.err.count("\n") == 1
+    assert first.returncode == 0, err
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_notebook_holding_the_database_gets_exit_5_not_a_traceback(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "print('open', flush=True); time.sleep(30)",
+            str(db_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        outcome = run_process("sync", "--db", str(db_path), env={"SFBATCHES_LOCK_TIMEOUT": "0.5"})
+    finally:
+        reader.kill()
+        reader.wait()
+
+    assert outcome.code == 5
+    assert "locked" in outcome.err and "Traceback" not in outcome.err
+    assert outcome.err.count("\n") == 1
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def test_api_key_appears_nowhere(tmp_path, world):
+    from pipelines.simulator import Simulator
+
+    key = "sk-secret-canary-7c1f0e9d"
+    db_path = tmp_path / "secret.duckdb"
+    with Simulator(world, api_key=key) as sim:
+        env = {"SILICONFLOW_API_KEY": key, "SOURCES__SILICONFLOW__BASE_URL": sim.base_url}
+        outputs = [
+            run_process("sync", "--db", str(db_path), "--verbose", env=env),
+            run_process("sync", "--db", str(db_path), "--verbose", env=env),
+        ]
+        sim.faults.queue(status=500, times=50)
+        outputs.append(run_process("sync", "--db", str(db_path), "--verbose", env=env))
+        sim.faults.reset()
+        sim.faults.queue(kind="malformed")
+        outputs.append(run_process("sync", "--db", str(db_path), "--verbose", env=env))
+
+    assert [o.code for o in outputs] == [0, 0, 4, 4]
+    for outcome in outputs:
+        assert key not in outcome.out and key not in outcome.err
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        tables = con.execute(
+            "select table_schema, table_name from information_schema.tables"
+        ).fetchall()
+        for schema, table in tables:
+            dump = repr(con.execute(f'select * from "{schema}"."{table}"').fetchall())
+            assert key not in dump, table
