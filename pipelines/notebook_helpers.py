@@ -27,6 +27,7 @@ DURATION_TICKS_H = {
     10 / 3600: "10 s",
     1 / 60: "1 min",
     10 / 60: "10 min",
+    0.5: "30 min",
     1: "1 h",
     6: "6 h",
     24: "24 h",
@@ -109,9 +110,9 @@ def use_style() -> None:
     )
 
 
-def nothing_to_plot(frame: pd.DataFrame, what: str) -> bool:
-    """True, after printing a note, when `frame` has no rows; plot only when this is False."""
-    if frame.empty:
+def nothing_to_plot(data: pd.DataFrame | pd.Series, what: str) -> bool:
+    """True, after printing a note, when `data` has no rows; plot only when this is False."""
+    if data.empty:
         print(f"Nothing to plot yet: no {what} in this database.")
         return True
     return False
@@ -123,23 +124,36 @@ def no_data(ax: Axes, what: str = "data") -> None:
     ax.set_axis_off()
 
 
-def date_axis(ax: Axes, label: str, max_ticks: int = 10) -> None:
-    """Compact date ticks on x, labelled e.g. 'created date (UTC)'."""
+def date_axis(ax: Axes, label: str, max_ticks: int = 10, min_days: float = 2) -> None:
+    """Compact date ticks on x, labelled e.g. 'created date (UTC)'; call it after plotting.
+
+    Data spanning less than `min_days` gets a day of room either side.
+    """
     locator = AutoDateLocator(minticks=2, maxticks=max_ticks)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.set_xlabel(label)
+    # matplotlib widens a single date to years around it; a few days read better
+    shared = ax.get_shared_x_axes().get_siblings(ax)
+    low = min(other.dataLim.x0 for other in shared)
+    high = max(other.dataLim.x1 for other in shared)
+    if np.isfinite(low) and np.isfinite(high) and high - low < min_days:
+        ax.set_xlim(low - 1, high + 1)
 
 
 def hours_axis(ax: Axes, label: str, axis: str = "y") -> None:
     """Log scale for durations given in hours, ticked at 1 s, 10 s, 1 min ... 14 d."""
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if axis == "y":
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+        target, (low, high) = ax.yaxis, ax.get_ylim()
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        target, (low, high) = ax.xaxis, ax.get_xlim()
     ticks = [tick for tick in DURATION_TICKS_H if low <= tick <= high] or list(DURATION_TICKS_H)
     target.set_ticks(ticks, labels=[DURATION_TICKS_H[tick] for tick in ticks])
     target.set_minor_formatter(NullFormatter())
-    (ax.set_ylabel if axis == "y" else ax.set_xlabel)(label)
 
 
 def percent_axis(ax: Axes, label: str) -> None:
@@ -154,24 +168,26 @@ def hours(seconds: pd.Series) -> pd.Series:
     return seconds.astype("float64") / HOUR_S
 
 
-def duration(hours_: float) -> str:
+def duration(value_h: float) -> str:
     """Hours as a short duration: 45 s, 4.5 min, 3.6 h, 2.1 d."""
-    seconds = hours_ * HOUR_S
+    seconds = value_h * HOUR_S
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < HOUR_S:
         return f"{seconds / 60:.1f} min"
-    if hours_ < 48:
-        return f"{hours_:.1f} h"
-    return f"{hours_ / 24:.1f} d"
+    if value_h < 48:
+        return f"{value_h:.1f} h"
+    return f"{value_h / 24:.1f} d"
 
 
-def duration_histogram(ax: Axes, values_h: pd.Series, title: str, label: str) -> None:
+def duration_histogram(
+    ax: Axes, values_h: pd.Series, title: str, label: str, what: str = "data"
+) -> None:
     """Histogram of durations in hours on log bins, with p50/p90/p99 marked; a note if empty."""
     ax.set_title(title)
     values_h = values_h.dropna().clip(lower=1 / HOUR_S)  # a 0 s wait shows as 1 s on a log axis
     if values_h.empty:
-        no_data(ax)
+        no_data(ax, what)
         return
     low, high = values_h.min(), max(values_h.max(), values_h.min() * 10)
     ax.hist(values_h, bins=np.geomspace(low, high, 40), color="tab:blue", alpha=0.7)

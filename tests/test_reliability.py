@@ -248,7 +248,8 @@ def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
 
 def test_second_sync_waits_then_exits_5_while_one_runs(simulator, db_path, run, monkeypatch):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
-    simulator.faults.latency_ms = 30
+    simulator.faults.latency_ms = 250  # 20 pages: the first sync holds the lock for 5 s
+    simulator.clear_requests()
     first = subprocess.Popen(
         [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--full-refresh"],
         cwd=REPO,

@@ -1,10 +1,13 @@
 """HTTP details of the SiliconFlow API: the client, its retries, error bodies and paging quirks."""
 
 import itertools
+import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 import orjson
 from dlt.sources.helpers.requests import Client
@@ -13,13 +16,15 @@ from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.helpers.rest_client.paginators import JSONResponseCursorPaginator
 from requests import Response
 from requests.exceptions import HTTPError, RequestException
+from requests.utils import get_environ_proxies
 
 from pipelines.errors import ApiError, AuthError, SfBatchesError
 
 from .rows import check_batches
-from .settings import BATCHES_PATH, LOOKUP_THREADS
+from .settings import BATCHES_PATH, LOOKUP_THREADS, PREFETCH_PAGES
 
 _PARSED = "_sfbatches_json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,14 @@ class BatchesPaginator(JSONResponseCursorPaginator):
             self._has_next_page = False
 
 
+class BatchesClient(RESTClient):
+    """dlt's REST client, minus per-page work `check_response` has already done."""
+
+    def extract_response(self, response: Response, data_selector: Any) -> list[Any]:
+        # dlt compiles the JSONPath selector again on every page; `data` is known to be there.
+        return _parse(response)["data"] or []
+
+
 def make_client(base_url: str, api_key: str, retry: RetryPolicy) -> RESTClient:
     http = Client(
         request_timeout=retry.timeout_s,
@@ -83,10 +96,17 @@ def make_client(base_url: str, api_key: str, retry: RetryPolicy) -> RESTClient:
         retry_condition=_is_unparsable_success,
         raise_for_status=False,
     )
-    return RESTClient(
+    session = http.session
+    # Proxy and CA settings come from the environment once, not again for every page.
+    session.proxies = get_environ_proxies(base_url)
+    session.verify = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    )
+    session.trust_env = False
+    return BatchesClient(
         base_url=base_url,
         auth=BearerTokenAuth(api_key),
-        session=http.session,
+        session=session,
         data_selector="data",
     )
 
@@ -169,6 +189,52 @@ def read_batches(
     Pages are read newest first until both the new batches and the open ones are behind us;
     open batches deeper than that are fetched one by one when that costs fewer requests.
     """
+    return prefetched(_read_batches(client, plan, page_size, stats), PREFETCH_PAGES)
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Run `items` in a thread up to `depth` ahead: the next page downloads while this one loads.
+
+    Errors reach the consumer in order; a consumer that stops early stops the thread too.
+    """
+    handoff: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stopped.is_set():
+            try:
+                handoff.put((kind, value), timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("end", None)
+        except BaseException as error:
+            put("error", error)
+
+    worker = threading.Thread(target=produce, name="sfbatches-fetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stopped.set()
+
+
+def _read_batches(
+    client: RESTClient, plan: SyncPlan, page_size: int, stats: ReadStats
+) -> Iterator[list[dict]]:
     walk = _PageWalk(plan, page_size, stats)
     try:
         for page in client.paginate(

@@ -16,6 +16,10 @@ API_TIME = pa.timestamp("s", tz="UTC")
 UTC_TIME = pa.timestamp("us", tz="UTC")
 
 # Key columns are declared not-null to match dlt's primary-key hints.
+API_BATCHES_SCHEMA = pa.schema(
+    [pa.field(name, pa.string(), nullable=name != "id") for name in STRING_FIELDS]
+    + [pa.field(name, API_TIME) for name in TIMESTAMP_FIELDS]
+)
 BATCHES_SCHEMA = pa.schema(
     [pa.field(name, pa.string(), nullable=name != "id") for name in STRING_FIELDS]
     + [pa.field(name, UTC_TIME) for name in TIMESTAMP_FIELDS]
@@ -65,10 +69,13 @@ def check_batches(batches: list[Any]) -> None:
 
 def batches_table(batches: list[dict]) -> pa.Table:
     """One row per batch: every known scalar field, plus any field the API added later."""
-    columns = [
-        _column(batches, name, BATCHES_SCHEMA.field(name).type) for name in BATCHES_SCHEMA.names
-    ]
-    table = pa.Table.from_arrays(columns, schema=BATCHES_SCHEMA)
+    try:
+        # Arrow reads the dicts in C++, far faster than a Python loop per column.
+        table = pa.Table.from_pylist(batches, schema=API_BATCHES_SCHEMA).cast(BATCHES_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        table = pa.Table.from_arrays(
+            [_column(batches, field) for field in API_BATCHES_SCHEMA], schema=API_BATCHES_SCHEMA
+        ).cast(BATCHES_SCHEMA)
     for name, values in _extra_columns(batches).items():
         table = table.append_column(name, _infer_column(values))
     return table
@@ -76,19 +83,16 @@ def batches_table(batches: list[dict]) -> pa.Table:
 
 def request_counts_table(batches: list[dict]) -> pa.Table:
     rows = [
-        (batch["id"], counts)
+        {
+            "batch_id": batch["id"],
+            "total": _as_int(counts.get("total")),
+            "completed": _as_int(counts.get("completed")),
+            "failed": _as_int(counts.get("failed")),
+        }
         for batch in batches
         if isinstance(counts := batch.get("request_counts"), dict) and counts
     ]
-    return pa.Table.from_pydict(
-        {
-            "batch_id": [batch_id for batch_id, _ in rows],
-            "total": [_as_int(counts.get("total")) for _, counts in rows],
-            "completed": [_as_int(counts.get("completed")) for _, counts in rows],
-            "failed": [_as_int(counts.get("failed")) for _, counts in rows],
-        },
-        schema=REQUEST_COUNTS_SCHEMA,
-    )
+    return pa.Table.from_pylist(rows, schema=REQUEST_COUNTS_SCHEMA)
 
 
 def metadata_table(batches: list[dict]) -> pa.Table:
@@ -110,15 +114,14 @@ def errors_table(batches: list[dict]) -> pa.Table:
     return _table_from_rows(rows, ERRORS_SCHEMA)
 
 
-def _column(batches: list[dict], name: str, arrow_type: pa.DataType) -> pa.Array:
-    values = [batch.get(name) for batch in batches]
+def _column(batches: list[dict], field: pa.Field) -> pa.Array:
+    """One column the slow way, to name the field that Arrow refused."""
+    values = [batch.get(field.name) for batch in batches]
     try:
-        if arrow_type == UTC_TIME:
-            return pa.array(values, type=API_TIME).cast(UTC_TIME)
-        return pa.array(values, type=arrow_type)
+        return pa.array(values, type=field.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
         raise ApiError(
-            f"the API returned a batch whose {name!r} is not a {_describe(arrow_type)} "
+            f"the API returned a batch whose {field.name!r} is not a {_describe(field.type)} "
             f"({error}); nothing was loaded, report it to SiliconFlow"
         ) from None
 
@@ -130,6 +133,8 @@ def _describe(arrow_type: pa.DataType) -> str:
 def _extra_columns(batches: list[dict]) -> dict[str, list[Any]]:
     """Fields outside the documented ones, nested objects flattened to `parent__child` names."""
     extra: dict[str, list[Any]] = {}
+    if not set().union(*batches) - KNOWN_FIELDS:
+        return extra
     for row, batch in enumerate(batches):
         for key, value in batch.items():
             if key in KNOWN_FIELDS:

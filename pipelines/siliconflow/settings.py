@@ -41,7 +41,9 @@ CHILD_TABLES = (REQUEST_COUNTS, METADATA, ERRORS)
 
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
 # per-item cost vanishes, small enough to keep memory flat.
-CHUNK_ROWS = 5_000
+CHUNK_ROWS = 1_000
 
 # Open batches deep in the history are fetched one by one; a few at a time hides the latency.
 LOOKUP_THREADS = 4
+# Pages fetched ahead of the one being converted and written.
+PREFETCH_PAGES = 8
