@@ -102,7 +102,8 @@ def _positive(text: str) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from pipelines.config import resolve_db_path, resolve_source_config
+    from pipelines.config import resolve_source_config
+    from pipelines.database import resolve_db_path
 
     config = resolve_source_config()
     _sync_and_build(resolve_db_path(args.db), config, args.full_refresh, not args.no_models)
@@ -126,7 +127,7 @@ def _sync_and_build(
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pipelines.config import resolve_db_path
+    from pipelines.database import resolve_db_path
 
     db_path = resolve_db_path(args.db)
     print(f"sfbatches: built {len(_build_models(db_path))} models in {db_path}")
@@ -140,7 +141,7 @@ def _build_models(db_path: Path) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.config import resolve_db_path
+    from pipelines.database import resolve_db_path
 
     print(_report(resolve_db_path(args.db), args.days))
     return 0

@@ -2,15 +2,12 @@
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dlt
 
 from pipelines.errors import ConfigError
 from pipelines.siliconflow import RetryPolicy
 from pipelines.siliconflow.settings import DEFAULT_BASE_URL, DEFAULT_PAGE_SIZE
-
-DEFAULT_DB = "siliconflow.duckdb"
 
 
 @dataclass(frozen=True)
@@ -23,10 +20,6 @@ class SourceConfig:
     def __repr__(self) -> str:
         # Never let the key reach a log line or traceback through this object.
         return f"SourceConfig(base_url={self.base_url!r}, page_size={self.page_size})"
-
-
-def resolve_db_path(cli_value: str | None) -> Path:
-    return Path(cli_value or os.environ.get("SFBATCHES_DB") or DEFAULT_DB)
 
 
 def resolve_source_config() -> SourceConfig:

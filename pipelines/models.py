@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,13 +11,13 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.errors import DatabaseBusy, SfBatchesError
+from pipelines.database import connect
+from pipelines.errors import SfBatchesError
 
 SCHEMA = "analytics"
 SOURCE_SCHEMA = "siliconflow"
 # folders under sql/ build in this order; a dependency can still pull a file earlier
 LAYERS = ("staging", "marts")
-LOCK_WAIT_S = 10.0
 
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _DEFINITION = re.compile(rf"\bcreate\s+or\s+replace\s+view\s+{SCHEMA}\.(\w+)", re.IGNORECASE)
@@ -93,7 +92,7 @@ def build_models_at(db_path: str | Path, *, sql_dir: Path | None = None) -> list
 
 @contextmanager
 def open_database(
-    db_path: str | Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S
+    db_path: str | Path, read_only: bool = False, wait_s: float | None = None
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Connect to an existing DuckDB file, waiting a little while another process holds it.
 
@@ -101,24 +100,8 @@ def open_database(
     """
     if str(db_path) != ":memory:" and not Path(db_path).exists():
         raise ModelError(f"database {db_path} not found: run `sfbatches sync` first")
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            con = duckdb.connect(str(db_path), read_only=read_only)
-            break
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower():
-                raise
-            if time.monotonic() >= deadline:
-                raise DatabaseBusy(
-                    f"{db_path} is locked by another process (a sync, a notebook or a DuckDB "
-                    "shell): close it or wait, then run again"
-                ) from error
-            time.sleep(0.2)
-    try:
+    with connect(db_path, read_only=read_only, wait_s=wait_s) as con:
         yield con
-    finally:
-        con.close()
 
 
 def discover_models(sql_dir: Path) -> list[Model]:

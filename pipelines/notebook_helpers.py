@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.ticker import NullFormatter, PercentFormatter
 
-from pipelines.config import DEFAULT_DB
+from pipelines.database import DEFAULT_DB
 from pipelines.models import open_database
 
 DEMO_DB = "demo.duckdb"

@@ -1,14 +1,10 @@
 """The DuckDB side of a sync: what the warehouse holds now, and the bookkeeping after a load."""
 
-import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
-from pipelines.errors import DatabaseBusy
+from pipelines.database import connect
 from pipelines.siliconflow import SyncPlan
 from pipelines.siliconflow.settings import (
     BATCHES,
@@ -19,43 +15,8 @@ from pipelines.siliconflow.settings import (
     TERMINAL_STATUSES,
 )
 
-# How long to wait for a lock held by another process before exit 5 (cron runs overlap rarely).
-LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 SCHEMA = DATASET_NAME
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
-
-
-def is_lock_error(error: BaseException) -> bool:
-    return (isinstance(error, duckdb.IOException) and "lock" in str(error).lower()) or (
-        error.__cause__ is not None and is_lock_error(error.__cause__)
-    )
-
-
-def busy_message(db_path: Path | str = "the database") -> str:
-    return (
-        f"{db_path} is locked by another process (a running sync, or a notebook or DuckDB "
-        "shell holding it open): close it or wait, then run the sync again"
-    )
-
-
-@contextmanager
-def connect(
-    db_path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the database, waiting a little while another process holds DuckDB's file lock."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            con = duckdb.connect(str(db_path), read_only=read_only)
-            break
-        except duckdb.IOException as error:
-            if not is_lock_error(error) or time.monotonic() >= deadline:
-                raise DatabaseBusy(busy_message(db_path)) from None
-            time.sleep(0.2)
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:

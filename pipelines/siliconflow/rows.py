@@ -96,22 +96,28 @@ def request_counts_table(batches: list[dict]) -> pa.Table:
 
 
 def metadata_table(batches: list[dict]) -> pa.Table:
-    rows = [
-        (batch["id"], key, _as_text(value))
-        for batch in batches
-        if isinstance(metadata := batch.get("metadata"), dict)
-        for key, value in metadata.items()
-    ]
-    return _table_from_rows(rows, METADATA_SCHEMA)
+    batch_ids: list[str] = []
+    keys: list[str] = []
+    values: list[str | None] = []
+    for batch in batches:
+        metadata = batch.get("metadata")
+        if isinstance(metadata, dict) and metadata:
+            batch_ids.extend([batch["id"]] * len(metadata))
+            keys.extend(metadata)
+            values.extend(map(_as_text, metadata.values()))
+    return pa.Table.from_arrays(
+        [pa.array(batch_ids), pa.array(keys, pa.string()), pa.array(values, pa.string())],
+        schema=METADATA_SCHEMA,
+    )
 
 
 def errors_table(batches: list[dict]) -> pa.Table:
     rows = [
-        (batch["id"], position, *_error_fields(error))
+        dict(zip(ERRORS_SCHEMA.names, (batch["id"], position, *_error_fields(error)), strict=True))
         for batch in batches
         for position, error in enumerate(_error_list(batch.get("errors")))
     ]
-    return _table_from_rows(rows, ERRORS_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
 
 
 def _column(batches: list[dict], field: pa.Field) -> pa.Array:
@@ -133,11 +139,10 @@ def _describe(arrow_type: pa.DataType) -> str:
 def _extra_columns(batches: list[dict]) -> dict[str, list[Any]]:
     """Fields outside the documented ones, nested objects flattened to `parent__child` names."""
     extra: dict[str, list[Any]] = {}
-    if not set().union(*batches) - KNOWN_FIELDS:
-        return extra
-    for row, batch in enumerate(batches):
-        for key, value in batch.items():
-            if key in KNOWN_FIELDS:
+    for key in sorted(set().union(*batches) - KNOWN_FIELDS):
+        for row, batch in enumerate(batches):
+            value = batch.get(key)
+            if value is None:
                 continue
             for name, scalar in _flatten(key, value):
                 extra.setdefault(name, [None] * len(batches))[row] = scalar
@@ -179,14 +184,6 @@ def _error_fields(error: Any) -> tuple[str | None, str | None, str | None, int |
         _as_text(error.get("message")),
         _as_text(error.get("param")),
         _as_int(error.get("line")),
-    )
-
-
-def _table_from_rows(rows: list[tuple], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
-    return pa.Table.from_arrays(
-        [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)],
-        schema=schema,
     )
 
 

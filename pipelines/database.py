@@ -1,0 +1,54 @@
+"""Which DuckDB file to use, and opening it while another process may hold it."""
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from pipelines.errors import DatabaseBusy
+
+DEFAULT_DB = "siliconflow.duckdb"
+# How long to wait for a lock held by another process before exit 5 (cron runs overlap rarely).
+LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
+
+
+def resolve_db_path(cli_value: str | None) -> Path:
+    return Path(cli_value or os.environ.get("SFBATCHES_DB") or DEFAULT_DB)
+
+
+def is_lock_error(error: BaseException) -> bool:
+    if isinstance(error, duckdb.IOException) and "lock" in str(error).lower():
+        return True
+    return error.__cause__ is not None and is_lock_error(error.__cause__)
+
+
+def busy_message(db_path: Path | str = "the database") -> str:
+    return (
+        f"{db_path} is locked by another process (a running sync, or a notebook or DuckDB "
+        "shell holding it open): close it or wait, then run again"
+    )
+
+
+@contextmanager
+def connect(
+    db_path: Path | str, read_only: bool = False, wait_s: float | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the database, waiting a little while another process holds DuckDB's file lock."""
+    deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+            break
+        except duckdb.IOException as error:
+            if not is_lock_error(error):
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(busy_message(db_path)) from None
+            time.sleep(0.2)
+    try:
+        yield con
+    finally:
+        con.close()
