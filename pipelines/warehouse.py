@@ -43,17 +43,23 @@ def read_plan(db_path: Path) -> SyncPlan:
             return SyncPlan()
         open_rows = con.execute(
             f"""
-            select id, position from (
+            select id, position, previous_id from (
                 select
                     id,
                     status,
-                    row_number() over (order by created_at desc, id desc) as position
+                    row_number() over newest_first as position,
+                    lag(id) over newest_first as previous_id
                 from {SCHEMA}.{BATCHES}
+                window newest_first as (order by created_at desc, id desc)
             )
             where status not in ({TERMINAL_LIST})
             """
         ).fetchall()
-    return SyncPlan(newest_created_at=int(newest), open_positions=dict(open_rows))
+    return SyncPlan(
+        newest_created_at=int(newest),
+        open_positions={batch_id: position for batch_id, position, _ in open_rows},
+        previous_ids={batch_id: previous for batch_id, _, previous in open_rows},
+    )
 
 
 def record_observations(db_path: Path) -> tuple[int, int]:

@@ -195,6 +195,19 @@ def test_server_ignoring_after_is_detected_and_what_was_read_is_kept(simulator, 
     assert stored_ids(db_path) == first_page
 
 
+def test_open_batches_are_still_refreshed_when_the_server_ignores_after(
+    simulator, db_path, run, synced
+):
+    simulator.faults.ignore_after = True
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0
+    assert "ignores `after`" in outcome.err and "looked up the open batches" in outcome.err
+    # every new batch of the last two hours fits on the first page; open ones are looked up
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
 def test_everything_in_one_page_just_works(simulator, db_path, run, synced):
     simulator.faults.single_page = True
 

@@ -3,7 +3,7 @@
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import Full, Queue
@@ -44,10 +44,13 @@ class SyncPlan:
     Attributes:
         newest_created_at: created_at (unix seconds) of the newest stored batch; None reads all.
         open_positions: id → position (1 = newest) of each stored batch that was not terminal.
+        previous_ids: id → the id stored just before it (newest first), for each open batch:
+            `after` that id, a page starts with the open batch.
     """
 
     newest_created_at: int | None = None
     open_positions: dict[str, int] = field(default_factory=dict)
+    previous_ids: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def is_full(self) -> bool:
@@ -248,7 +251,9 @@ def _read_batches(
                 yield batches
             if walk.done:
                 break
-        yield from look_up(client, walk.still_open(), stats)
+        unseen = walk.still_open()
+        found = yield from reread_pages(client, plan, unseen, page_size, stats)
+        yield from look_up(client, [i for i in unseen if i not in found], stats)
     except HTTPError as error:
         raise describe_failure(error.response) from None
     except RequestException as error:
@@ -256,6 +261,72 @@ def _read_batches(
             f"could not reach the SiliconFlow API after retries ({type(error).__name__}: "
             f"{_redact(str(error))}); check the network and sources.siliconflow.base_url"
         ) from None
+
+
+def reread_pages(
+    client: RESTClient,
+    plan: SyncPlan,
+    open_positions: dict[str, int],
+    page_size: int,
+    stats: ReadStats,
+) -> Generator[list[dict], None, set[str]]:
+    """Re-read the pages that start at each still-open batch, in parallel; return ids found.
+
+    The warehouse knows which batch precedes each open one, so `after` it the page starts with
+    that open batch and covers the next ones too: never more requests than one lookup each,
+    usually far fewer, and no waiting for page after page.
+    """
+    starts = page_starts(plan, open_positions, page_size)
+    if not starts:
+        return set()
+    with ThreadPoolExecutor(max_workers=LOOKUP_THREADS) as pool:
+        pages = list(pool.map(lambda start: _page_after(client, start[0], page_size), starts))
+    stats.pages += len(starts)
+    for page in pages:
+        check_batches(page)
+    firsts = [page[0]["id"] if page else None for page in pages]
+    if any(got != wanted for got, (_, wanted) in zip(firsts, starts, strict=True)):
+        stats.warn(
+            "a page read `after` a stored batch did not start with the batch after it (the API "
+            "ignores `after` or changed its order): looked up the open batches it missed"
+        )
+    found: set[str] = set()
+    for page in pages:
+        fresh = [batch for batch in page if batch["id"] not in found]
+        found.update(batch["id"] for batch in fresh)
+        stats.batches += len(fresh)
+        if fresh:
+            yield fresh
+    return found & set(open_positions)
+
+
+def page_starts(
+    plan: SyncPlan, open_positions: dict[str, int], page_size: int
+) -> list[tuple[str, str]]:
+    """(`after` cursor, open batch the page starts with) for pages covering every open batch."""
+    starts: list[tuple[str, str]] = []
+    covered_to = 0
+    for batch_id, position in sorted(open_positions.items(), key=lambda item: item[1]):
+        previous = plan.previous_ids.get(batch_id)
+        if position > covered_to and previous:
+            starts.append((previous, batch_id))
+            covered_to = position + page_size - 1
+    return starts
+
+
+def _page_after(client: RESTClient, cursor: str, page_size: int) -> list[Any]:
+    try:
+        response = client.get(
+            BATCHES_PATH,
+            params={"limit": page_size, "after": cursor},
+            hooks={"response": [check_response]},
+        )
+    except HTTPError as error:
+        # The batch before it is gone, so `after` it is refused: look the open one up instead.
+        if error.response is not None and error.response.status_code == 400:
+            return []
+        raise
+    return _parse(response)["data"] or []
 
 
 def look_up(client: RESTClient, batch_ids: list[str], stats: ReadStats) -> Iterator[list[dict]]:
@@ -312,7 +383,6 @@ class _PageWalk:
         self.done = False
         self.first_ids: set[str] = set()
         self.last_created_at: int | None = None
-        self.new_count = 0
 
     def accept(self, page: list[Any]) -> list[dict]:
         check_batches(page)
@@ -350,29 +420,13 @@ class _PageWalk:
             self.last_created_at = created[-1]
 
     def _decide_after(self, page: list[dict]) -> None:
-        newest_known = self.plan.newest_created_at
-        self.new_count += sum(1 for batch in page if (batch.get("created_at") or 0) > newest_known)
+        # Past the newest stored batch every new one has been read; open batches further down
+        # are re-read by their own pages (see `reread_pages`).
         oldest = self.last_created_at
-        if page and oldest is not None and oldest < newest_known:
-            self.done = self._pages_worth_reading() == 0
+        if page and oldest is not None and oldest < self.plan.newest_created_at:
+            self.done = True
 
-    def _pages_worth_reading(self) -> int:
-        """Every new batch is behind us: how many more pages beat one GET per open batch left.
-
-        Reading k more pages costs k requests and saves a lookup for each open batch within
-        them; pick the k with the fewest requests in all (ties go to looking up).
-        """
-        read = self.stats.batches
-        depths = sorted(pos + self.new_count - read for pos in self.unseen_open.values())
-        best_pages, best_cost = 0, len(depths)
-        for covered, depth in enumerate(depths, start=1):
-            pages = -(-max(depth, 1) // self.page_size)
-            cost = pages + len(depths) - covered
-            if cost < best_cost:
-                best_pages, best_cost = pages, cost
-        return best_pages
-
-    def still_open(self) -> list[str]:
+    def still_open(self) -> dict[str, int]:
         if self.read_everything or not self.done:
-            return []
-        return list(self.unseen_open)
+            return {}
+        return self.unseen_open
