@@ -61,8 +61,10 @@ def run_sync(
     config = config or resolve_source_config()
     with database_lock(db_path):
         pipeline = open_pipeline(db_path, progress)
-        finish_pending_loads(pipeline)
-        plan = SyncPlan() if full_refresh else warehouse.read_plan(db_path)
+        recovered = finish_pending_loads(pipeline)
+        plan = warehouse.read_plan(db_path)
+        if full_refresh:
+            plan = SyncPlan(is_first_load=plan.is_first_load)
         stats = ReadStats()
         source = siliconflow(
             api_key=config.api_key,
@@ -73,7 +75,7 @@ def run_sync(
             stats=stats,
         )
         _run(pipeline, source)
-        new, changed = warehouse.record_observations(db_path)
+        new, changed = warehouse.record_observations(db_path, drop_duplicates=recovered)
     return SyncResult(
         db_path=db_path,
         full=plan.is_full,
@@ -128,14 +130,15 @@ def open_pipeline(db_path: Path, progress: bool) -> dlt.Pipeline:
     )
 
 
-def finish_pending_loads(pipeline: dlt.Pipeline) -> None:
+def finish_pending_loads(pipeline: dlt.Pipeline) -> bool:
     """Load what a killed sync left behind, before planning, so this run still extracts."""
     if not pipeline.has_pending_data:
-        return
+        return False
     if pipeline.list_extracted_load_packages():
         pipeline.normalize()
     if pipeline.list_normalized_load_packages():
         _guard(pipeline.load)
+    return True
 
 
 def _run(pipeline: dlt.Pipeline, source: object) -> None:

@@ -10,12 +10,20 @@ from pipelines.siliconflow.settings import (
     BATCHES,
     CHILD_TABLES,
     DATASET_NAME,
+    ERRORS,
+    METADATA,
     REQUEST_COUNTS,
     STATUS_HISTORY,
     TERMINAL_STATUSES,
 )
 
 SCHEMA = DATASET_NAME
+TABLE_KEYS = {
+    BATCHES: "id",
+    REQUEST_COUNTS: "batch_id",
+    METADATA: "batch_id, key",
+    ERRORS: "batch_id, position",
+}
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 
 
@@ -56,13 +64,14 @@ def read_plan(db_path: Path) -> SyncPlan:
             """
         ).fetchall()
     return SyncPlan(
+        is_first_load=False,
         newest_created_at=int(newest),
         open_positions={batch_id: position for batch_id, position, _ in open_rows},
         previous_ids={batch_id: previous for batch_id, _, previous in open_rows},
     )
 
 
-def record_observations(db_path: Path) -> tuple[int, int]:
+def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[int, int]:
     """Drop stale child rows and append status history; return (new, changed) batch counts.
 
     Runs after every load, in one transaction. A batch's current child rows carry its own load
@@ -73,6 +82,8 @@ def record_observations(db_path: Path) -> tuple[int, int]:
         if not table_exists(con, BATCHES):
             return 0, 0
         con.execute("begin transaction")
+        if drop_duplicates:
+            _drop_duplicates(con)
         for table in CHILD_TABLES:
             if table_exists(con, table):
                 con.execute(
@@ -86,6 +97,24 @@ def record_observations(db_path: Path) -> tuple[int, int]:
         new, changed = _append_history(con)
         con.execute("commit")
     return new, changed
+
+
+def _drop_duplicates(con: duckdb.DuckDBPyConnection) -> None:
+    """Keep one row per key: a first load appends, and a job re-run after a kill appends twice."""
+    for table, key in TABLE_KEYS.items():
+        if table_exists(con, table):
+            con.execute(
+                f"""
+                delete from {SCHEMA}.{table}
+                where rowid in (
+                    select rowid
+                    from {SCHEMA}.{table}
+                    qualify row_number() over (
+                        partition by {key} order by _dlt_load_id desc
+                    ) > 1
+                )
+                """
+            )
 
 
 def _append_history(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:

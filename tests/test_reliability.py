@@ -13,6 +13,8 @@ import pytest
 from conftest import REPO, run_process
 from truth import assert_warehouse_equals
 
+from pipelines import warehouse
+
 TABLES = (
     "batches",
     "batch_request_counts",
@@ -253,6 +255,38 @@ def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
     outcome = run("sync", "--db", str(db_path), "--no-models")
 
     assert outcome.code == 0, outcome.err
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+@pytest.mark.parametrize("kill_after_s", [0.8, 1.5, 2.5])
+def test_first_sync_killed_then_one_sync_brings_it_current(simulator, db_path, run, kill_after_s):
+    simulator.faults.latency_ms = 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path)],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(kill_after_s)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    simulator.faults.latency_ms = 0
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_rows_a_rerun_load_job_appended_twice_are_dropped_after_recovery(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    with duckdb.connect(str(db_path)) as con:
+        for table in TABLES[:4]:
+            con.execute(f"insert into siliconflow.{table} select * from siliconflow.{table}")
+
+    warehouse.record_observations(db_path, drop_duplicates=True)
+
     assert_warehouse_equals(db_path, simulator.world.visible())
 
 

@@ -46,11 +46,13 @@ class SyncPlan:
         open_positions: id → position (1 = newest) of each stored batch that was not terminal.
         previous_ids: id → the id stored just before it (newest first), for each open batch:
             `after` that id, a page starts with the open batch.
+        is_first_load: the warehouse holds no batch yet, so nothing needs merging.
     """
 
     newest_created_at: int | None = None
     open_positions: dict[str, int] = field(default_factory=dict)
     previous_ids: dict[str, str | None] = field(default_factory=dict)
+    is_first_load: bool = True
 
     @property
     def is_full(self) -> bool:
