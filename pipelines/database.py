@@ -15,6 +15,12 @@ DEFAULT_DB = "siliconflow.duckdb"
 LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 
 
+# DuckDB would take most of the machine's memory for a merge or a window over the history; a
+# cron job should stay small. 64 MB ran out of memory in dlt's merge at 100k batches and 128 MB
+# now and then at 1M (DuckDB cannot spill every operator); 256 MB has headroom.
+SYNC_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": False}
+
+
 def resolve_db_path(cli_value: str | None) -> Path:
     return Path(cli_value or os.environ.get("SFBATCHES_DB") or DEFAULT_DB)
 
@@ -34,13 +40,16 @@ def busy_message(db_path: Path | str = "the database") -> str:
 
 @contextmanager
 def connect(
-    db_path: Path | str, read_only: bool = False, wait_s: float | None = None
+    db_path: Path | str,
+    read_only: bool = False,
+    wait_s: float | None = None,
+    config: dict[str, object] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the database, waiting a little while another process holds DuckDB's file lock."""
     deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
     while True:
         try:
-            con = duckdb.connect(str(db_path), read_only=read_only)
+            con = duckdb.connect(str(db_path), read_only=read_only, config=config or {})
             break
         except duckdb.IOException as error:
             if not is_lock_error(error):

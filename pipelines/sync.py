@@ -20,10 +20,6 @@ from pipelines.siliconflow import ReadStats, SyncPlan, siliconflow
 from pipelines.siliconflow.settings import DATASET_NAME
 
 PIPELINE_NAME = "sfbatches"
-# DuckDB would take most of the machine's memory for a merge; a cron job should stay small.
-# Measured at 100k batches: 460 MB peak without this, ~375 MB with it; 64 MB ran out of memory
-# in the merge (DuckDB cannot spill everything), so this leaves headroom.
-DUCKDB_LOAD_CONFIG = {"memory_limit": "128MB", "preserve_insertion_order": False}
 
 # Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load id
 # is how sync tells a batch's current child rows from stale ones and when it observed a status.
@@ -123,7 +119,7 @@ def open_pipeline(db_path: Path, progress: bool) -> dlt.Pipeline:
         pipeline_name=PIPELINE_NAME,
         pipelines_dir=str(workdir),
         destination=dlt.destinations.duckdb(
-            credentials=DuckDbCredentials(str(db_path), global_config=DUCKDB_LOAD_CONFIG)
+            credentials=DuckDbCredentials(str(db_path), global_config=database.SYNC_CONFIG)
         ),
         dataset_name=DATASET_NAME,
         progress=dlt.progress.log(log_period=2.0, logger=sys.stderr) if progress else None,

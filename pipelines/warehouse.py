@@ -4,7 +4,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.database import connect
+from pipelines.database import SYNC_CONFIG, connect
 from pipelines.siliconflow import SyncPlan
 from pipelines.siliconflow.settings import (
     BATCHES,
@@ -41,7 +41,7 @@ def read_plan(db_path: Path) -> SyncPlan:
     """The newest stored batch and every open one, with its position in newest-first order."""
     if not db_path.exists():
         return SyncPlan()
-    with connect(db_path) as con:
+    with connect(db_path, config=SYNC_CONFIG) as con:
         if not table_exists(con, BATCHES):
             return SyncPlan()
         newest = con.execute(
@@ -78,7 +78,7 @@ def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[i
     id, so older ones are stale (its metadata key was removed, its errors cleared). A killed
     sync that loaded but never got here is caught up by the next one.
     """
-    with connect(db_path) as con:
+    with connect(db_path, config=SYNC_CONFIG) as con:
         if not table_exists(con, BATCHES):
             return 0, 0
         con.execute("begin transaction")

@@ -136,7 +136,7 @@ def _parse(response: Response) -> Any:
 def check_response(response: Response, *args: Any, **kwargs: Any) -> None:
     """Response hook: raise on every unusable answer while dlt's retry can still see it."""
     body = _parse(response)
-    unusable = body is None or (isinstance(body, dict) and "data" not in body and "id" not in body)
+    unusable = not isinstance(body, dict) or ("data" not in body and "id" not in body)
     if not response.ok or unusable:
         raise HTTPError(response=response)
 
@@ -191,8 +191,9 @@ def read_batches(
 ) -> Iterator[list[dict]]:
     """Yield lists of batch objects: every batch created since the plan, and every open one.
 
-    Pages are read newest first until both the new batches and the open ones are behind us;
-    open batches deeper than that are fetched one by one when that costs fewer requests.
+    Pages are read newest first until the newest stored batch is behind us (to the end on a
+    full sync); the open batches further down are re-read by the pages that start at them, and
+    any still missing are looked up one by one.
     """
     return prefetched(_read_batches(client, plan, page_size, stats), PREFETCH_PAGES)
 
@@ -279,27 +280,30 @@ def reread_pages(
     usually far fewer, and no waiting for page after page.
     """
     starts = page_starts(plan, open_positions, page_size)
-    if not starts:
-        return set()
+    found: set[str] = set()
+    first_ids: set[str] = set()
+    misplaced = False
+    window = LOOKUP_THREADS * 2  # pages in flight: enough to hide latency, few to hold
     with ThreadPoolExecutor(max_workers=LOOKUP_THREADS) as pool:
-        pages = list(pool.map(lambda start: _page_after(client, start[0], page_size), starts))
-    stats.pages += len(starts)
-    for page in pages:
-        check_batches(page)
-    firsts = [page[0]["id"] if page else None for page in pages]
-    if any(got != wanted for got, (_, wanted) in zip(firsts, starts, strict=True)):
+        for offset in range(0, len(starts), window):
+            wanted = starts[offset : offset + window]
+            pages = pool.map(lambda start: _page_after(client, start[0], page_size), wanted)
+            for page, (_, first) in zip(pages, wanted, strict=True):
+                check_batches(page)
+                stats.pages += 1
+                misplaced = misplaced or not page or page[0]["id"] != first
+                if not page or page[0]["id"] in first_ids:
+                    continue
+                first_ids.add(page[0]["id"])
+                found.update(batch["id"] for batch in page if batch["id"] in open_positions)
+                stats.batches += len(page)
+                yield page
+    if misplaced:
         stats.warn(
             "a page read `after` a stored batch did not start with the batch after it (the API "
             "ignores `after` or changed its order): looked up the open batches it missed"
         )
-    found: set[str] = set()
-    for page in pages:
-        fresh = [batch for batch in page if batch["id"] not in found]
-        found.update(batch["id"] for batch in fresh)
-        stats.batches += len(fresh)
-        if fresh:
-            yield fresh
-    return found & set(open_positions)
+    return found
 
 
 def page_starts(
