@@ -231,6 +231,22 @@ def test_responses_without_last_id_page_by_the_last_item(simulator, db_path, run
 # --- crashes ----------------------------------------------------------------------------------
 
 
+def kill_sync_after(simulator, seconds: float, *args: str) -> None:
+    """Start a real `sfbatches sync` on a slowed-down API and SIGKILL it after `seconds`."""
+    simulator.faults.latency_ms = 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "sync", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    simulator.faults.latency_ms = 0
+
+
 @pytest.mark.parametrize("kill_after_s", [0.3, 0.8, 1.5, 2.5, 4.0])
 def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
     simulator, db_path, run, kill_after_s
@@ -238,18 +254,7 @@ def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
     before = stored_ids(db_path)
     simulator.world.advance(30 * 3600)
-    simulator.faults.latency_ms = 20
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--full-refresh"],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(kill_after_s)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    simulator.faults.latency_ms = 0
+    kill_sync_after(simulator, kill_after_s, "--db", str(db_path), "--full-refresh")
 
     assert stored_ids(db_path) >= before, "the previous state or newer"
     outcome = run("sync", "--db", str(db_path), "--no-models")
@@ -260,18 +265,7 @@ def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
 
 @pytest.mark.parametrize("kill_after_s", [0.8, 1.5, 2.5])
 def test_first_sync_killed_then_one_sync_brings_it_current(simulator, db_path, run, kill_after_s):
-    simulator.faults.latency_ms = 20
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path)],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(kill_after_s)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    simulator.faults.latency_ms = 0
+    kill_sync_after(simulator, kill_after_s, "--db", str(db_path))
 
     outcome = run("sync", "--db", str(db_path), "--no-models")
 
