@@ -118,7 +118,7 @@ def _sync_and_build(
     result = run_sync(
         db_path, full_refresh=full_refresh, config=config, progress=sys.stderr.isatty()
     )
-    for warning in result.warnings:
+    for warning in result.stats.warnings:
         print(f"sfbatches: warning: {warning}", file=sys.stderr)
     line = result.summary()
     if models:

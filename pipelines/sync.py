@@ -5,9 +5,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dlt
@@ -34,7 +34,6 @@ class SyncResult:
     new: int = 0
     changed: int = 0
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         kind = "full" if self.full else "incremental"
@@ -79,7 +78,6 @@ def run_sync(
         new=new,
         changed=changed,
         seconds=time.monotonic() - started,
-        warnings=stats.warnings,
     )
 
 
@@ -141,10 +139,10 @@ def _run(pipeline: dlt.Pipeline, source: object) -> None:
     _guard(lambda: pipeline.run(source))
 
 
-def _guard(step: object) -> None:
+def _guard(step: Callable[[], object]) -> None:
     """Run a dlt step; surface our own errors and a locked database instead of dlt's wrappers."""
     try:
-        step()  # type: ignore[operator]
+        step()
     except Exception as error:
         if ours := find_error(error):
             raise ours from None

@@ -10,20 +10,13 @@ from pipelines.siliconflow.settings import (
     BATCHES,
     CHILD_TABLES,
     DATASET_NAME,
-    ERRORS,
-    METADATA,
+    PRIMARY_KEYS,
     REQUEST_COUNTS,
     STATUS_HISTORY,
     TERMINAL_STATUSES,
 )
 
 SCHEMA = DATASET_NAME
-TABLE_KEYS = {
-    BATCHES: "id",
-    REQUEST_COUNTS: "batch_id",
-    METADATA: "batch_id, key",
-    ERRORS: "batch_id, position",
-}
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 
 
@@ -101,7 +94,7 @@ def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[i
 
 def _drop_duplicates(con: duckdb.DuckDBPyConnection) -> None:
     """Keep one row per key: a first load appends, and a job re-run after a kill appends twice."""
-    for table, key in TABLE_KEYS.items():
+    for table, key in PRIMARY_KEYS.items():
         if table_exists(con, table):
             con.execute(
                 f"""
@@ -110,7 +103,7 @@ def _drop_duplicates(con: duckdb.DuckDBPyConnection) -> None:
                     select rowid
                     from {SCHEMA}.{table}
                     qualify row_number() over (
-                        partition by {key} order by _dlt_load_id desc
+                        partition by {", ".join(key)} order by _dlt_load_id desc
                     ) > 1
                 )
                 """

@@ -1,6 +1,6 @@
 """The dlt source for SiliconFlow batch jobs: one read of the API, four tables out of it."""
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import dlt
 import pyarrow as pa
@@ -15,6 +15,7 @@ from .settings import (
     DEFAULT_PAGE_SIZE,
     ERRORS,
     METADATA,
+    PRIMARY_KEYS,
     REQUEST_COUNTS,
     TIMESTAMP_FIELDS,
 )
@@ -22,11 +23,11 @@ from .settings import (
 __all__ = ["ReadStats", "RetryPolicy", "SyncPlan", "siliconflow"]
 
 # Children are replaced per batch: delete-insert on `batch_id` drops the rows of every batch in
-# the load before inserting its current ones (see sync.py for batches whose children all went).
-CHILD_TABLES: dict[str, tuple[Callable[[list[dict]], pa.Table], Sequence[str]]] = {
-    REQUEST_COUNTS: (request_counts_table, ("batch_id",)),
-    METADATA: (metadata_table, ("batch_id", "key")),
-    ERRORS: (errors_table, ("batch_id", "position")),
+# the load before inserting its current ones (warehouse.py drops those of batches that have none).
+CHILD_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
+    REQUEST_COUNTS: request_counts_table,
+    METADATA: metadata_table,
+    ERRORS: errors_table,
 }
 
 
@@ -63,8 +64,7 @@ def siliconflow(
 
     resources = [batch_chunks | batches_resource()]
     resources += [
-        batch_chunks | child_resource(name, to_table, primary_key)
-        for name, (to_table, primary_key) in CHILD_TABLES.items()
+        batch_chunks | child_resource(name, to_table) for name, to_table in CHILD_TABLES.items()
     ]
     if plan.is_first_load:
         # Nothing stored yet, so nothing to merge with: appending skips dlt's staging tables
@@ -79,7 +79,7 @@ def batches_resource() -> DltResource:
     @dlt.transformer(
         name=BATCHES,
         write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        primary_key="id",
+        primary_key=list(PRIMARY_KEYS[BATCHES]),
         columns={
             name: {"data_type": "timestamp", "timezone": True, "nullable": True}
             for name in TIMESTAMP_FIELDS
@@ -91,13 +91,11 @@ def batches_resource() -> DltResource:
     return batches
 
 
-def child_resource(
-    name: str, to_table: Callable[[list[dict]], pa.Table], primary_key: Sequence[str]
-) -> DltResource:
+def child_resource(name: str, to_table: Callable[[list[dict]], pa.Table]) -> DltResource:
     @dlt.transformer(
         name=name,
         write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        primary_key=list(primary_key),
+        primary_key=list(PRIMARY_KEYS[name]),
         merge_key="batch_id",
     )
     def child(chunk: list[dict]) -> Iterator[pa.Table]:

@@ -38,6 +38,13 @@ METADATA = "batch_metadata"
 ERRORS = "batch_errors"
 STATUS_HISTORY = "batch_status_history"
 CHILD_TABLES = (REQUEST_COUNTS, METADATA, ERRORS)
+# One row per key in each table; children are also replaced as a whole per `batch_id`.
+PRIMARY_KEYS = {
+    BATCHES: ("id",),
+    REQUEST_COUNTS: ("batch_id",),
+    METADATA: ("batch_id", "key"),
+    ERRORS: ("batch_id", "position"),
+}
 
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
 # per-item cost vanishes, small enough to keep memory flat.
