@@ -21,8 +21,7 @@ API_BATCHES_SCHEMA = pa.schema(
     + [pa.field(name, API_TIME) for name in TIMESTAMP_FIELDS]
 )
 BATCHES_SCHEMA = pa.schema(
-    [pa.field(name, pa.string(), nullable=name != "id") for name in STRING_FIELDS]
-    + [pa.field(name, UTC_TIME) for name in TIMESTAMP_FIELDS]
+    [field.with_type(UTC_TIME) if field.type == API_TIME else field for field in API_BATCHES_SCHEMA]
 )
 REQUEST_COUNTS_SCHEMA = pa.schema(
     [
