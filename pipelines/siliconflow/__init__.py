@@ -6,7 +6,8 @@ import dlt
 import pyarrow as pa
 from dlt.sources import DltResource
 
-from .helpers import ReadStats, RetryPolicy, SyncPlan, make_client, read_batches
+from .helpers import RetryPolicy, make_client
+from .paging import ReadStats, SyncPlan, read_batches
 from .rows import batches_table, errors_table, metadata_table, request_counts_table
 from .settings import (
     BATCHES,

@@ -1,13 +1,8 @@
-"""HTTP details of the SiliconFlow API: the client, its retries, error bodies and paging quirks."""
+"""HTTP details of the SiliconFlow API: the client, its retries, and what its answers mean."""
 
-import itertools
 import os
-import threading
-from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from queue import Full, Queue
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from dlt.sources.helpers.requests import Client
@@ -15,16 +10,14 @@ from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.helpers.rest_client.paginators import JSONResponseCursorPaginator
 from requests import Response
-from requests.exceptions import HTTPError, RequestException
+from requests.exceptions import HTTPError
 from requests.utils import get_environ_proxies
 
 from pipelines.errors import ApiError, AuthError, SfBatchesError
 
-from .rows import check_batches
-from .settings import BATCHES_PATH, LOOKUP_THREADS, PREFETCH_PAGES
+from .settings import BATCHES_PATH
 
 _PARSED = "_sfbatches_json"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,39 +28,6 @@ class RetryPolicy:
     backoff_factor: float = 1.0
     max_delay_s: float = 60.0
     timeout_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class SyncPlan:
-    """What the warehouse already holds, so an incremental sync reads only what may have changed.
-
-    Attributes:
-        newest_created_at: created_at (unix seconds) of the newest stored batch; None reads all.
-        open_positions: id → position (1 = newest) of each stored batch that was not terminal.
-        previous_ids: id → the id stored just before it (newest first), for each open batch:
-            `after` that id, a page starts with the open batch.
-        is_first_load: the warehouse holds no batch yet, so nothing needs merging.
-    """
-
-    newest_created_at: int | None = None
-    open_positions: dict[str, int] = field(default_factory=dict)
-    previous_ids: dict[str, str | None] = field(default_factory=dict)
-    is_first_load: bool = True
-
-    @property
-    def is_full(self) -> bool:
-        return self.newest_created_at is None
-
-
-@dataclass
-class ReadStats:
-    pages: int = 0
-    lookups: int = 0
-    batches: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
 
 
 class BatchesPaginator(JSONResponseCursorPaginator):
@@ -89,7 +49,7 @@ class BatchesClient(RESTClient):
 
     def extract_response(self, response: Response, data_selector: Any) -> list[Any]:
         # dlt compiles the JSONPath selector again on every page; `data` is known to be there.
-        return _parse(response)["data"] or []
+        return parsed_json(response)["data"] or []
 
 
 def make_client(base_url: str, api_key: str, retry: RetryPolicy) -> RESTClient:
@@ -118,10 +78,10 @@ def make_client(base_url: str, api_key: str, retry: RetryPolicy) -> RESTClient:
 
 def _is_unparsable_success(response: Response | None, exception: BaseException | None) -> bool:
     """A 200 whose body is not JSON (a proxy's HTML page) is worth another try."""
-    return response is not None and response.ok and _parse(response) is None
+    return response is not None and response.ok and parsed_json(response) is None
 
 
-def _parse(response: Response) -> Any:
+def parsed_json(response: Response) -> Any:
     # Parsed once with orjson and cached: dlt's client and paginator both call `.json()`.
     if not hasattr(response, _PARSED):
         try:
@@ -135,7 +95,7 @@ def _parse(response: Response) -> Any:
 
 def check_response(response: Response, *args: Any, **kwargs: Any) -> None:
     """Response hook: raise on every unusable answer while dlt's retry can still see it."""
-    body = _parse(response)
+    body = parsed_json(response)
     unusable = not isinstance(body, dict) or ("data" not in body and "id" not in body)
     if not response.ok or unusable:
         raise HTTPError(response=response)
@@ -155,7 +115,7 @@ def describe_failure(response: Response) -> SfBatchesError:
             f"the SiliconFlow API failed (HTTP {status}{_api_code(response)}: "
             f"{_api_message(response)}) at {_where(response)}; {hint}"
         )
-    body = _parse(response)
+    body = parsed_json(response)
     if body is None:
         return ApiError(
             f"the SiliconFlow API answered {_where(response)} with a body that is not JSON "
@@ -173,154 +133,20 @@ def _where(response: Response) -> str:
 
 
 def _api_code(response: Response) -> str:
-    body = _parse(response)
+    body = parsed_json(response)
     code = body.get("code") if isinstance(body, dict) else None
     return f", code {code}" if code is not None else ""
 
 
 def _api_message(response: Response) -> str:
-    body = _parse(response)
+    body = parsed_json(response)
     if isinstance(body, dict):
         body = body.get("message") or body.get("error") or body
     text = body if isinstance(body, str) else response.text
     return " ".join(str(text).split())[:200] or response.reason or "no message"
 
 
-def read_batches(
-    client: RESTClient, plan: SyncPlan, page_size: int, stats: ReadStats
-) -> Iterator[list[dict]]:
-    """Yield lists of batch objects: every batch created since the plan, and every open one.
-
-    Pages are read newest first until the newest stored batch is behind us (to the end on a
-    full sync); the open batches further down are re-read by the pages that start at them, and
-    any still missing are looked up one by one.
-    """
-    return prefetched(_read_batches(client, plan, page_size, stats), PREFETCH_PAGES)
-
-
-def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Run `items` in a thread up to `depth` ahead: the next page downloads while this one loads.
-
-    Errors reach the consumer in order; a consumer that stops early stops the thread too.
-    """
-    handoff: Queue[tuple[str, Any]] = Queue(maxsize=depth)
-    stopped = threading.Event()
-
-    def put(kind: str, value: Any) -> bool:
-        while not stopped.is_set():
-            try:
-                handoff.put((kind, value), timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put("item", item):
-                    return
-            put("end", None)
-        except BaseException as error:
-            put("error", error)
-
-    worker = threading.Thread(target=produce, name="sfbatches-fetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = handoff.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stopped.set()
-
-
-def _read_batches(
-    client: RESTClient, plan: SyncPlan, page_size: int, stats: ReadStats
-) -> Iterator[list[dict]]:
-    walk = _PageWalk(plan, page_size, stats)
-    try:
-        for page in client.paginate(
-            BATCHES_PATH,
-            params={"limit": page_size},
-            paginator=BatchesPaginator(),
-            hooks={"response": [check_response]},
-        ):
-            batches = walk.accept(page)
-            if batches:
-                yield batches
-            if walk.done:
-                break
-        unseen = walk.still_open()
-        found = yield from reread_pages(client, plan, unseen, page_size, stats)
-        yield from look_up(client, [i for i in unseen if i not in found], stats)
-    except HTTPError as error:
-        raise describe_failure(error.response) from None
-    except RequestException as error:
-        raise ApiError(
-            f"could not reach the SiliconFlow API after retries ({type(error).__name__}: "
-            f"{_redact(str(error))}); check the network and sources.siliconflow.base_url"
-        ) from None
-
-
-def reread_pages(
-    client: RESTClient,
-    plan: SyncPlan,
-    open_positions: dict[str, int],
-    page_size: int,
-    stats: ReadStats,
-) -> Generator[list[dict], None, set[str]]:
-    """Re-read the pages that start at each still-open batch, in parallel; return ids found.
-
-    The warehouse knows which batch precedes each open one, so `after` it the page starts with
-    that open batch and covers the next ones too: never more requests than one lookup each,
-    usually far fewer, and no waiting for page after page.
-    """
-    starts = page_starts(plan, open_positions, page_size)
-    found: set[str] = set()
-    first_ids: set[str] = set()
-    misplaced = False
-    window = LOOKUP_THREADS * 2  # pages in flight: enough to hide latency, few to hold
-    with ThreadPoolExecutor(max_workers=LOOKUP_THREADS) as pool:
-        for offset in range(0, len(starts), window):
-            wanted = starts[offset : offset + window]
-            pages = pool.map(lambda start: _page_after(client, start[0], page_size), wanted)
-            for page, (_, first) in zip(pages, wanted, strict=True):
-                check_batches(page)
-                stats.pages += 1
-                misplaced = misplaced or not page or page[0]["id"] != first
-                if not page or page[0]["id"] in first_ids:
-                    continue
-                first_ids.add(page[0]["id"])
-                found.update(batch["id"] for batch in page if batch["id"] in open_positions)
-                stats.batches += len(page)
-                yield page
-    if misplaced:
-        stats.warn(
-            "a page read `after` a stored batch did not start with the batch after it (the API "
-            "ignores `after` or changed its order): looked up the open batches it missed"
-        )
-    return found
-
-
-def page_starts(
-    plan: SyncPlan, open_positions: dict[str, int], page_size: int
-) -> list[tuple[str, str]]:
-    """(`after` cursor, open batch the page starts with) for pages covering every open batch."""
-    starts: list[tuple[str, str]] = []
-    covered_to = 0
-    for batch_id, position in sorted(open_positions.items(), key=lambda item: item[1]):
-        previous = plan.previous_ids.get(batch_id)
-        if position > covered_to and previous:
-            starts.append((previous, batch_id))
-            covered_to = position + page_size - 1
-    return starts
-
-
-def _page_after(client: RESTClient, cursor: str, page_size: int) -> list[Any]:
+def page_after(client: RESTClient, cursor: str, page_size: int) -> list[Any]:
     try:
         response = client.get(
             BATCHES_PATH,
@@ -332,24 +158,7 @@ def _page_after(client: RESTClient, cursor: str, page_size: int) -> list[Any]:
         if error.response is not None and error.response.status_code == 400:
             return []
         raise
-    return _parse(response)["data"] or []
-
-
-def look_up(client: RESTClient, batch_ids: list[str], stats: ReadStats) -> Iterator[list[dict]]:
-    """`GET /batches/{id}` for each id, a few at a time: each one is a full round trip."""
-    if not batch_ids:
-        return
-    with ThreadPoolExecutor(max_workers=LOOKUP_THREADS) as pool:
-        found = [batch for batch in pool.map(lambda i: get_batch(client, i), batch_ids) if batch]
-    check_batches(found)
-    stats.lookups += len(batch_ids)
-    stats.batches += len(found)
-    if len(found) < len(batch_ids):
-        stats.warn(
-            f"{len(batch_ids) - len(found)} batches open at the last sync are gone from the API "
-            "(HTTP 404); their last known state is kept"
-        )
-    yield found
+    return parsed_json(response)["data"] or []
 
 
 def get_batch(client: RESTClient, batch_id: str) -> dict | None:
@@ -361,78 +170,19 @@ def get_batch(client: RESTClient, batch_id: str) -> dict | None:
         if _is_missing_batch(error.response):
             return None
         raise
-    batch = _parse(response)
+    batch = parsed_json(response)
     if isinstance(batch, dict) and isinstance(batch.get("data"), dict):
         batch = batch["data"]
     return batch
 
 
 def _is_missing_batch(response: Response | None) -> bool:
-    return response is not None and response.status_code == 404 and _parse(response) is not None
+    return (
+        response is not None and response.status_code == 404 and parsed_json(response) is not None
+    )
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     # requests puts the URL into connection errors; the key never travels in the URL, but a
     # user-supplied base URL could hold credentials.
     return text.split("?")[0][:200]
-
-
-class _PageWalk:
-    """Decide, page by page, whether more pages can hold anything new or still open."""
-
-    def __init__(self, plan: SyncPlan, page_size: int, stats: ReadStats) -> None:
-        self.plan = plan
-        self.page_size = page_size
-        self.stats = stats
-        self.unseen_open = dict(plan.open_positions)
-        self.read_everything = plan.is_full
-        self.done = False
-        self.first_ids: set[str] = set()
-        self.last_created_at: int | None = None
-
-    def accept(self, page: list[Any]) -> list[dict]:
-        check_batches(page)
-        self.stats.pages += 1
-        if page and page[0]["id"] in self.first_ids:
-            self.stats.warn(
-                "the API returned the same page twice (it ignores `after`): stopped paging and "
-                f"kept the {self.stats.batches} batches read; a later sync reads the rest"
-            )
-            self.done = True
-            return []
-        if page:
-            self.first_ids.add(page[0]["id"])
-        self._check_order(page)
-        self.stats.batches += len(page)
-        for batch in page:
-            self.unseen_open.pop(batch["id"], None)
-        if not self.read_everything:
-            self._decide_after(page)
-        return page
-
-    def _check_order(self, page: list[dict]) -> None:
-        created = [batch.get("created_at") for batch in page]
-        if self.last_created_at is not None:
-            created.insert(0, self.last_created_at)
-        created = [value for value in created if isinstance(value, int)]
-        if any(later > earlier for earlier, later in itertools.pairwise(created)):
-            if not self.read_everything:
-                self.stats.warn(
-                    "the API does not list batches newest first: reading every page so that "
-                    "nothing is missed"
-                )
-            self.read_everything = True
-        if created:
-            self.last_created_at = created[-1]
-
-    def _decide_after(self, page: list[dict]) -> None:
-        # Past the newest stored batch every new one has been read; open batches further down
-        # are re-read by their own pages (see `reread_pages`).
-        oldest = self.last_created_at
-        if page and oldest is not None and oldest < self.plan.newest_created_at:
-            self.done = True
-
-    def still_open(self) -> dict[str, int]:
-        if self.read_everything or not self.done:
-            return {}
-        return self.unseen_open
