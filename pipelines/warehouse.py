@@ -17,6 +17,8 @@ from pipelines.siliconflow.settings import (
 )
 
 SCHEMA = DATASET_NAME
+# When a row was loaded: dlt's load id is the unix time its load package was created.
+LOADED_AT = "to_timestamp(cast({table}._dlt_load_id as double))"
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 
 
@@ -51,6 +53,12 @@ def read_plan(db_path: Path) -> SyncPlan:
                     row_number() over newest_first as position,
                     lag(id) over newest_first as previous_id
                 from {SCHEMA}.{BATCHES}
+                -- only the recent part of the history: nothing older than the oldest open one
+                where created_at >= (
+                    select min(created_at)
+                    from {SCHEMA}.{BATCHES}
+                    where status not in ({TERMINAL_LIST})
+                )
                 window newest_first as (order by created_at desc, id desc)
             )
             where status not in ({TERMINAL_LIST})
@@ -67,14 +75,20 @@ def read_plan(db_path: Path) -> SyncPlan:
 def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[int, int]:
     """Drop stale child rows and append status history; return (new, changed) batch counts.
 
-    Runs after every load, in one transaction. A batch's current child rows carry its own load
-    id, so older ones are stale (its metadata key was removed, its errors cleared). A killed
-    sync that loaded but never got here is caught up by the next one.
+    Runs after every load, in one transaction, over the batches loaded since the last time it
+    ran (a killed sync that loaded but never got here is caught up by the next one). A batch's
+    current child rows carry its own load id, so older ones are stale (a metadata key removed,
+    errors cleared).
     """
     with connect(db_path, config=SYNC_CONFIG) as con:
         if not table_exists(con, BATCHES):
             return 0, 0
         con.execute("begin transaction")
+        _create_history_table(con)
+        since = con.execute(
+            f"select coalesce(max(observed_at), '-infinity'::timestamptz) "
+            f"from {SCHEMA}.{STATUS_HISTORY}"
+        ).fetchone()[0]
         if drop_duplicates:
             _drop_duplicates(con)
         for table in CHILD_TABLES:
@@ -84,10 +98,12 @@ def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[i
                     delete from {SCHEMA}.{table} as child
                     using {SCHEMA}.{BATCHES} as parent
                     where parent.id = child.batch_id
+                        and {LOADED_AT.format(table="parent")} > ?
                         and child._dlt_load_id < parent._dlt_load_id
-                    """
+                    """,
+                    [since],
                 )
-        new, changed = _append_history(con)
+        new, changed = _append_history(con, since)
         con.execute("commit")
     return new, changed
 
@@ -110,7 +126,7 @@ def _drop_duplicates(con: duckdb.DuckDBPyConnection) -> None:
             )
 
 
-def _append_history(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+def _create_history_table(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         f"""
         create table if not exists {SCHEMA}.{STATUS_HISTORY} (
@@ -123,6 +139,10 @@ def _append_history(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
         )
         """
     )
+
+
+def _append_history(con: duckdb.DuckDBPyConnection, since: object) -> tuple[int, int]:
+    """One row per batch loaded after `since` whose status or counts differ from its last one."""
     counts_join = (
         f"left join {SCHEMA}.{REQUEST_COUNTS} as counts on counts.batch_id = batch.id"
         if table_exists(con, REQUEST_COUNTS)
@@ -134,22 +154,17 @@ def _append_history(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
         create temp table observation as
         with
 
-        last_observed as (
-            select max(observed_at) as observed_at from {SCHEMA}.{STATUS_HISTORY}
-        ),
-
         current_state as (
             select
                 batch.id as batch_id,
-                to_timestamp(cast(batch._dlt_load_id as double)) as observed_at,
+                {LOADED_AT.format(table="batch")} as observed_at,
                 batch.status,
                 counts.total as requests_total,
                 counts.completed as requests_completed,
                 counts.failed as requests_failed
             from {SCHEMA}.{BATCHES} as batch
             {counts_join}
-            where to_timestamp(cast(batch._dlt_load_id as double))
-                > coalesce((select observed_at from last_observed), '-infinity'::timestamptz)
+            where {LOADED_AT.format(table="batch")} > $since
         ),
 
         latest as (
@@ -178,7 +193,8 @@ def _append_history(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
                 latest.requests_completed,
                 latest.requests_failed
             )
-        """
+        """,
+        {"since": since},
     )
     new, changed = con.execute(
         "select count(*) filter (where is_new), count(*) filter (where not is_new) from observation"

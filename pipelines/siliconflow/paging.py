@@ -22,7 +22,7 @@ from .helpers import (
     redact,
 )
 from .rows import check_batches
-from .settings import BATCHES_PATH, LOOKUP_THREADS, PREFETCH_PAGES
+from .settings import BATCHES_PATH, PARALLEL_REQUESTS, PREFETCH_PAGES
 
 T = TypeVar("T")
 
@@ -157,8 +157,8 @@ def reread_pages(
     found: set[str] = set()
     first_ids: set[str] = set()
     misplaced = False
-    window = LOOKUP_THREADS * 2  # pages in flight: enough to hide latency, few to hold
-    with ThreadPoolExecutor(max_workers=LOOKUP_THREADS) as pool:
+    window = PARALLEL_REQUESTS * 2  # pages in flight: enough to hide latency, few to hold
+    with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
         for offset in range(0, len(starts), window):
             wanted = starts[offset : offset + window]
             pages = pool.map(lambda start: page_after(client, start[0], page_size), wanted)
@@ -198,7 +198,7 @@ def look_up(client: RESTClient, batch_ids: list[str], stats: ReadStats) -> Itera
     """`GET /batches/{id}` for each id, a few at a time: each one is a full round trip."""
     if not batch_ids:
         return
-    with ThreadPoolExecutor(max_workers=LOOKUP_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
         found = [batch for batch in pool.map(lambda i: get_batch(client, i), batch_ids) if batch]
     check_batches(found)
     stats.lookups += len(batch_ids)

@@ -50,7 +50,8 @@ PRIMARY_KEYS = {
 # per-item cost vanishes, small enough to keep memory flat.
 CHUNK_ROWS = 1_000
 
-# Open batches deep in the history are fetched one by one; a few at a time hides the latency.
-LOOKUP_THREADS = 4
+# Open batches deep in the history are re-read page by page or one by one: several requests at
+# a time hide the latency (429s are retried like any other, with backoff).
+PARALLEL_REQUESTS = 8
 # Pages fetched ahead of the one being converted and written.
 PREFETCH_PAGES = 8
