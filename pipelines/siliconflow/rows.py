@@ -82,16 +82,17 @@ def batches_table(batches: list[dict]) -> pa.Table:
 
 def request_counts_table(batches: list[dict]) -> pa.Table:
     rows = [
-        {
-            "batch_id": batch["id"],
-            "total": _as_int(counts.get("total")),
-            "completed": _as_int(counts.get("completed")),
-            "failed": _as_int(counts.get("failed")),
-        }
+        {**counts, "batch_id": batch["id"]}
         for batch in batches
         if isinstance(counts := batch.get("request_counts"), dict) and counts
     ]
-    return pa.Table.from_pylist(rows, schema=REQUEST_COUNTS_SCHEMA)
+    try:
+        return pa.Table.from_pylist(rows, schema=REQUEST_COUNTS_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        # A count that is not an integer (e.g. "12") is read as one, or left empty.
+        names = REQUEST_COUNTS_SCHEMA.names[1:]
+        rows = [row | {name: _as_int(row.get(name)) for name in names} for row in rows]
+        return pa.Table.from_pylist(rows, schema=REQUEST_COUNTS_SCHEMA)
 
 
 def metadata_table(batches: list[dict]) -> pa.Table:
@@ -103,7 +104,9 @@ def metadata_table(batches: list[dict]) -> pa.Table:
         if isinstance(metadata, dict) and metadata:
             batch_ids.extend([batch["id"]] * len(metadata))
             keys.extend(metadata)
-            values.extend(map(_as_text, metadata.values()))
+            values.extend(metadata.values())
+    if not all(value is None or type(value) is str for value in values):
+        values = [_as_text(value) for value in values]
     return pa.Table.from_arrays(
         [pa.array(batch_ids), pa.array(keys, pa.string()), pa.array(values, pa.string())],
         schema=METADATA_SCHEMA,
@@ -114,7 +117,8 @@ def errors_table(batches: list[dict]) -> pa.Table:
     rows = [
         dict(zip(ERRORS_SCHEMA.names, (batch["id"], position, *_error_fields(error)), strict=True))
         for batch in batches
-        for position, error in enumerate(_error_list(batch.get("errors")))
+        if batch.get("errors")
+        for position, error in enumerate(_error_list(batch["errors"]))
     ]
     return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
 

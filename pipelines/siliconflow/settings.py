@@ -48,7 +48,7 @@ PRIMARY_KEYS = {
 
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
 # per-item cost vanishes, small enough to keep memory flat.
-CHUNK_ROWS = 1_000
+CHUNK_ROWS = 2_000
 
 # Open batches deep in the history are re-read page by page or one by one: several requests at
 # a time hide the latency (429s are retried like any other, with backoff).
