@@ -20,8 +20,9 @@ DEMO_BATCHES = 5_000
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # dlt reads this when it first logs; our own summary and warnings say what matters.
-    os.environ.setdefault("RUNTIME__LOG_LEVEL", "INFO" if args.verbose else "ERROR")
+    # dlt reads this when it first logs. Without --verbose our own summary, warnings and one
+    # error line say what matters; dlt would add tracebacks of errors it retries itself.
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "INFO" if args.verbose else "CRITICAL")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
