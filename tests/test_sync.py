@@ -255,3 +255,20 @@ def test_wrong_api_key_exits_3_without_printing_it(simulator, db_path):
     assert not db_path.exists() or query(
         db_path, "select count(*) from information_schema.tables where table_schema='siliconflow'"
     ) == [(0,)]
+
+
+def test_a_server_serving_fewer_than_asked_is_still_read_page_by_page(tmp_path, run, monkeypatch):
+    world = World(batches=2000, seed=11, now=1_764_000_000)
+    with Simulator(world, max_limit=20) as sim:
+        monkeypatch.setenv("SOURCES__SILICONFLOW__BASE_URL", sim.base_url)
+        monkeypatch.setenv("SILICONFLOW_API_KEY", sim.api_key)
+        db_path = tmp_path / "capped.duckdb"
+        assert run("sync", "--db", str(db_path), "--no-models").code == 0
+        world.advance(7 * 3600)
+        sim.clear_requests()
+
+        outcome = run("sync", "--db", str(db_path), "--no-models")
+
+        assert outcome.code == 0 and outcome.err == ""
+        assert_warehouse_equals(db_path, world.visible())
+        assert lookups(sim) == 0, "pages of 20 should cover every open batch"

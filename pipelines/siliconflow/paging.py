@@ -115,7 +115,7 @@ def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 def _read_batches(
     client: RESTClient, plan: SyncPlan, page_size: int, stats: ReadStats
 ) -> Iterator[list[dict]]:
-    walk = _PageWalk(plan, page_size, stats)
+    walk = _PageWalk(plan, stats)
     try:
         for page in client.paginate(
             BATCHES_PATH,
@@ -129,7 +129,9 @@ def _read_batches(
             if walk.done:
                 break
         unseen = walk.still_open()
-        found = yield from reread_pages(client, plan, unseen, page_size, stats)
+        # A server may serve fewer than `limit` per page; a re-read page covers what it serves.
+        served = min(page_size, walk.longest_page) or page_size
+        found = yield from reread_pages(client, plan, unseen, served, stats)
         yield from look_up(client, [i for i in unseen if i not in found], stats)
     except HTTPError as error:
         raise describe_failure(error.response) from None
@@ -214,10 +216,10 @@ def look_up(client: RESTClient, batch_ids: list[str], stats: ReadStats) -> Itera
 class _PageWalk:
     """Decide, page by page, whether more pages can hold anything new or still open."""
 
-    def __init__(self, plan: SyncPlan, page_size: int, stats: ReadStats) -> None:
+    def __init__(self, plan: SyncPlan, stats: ReadStats) -> None:
         self.plan = plan
-        self.page_size = page_size
         self.stats = stats
+        self.longest_page = 0
         self.unseen_open = dict(plan.open_positions)
         self.read_everything = plan.is_full
         self.done = False
@@ -236,6 +238,7 @@ class _PageWalk:
             return []
         if page:
             self.first_ids.add(page[0]["id"])
+        self.longest_page = max(self.longest_page, len(page))
         self._check_order(page)
         self.stats.batches += len(page)
         for batch in page:
