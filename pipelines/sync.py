@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import dlt
@@ -15,7 +16,7 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from pipelines import database, warehouse
 from pipelines.config import SourceConfig, resolve_source_config
-from pipelines.errors import DatabaseBusy, find_error
+from pipelines.errors import DatabaseBusy, SfBatchesError, find_error
 from pipelines.siliconflow import ReadStats, SyncPlan, siliconflow
 from pipelines.siliconflow.settings import DATASET_NAME
 
@@ -56,11 +57,17 @@ def run_sync(
     config = config or resolve_source_config()
     with database_lock(db_path):
         pipeline = open_pipeline(db_path, progress)
-        recovered = finish_pending_loads(pipeline)
+        leftovers = finish_pending_loads(pipeline)
         plan = warehouse.read_plan(db_path)
-        if full_refresh:
-            plan = SyncPlan(is_first_load=plan.is_first_load)
         stats = ReadStats()
+        if leftovers is Leftovers.UNLOADABLE:
+            stats.warn(
+                "a killed sync left data dlt could not load; it was discarded and every page is "
+                "read again"
+            )
+            pipeline = open_pipeline(db_path, progress, fresh=True)
+        if full_refresh or leftovers is Leftovers.UNLOADABLE:
+            plan = SyncPlan(is_first_load=plan.is_first_load)
         source = siliconflow(
             api_key=config.api_key,
             base_url=config.base_url,
@@ -70,7 +77,9 @@ def run_sync(
             stats=stats,
         )
         _run(pipeline, source)
-        new, changed = warehouse.record_observations(db_path, drop_duplicates=recovered)
+        new, changed = warehouse.record_observations(
+            db_path, drop_duplicates=leftovers is not Leftovers.NONE
+        )
     return SyncResult(
         db_path=db_path,
         full=plan.is_full,
@@ -108,10 +117,12 @@ def pipeline_dir(db_path: Path) -> Path:
     return db_path.with_name(f".{db_path.name}.dlt")
 
 
-def open_pipeline(db_path: Path, progress: bool) -> dlt.Pipeline:
+def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pipeline:
+    """The dlt pipeline of this database; `fresh` drops its working folder first."""
     workdir = pipeline_dir(db_path)
-    if not db_path.exists() and workdir.exists():
-        # The database was deleted: its pending packages and schema belong to nothing now.
+    if (fresh or not db_path.exists()) and workdir.exists():
+        # A deleted database's packages and schema belong to nothing now; dlt restores what it
+        # needs of a live one from the database itself.
         shutil.rmtree(workdir)
     return dlt.pipeline(
         pipeline_name=PIPELINE_NAME,
@@ -124,15 +135,30 @@ def open_pipeline(db_path: Path, progress: bool) -> dlt.Pipeline:
     )
 
 
-def finish_pending_loads(pipeline: dlt.Pipeline) -> bool:
+class Leftovers(Enum):
+    """What a killed sync left in dlt's working folder, and what became of it."""
+
+    NONE = "none"
+    LOADED = "loaded"
+    UNLOADABLE = "unloadable"
+
+
+def finish_pending_loads(pipeline: dlt.Pipeline) -> Leftovers:
     """Load what a killed sync left behind, before planning, so this run still extracts."""
     if not pipeline.has_pending_data:
-        return False
-    if pipeline.list_extracted_load_packages():
-        pipeline.normalize()
-    if pipeline.list_normalized_load_packages():
-        _guard(pipeline.load)
-    return True
+        return Leftovers.NONE
+    try:
+        if pipeline.list_extracted_load_packages():
+            _guard(pipeline.normalize)
+        if pipeline.list_normalized_load_packages():
+            _guard(pipeline.load)
+    except SfBatchesError:
+        raise
+    except Exception:
+        # Killed halfway through dlt's own bookkeeping, a package may never load; reading
+        # everything again (and merging) is what makes the database whole after that.
+        return Leftovers.UNLOADABLE
+    return Leftovers.LOADED
 
 
 def _run(pipeline: dlt.Pipeline, source: object) -> None:

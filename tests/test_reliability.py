@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, run_process
 from truth import assert_warehouse_equals
 
-from pipelines import warehouse
+from pipelines import sync, warehouse
+from pipelines.siliconflow import siliconflow
 
 TABLES = (
     "batches",
@@ -270,6 +271,39 @@ def test_first_sync_killed_then_one_sync_brings_it_current(simulator, db_path, r
     outcome = run("sync", "--db", str(db_path), "--no-models")
 
     assert outcome.code == 0, outcome.err
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def leave_extracted_package(db_path: Path, simulator) -> Path:
+    """What a sync killed between dlt's extract and normalize steps leaves behind."""
+    pipeline = sync.open_pipeline(db_path, progress=False)
+    source = siliconflow(api_key=simulator.api_key, base_url=simulator.base_url)
+    pipeline.extract(source)
+    assert pipeline.list_extracted_load_packages()
+    return sync.pipeline_dir(db_path)
+
+
+def test_a_package_left_between_extract_and_normalize_is_loaded_first(simulator, db_path, run):
+    leave_extracted_package(db_path, simulator)
+    simulator.world.advance(3600)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0 and outcome.err == ""
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_a_package_dlt_cannot_load_is_discarded_and_everything_reread(
+    simulator, db_path, run, synced
+):
+    workdir = leave_extracted_package(db_path, simulator)
+    for job_file in workdir.rglob("*.parquet"):
+        job_file.write_bytes(b"cut short by a kill")
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0
+    assert "could not load" in outcome.err and "full sync" in outcome.out
     assert_warehouse_equals(db_path, simulator.world.visible())
 
 
