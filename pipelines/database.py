@@ -16,9 +16,9 @@ LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 
 
 # DuckDB would take most of the machine's memory for a merge or a window over the history; a
-# cron job should stay small. 64 MB ran out of memory in dlt's merge at 100k batches and 128 MB
-# now and then at 1M (DuckDB cannot spill every operator); 256 MB has headroom.
-SYNC_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": False}
+# cron job should stay small. With dlt loading one job at a time (sync.py), 128 MB carried a
+# full refresh of 900k batches; 64 MB ran out of memory in dlt's merge at 100k.
+SYNC_CONFIG = {"memory_limit": "128MB", "preserve_insertion_order": False}
 
 
 def resolve_db_path(cli_value: str | None) -> Path:

@@ -25,6 +25,9 @@ PIPELINE_NAME = "sfbatches"
 # Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load id
 # is how sync tells a batch's current child rows from stale ones and when it observed a status.
 os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+# DuckDB writes one table at a time anyway; parallel load jobs only add up their memory (at 1M
+# batches they ran DuckDB out of its cap now and then).
+os.environ.setdefault("LOAD__WORKERS", "1")
 
 
 @dataclass
