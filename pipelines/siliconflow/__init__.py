@@ -51,7 +51,8 @@ def siliconflow(
     stats = stats if stats is not None else ReadStats()
     plan = plan or SyncPlan()
 
-    @dlt.resource(name="batch_chunks", selected=False)
+    # parallelized: dlt reads the next chunk in a worker thread while this one is converted.
+    @dlt.resource(name="batch_chunks", selected=False, parallelized=True)
     def batch_chunks() -> Iterator[list[dict]]:
         chunk: list[dict] = []
         for batches in read_batches(client, plan, page_size, stats):

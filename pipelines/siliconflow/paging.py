@@ -1,12 +1,10 @@
 """Which pages to read: newest first down to what the warehouse has, then the open batches."""
 
 import itertools
-import threading
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from queue import Full, Queue
-from typing import Any, TypeVar
+from typing import Any
 
 from dlt.sources.helpers.rest_client import RESTClient
 from requests.exceptions import HTTPError, RequestException
@@ -22,9 +20,7 @@ from .helpers import (
     redact,
 )
 from .rows import check_batches
-from .settings import BATCHES_PATH, PARALLEL_REQUESTS, PREFETCH_PAGES
-
-T = TypeVar("T")
+from .settings import BATCHES_PATH, PARALLEL_REQUESTS
 
 
 @dataclass(frozen=True)
@@ -69,52 +65,6 @@ def read_batches(
     full sync); the open batches further down are re-read by the pages that start at them, and
     any still missing are looked up one by one.
     """
-    return prefetched(_read_batches(client, plan, page_size, stats), PREFETCH_PAGES)
-
-
-def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Run `items` in a thread up to `depth` ahead: the next page downloads while this one loads.
-
-    Errors reach the consumer in order; a consumer that stops early stops the thread too.
-    """
-    handoff: Queue[tuple[str, Any]] = Queue(maxsize=depth)
-    stopped = threading.Event()
-
-    def put(kind: str, value: Any) -> bool:
-        while not stopped.is_set():
-            try:
-                handoff.put((kind, value), timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put("item", item):
-                    return
-            put("end", None)
-        except BaseException as error:
-            put("error", error)
-
-    worker = threading.Thread(target=produce, name="sfbatches-fetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = handoff.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stopped.set()
-
-
-def _read_batches(
-    client: RESTClient, plan: SyncPlan, page_size: int, stats: ReadStats
-) -> Iterator[list[dict]]:
     walk = _PageWalk(plan, stats)
     try:
         for page in client.paginate(

@@ -53,5 +53,3 @@ CHUNK_ROWS = 2_000
 # Open batches deep in the history are re-read page by page or one by one: several requests at
 # a time hide the latency (429s are retried like any other, with backoff).
 PARALLEL_REQUESTS = 8
-# Pages fetched ahead of the one being converted and written.
-PREFETCH_PAGES = 8
