@@ -22,12 +22,15 @@ from pipelines.siliconflow.settings import DATASET_NAME
 
 PIPELINE_NAME = "sfbatches"
 
-# Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load id
-# is how sync tells a batch's current child rows from stale ones and when it observed a status.
-os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
-# DuckDB writes one table at a time anyway; parallel load jobs only add up their memory (at 1M
-# batches they ran DuckDB out of its cap now and then).
-os.environ.setdefault("LOAD__WORKERS", "1")
+# dlt settings this pipeline relies on (the environment wins over .dlt/*.toml, so set them there):
+DLT_SETTINGS = {
+    # Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load
+    # id tells a batch's current child rows from stale ones, and when a status was observed.
+    "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true",
+    # DuckDB writes one table at a time anyway; parallel load jobs only add up their memory (at
+    # 1M batches they ran DuckDB out of its cap now and then).
+    "LOAD__WORKERS": "1",
+}
 
 
 @dataclass
@@ -122,6 +125,8 @@ def pipeline_dir(db_path: Path) -> Path:
 
 def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pipeline:
     """The dlt pipeline of this database; `fresh` drops its working folder first."""
+    for name, value in DLT_SETTINGS.items():
+        os.environ.setdefault(name, value)
     workdir = pipeline_dir(db_path)
     if (fresh or not db_path.exists()) and workdir.exists():
         # A deleted database's packages and schema belong to nothing now; dlt restores what it

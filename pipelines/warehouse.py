@@ -22,14 +22,11 @@ LOADED_AT = "to_timestamp(cast({table}._dlt_load_id as double))"
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 
 
-def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(
-        con.execute(
-            "select count(*) from information_schema.tables "
-            "where table_schema = ? and table_name = ?",
-            [SCHEMA, table],
-        ).fetchone()[0]
-    )
+def stored_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "select table_name from information_schema.tables where table_schema = ?", [SCHEMA]
+    ).fetchall()
+    return {name for (name,) in rows}
 
 
 def read_plan(db_path: Path) -> SyncPlan:
@@ -37,7 +34,7 @@ def read_plan(db_path: Path) -> SyncPlan:
     if not db_path.exists():
         return SyncPlan()
     with connect(db_path, config=SYNC_CONFIG) as con:
-        if not table_exists(con, BATCHES):
+        if BATCHES not in stored_tables(con):
             return SyncPlan()
         newest = con.execute(
             f"select max(epoch(created_at))::bigint from {SCHEMA}.{BATCHES}"
@@ -81,7 +78,8 @@ def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[i
     errors cleared).
     """
     with connect(db_path, config=SYNC_CONFIG) as con:
-        if not table_exists(con, BATCHES):
+        tables = stored_tables(con)
+        if BATCHES not in tables:
             return 0, 0
         con.execute("begin transaction")
         _create_history_table(con)
@@ -90,9 +88,9 @@ def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[i
             f"from {SCHEMA}.{STATUS_HISTORY}"
         ).fetchone()[0]
         if drop_duplicates:
-            _drop_duplicates(con)
+            _drop_duplicates(con, tables)
         for table in CHILD_TABLES:
-            if table_exists(con, table):
+            if table in tables:
                 con.execute(
                     f"""
                     delete from {SCHEMA}.{table} as child
@@ -103,15 +101,15 @@ def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[i
                     """,
                     [since],
                 )
-        new, changed = _append_history(con, since)
+        new, changed = _append_history(con, since, REQUEST_COUNTS in tables)
         con.execute("commit")
     return new, changed
 
 
-def _drop_duplicates(con: duckdb.DuckDBPyConnection) -> None:
+def _drop_duplicates(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
     """Keep one row per key: a first load appends, and a job re-run after a kill appends twice."""
     for table, key in PRIMARY_KEYS.items():
-        if table_exists(con, table):
+        if table in tables:
             con.execute(
                 f"""
                 delete from {SCHEMA}.{table}
@@ -141,11 +139,13 @@ def _create_history_table(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _append_history(con: duckdb.DuckDBPyConnection, since: object) -> tuple[int, int]:
+def _append_history(
+    con: duckdb.DuckDBPyConnection, since: object, has_counts: bool
+) -> tuple[int, int]:
     """One row per batch loaded after `since` whose status or counts differ from its last one."""
     counts_join = (
         f"left join {SCHEMA}.{REQUEST_COUNTS} as counts on counts.batch_id = batch.id"
-        if table_exists(con, REQUEST_COUNTS)
+        if has_counts
         else "left join (select null::varchar as batch_id, null::bigint as total, "
         "null::bigint as completed, null::bigint as failed) as counts on false"
     )
