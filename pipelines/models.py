@@ -15,6 +15,7 @@ from pipelines.database import connect
 from pipelines.errors import SfBatchesError
 
 SCHEMA = "analytics"
+# = siliconflow.settings.DATASET_NAME, spelled out: importing that package would load dlt
 SOURCE_SCHEMA = "siliconflow"
 # folders under sql/ build in this order; a dependency can still pull a file earlier
 LAYERS = ("staging", "marts")
