@@ -82,10 +82,16 @@ def run_sync(
             retry=config.retry,
             stats=stats,
         )
-        _run(pipeline, source)
-        new, changed = warehouse.record_observations(
-            db_path, drop_duplicates=leftovers is not Leftovers.NONE
-        )
+        _guard(lambda: pipeline.extract(source))
+        _guard(pipeline.normalize)
+        # One connection for the load and the bookkeeping after it: DuckDB writes its checkpoint
+        # once, at close, rather than after every table. Opened only now, so readers (notebooks,
+        # the DuckDB shell) are shut out for the load alone, not for the whole download.
+        with database.connect(db_path, config=database.SYNC_CONFIG) as con:
+            _guard(lambda: pipeline.load(credentials=con))
+            new, changed = warehouse.record_observations(
+                con, drop_duplicates=leftovers is not Leftovers.NONE
+            )
     return SyncResult(
         db_path=db_path,
         full=plan.is_full,
@@ -167,10 +173,6 @@ def finish_pending_loads(pipeline: dlt.Pipeline) -> Leftovers:
         # everything again (and merging) is what makes the database whole after that.
         return Leftovers.UNLOADABLE
     return Leftovers.LOADED
-
-
-def _run(pipeline: dlt.Pipeline, source: object) -> None:
-    _guard(lambda: pipeline.run(source))
 
 
 def _guard(step: Callable[[], object]) -> None:

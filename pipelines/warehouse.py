@@ -69,7 +69,9 @@ def read_plan(db_path: Path) -> SyncPlan:
     )
 
 
-def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[int, int]:
+def record_observations(
+    con: duckdb.DuckDBPyConnection, drop_duplicates: bool = False
+) -> tuple[int, int]:
     """Drop stale child rows and append status history; return (new, changed) batch counts.
 
     Runs after every load, in one transaction, over the batches loaded since the last time it
@@ -77,32 +79,31 @@ def record_observations(db_path: Path, drop_duplicates: bool = False) -> tuple[i
     current child rows carry its own load id, so older ones are stale (a metadata key removed,
     errors cleared).
     """
-    with connect(db_path, config=SYNC_CONFIG) as con:
-        tables = stored_tables(con)
-        if BATCHES not in tables:
-            return 0, 0
-        con.execute("begin transaction")
-        _create_history_table(con)
-        since = con.execute(
-            f"select coalesce(max(observed_at), '-infinity'::timestamptz) "
-            f"from {SCHEMA}.{STATUS_HISTORY}"
-        ).fetchone()[0]
-        if drop_duplicates:
-            _drop_duplicates(con, tables)
-        for table in CHILD_TABLES:
-            if table in tables:
-                con.execute(
-                    f"""
-                    delete from {SCHEMA}.{table} as child
-                    using {SCHEMA}.{BATCHES} as parent
-                    where parent.id = child.batch_id
-                        and {LOADED_AT.format(table="parent")} > ?
-                        and child._dlt_load_id < parent._dlt_load_id
-                    """,
-                    [since],
-                )
-        new, changed = _append_history(con, since, REQUEST_COUNTS in tables)
-        con.execute("commit")
+    tables = stored_tables(con)
+    if BATCHES not in tables:
+        return 0, 0
+    con.execute("begin transaction")
+    _create_history_table(con)
+    since = con.execute(
+        f"select coalesce(max(observed_at), '-infinity'::timestamptz) "
+        f"from {SCHEMA}.{STATUS_HISTORY}"
+    ).fetchone()[0]
+    if drop_duplicates:
+        _drop_duplicates(con, tables)
+    for table in CHILD_TABLES:
+        if table in tables:
+            con.execute(
+                f"""
+                delete from {SCHEMA}.{table} as child
+                using {SCHEMA}.{BATCHES} as parent
+                where parent.id = child.batch_id
+                    and {LOADED_AT.format(table="parent")} > ?
+                    and child._dlt_load_id < parent._dlt_load_id
+                """,
+                [since],
+            )
+    new, changed = _append_history(con, since, REQUEST_COUNTS in tables)
+    con.execute("commit")
     return new, changed
 
 

@@ -313,7 +313,8 @@ def test_rows_a_rerun_load_job_appended_twice_are_dropped_after_recovery(simulat
         for table in TABLES[:4]:
             con.execute(f"insert into siliconflow.{table} select * from siliconflow.{table}")
 
-    warehouse.record_observations(db_path, drop_duplicates=True)
+    with duckdb.connect(str(db_path)) as con:
+        warehouse.record_observations(con, drop_duplicates=True)
 
     assert_warehouse_equals(db_path, simulator.world.visible())
 

@@ -1,35 +1,26 @@
 """The dlt source for SiliconFlow batch jobs: one read of the API, four tables out of it."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import dlt
 import pyarrow as pa
 from dlt.sources import DltResource
 
-from .helpers import RetryPolicy, make_client
+from .helpers import RetryPolicy, make_client, prefetched
 from .paging import ReadStats, SyncPlan, read_batches
-from .rows import batches_table, errors_table, metadata_table, request_counts_table
+from .rows import TableChunk
 from .settings import (
     BATCHES,
+    CHILD_TABLES,
     CHUNK_ROWS,
     DEFAULT_BASE_URL,
     DEFAULT_PAGE_SIZE,
-    ERRORS,
-    METADATA,
+    PREFETCH_PAGES,
     PRIMARY_KEYS,
-    REQUEST_COUNTS,
     TIMESTAMP_FIELDS,
 )
 
 __all__ = ["ReadStats", "RetryPolicy", "SyncPlan", "siliconflow"]
-
-# Children are replaced per batch: delete-insert on `batch_id` drops the rows of every batch in
-# the load before inserting its current ones (warehouse.py drops those of batches that have none).
-CHILD_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
-    REQUEST_COUNTS: request_counts_table,
-    METADATA: metadata_table,
-    ERRORS: errors_table,
-}
 
 
 @dlt.source(name="siliconflow", max_table_nesting=0)
@@ -51,23 +42,20 @@ def siliconflow(
     stats = stats if stats is not None else ReadStats()
     plan = plan or SyncPlan()
 
-    # parallelized: dlt reads the next chunk in a worker thread while this one is converted.
-    @dlt.resource(name="batch_chunks", selected=False, parallelized=True)
-    def batch_chunks() -> Iterator[list[dict]]:
-        chunk: list[dict] = []
-        for batches in read_batches(client, plan, page_size, stats):
-            chunk.extend(batches)
-            if len(chunk) >= CHUNK_ROWS:
-                yield chunk
-                chunk = []
+    @dlt.resource(name="batch_chunks", selected=False)
+    def batch_chunks() -> Iterator[dict[str, pa.Table]]:
+        # The next pages download while this one is turned into Arrow tables.
+        chunk = TableChunk()
+        for page in prefetched(read_batches(client, plan, page_size, stats), PREFETCH_PAGES):
+            chunk.add(page)
+            if chunk.rows >= CHUNK_ROWS:
+                yield chunk.take()
         # An empty last chunk still carries every table's columns, so a new account gets them.
-        if chunk or not stats.batches:
-            yield chunk
+        if chunk.rows or not stats.batches:
+            yield chunk.take()
 
     resources = [batch_chunks | batches_resource()]
-    resources += [
-        batch_chunks | child_resource(name, to_table) for name, to_table in CHILD_TABLES.items()
-    ]
+    resources += [batch_chunks | child_resource(name) for name in CHILD_TABLES]
     if plan.is_first_load:
         # Nothing stored yet, so nothing to merge with: appending skips dlt's staging tables
         # and merge SQL (a third of the load time). A page read twice is still impossible:
@@ -87,20 +75,23 @@ def batches_resource() -> DltResource:
             for name in TIMESTAMP_FIELDS
         },
     )
-    def batches(chunk: list[dict]) -> Iterator[pa.Table]:
-        yield batches_table(chunk)
+    def batches(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
+        yield chunk[BATCHES]
 
     return batches
 
 
-def child_resource(name: str, to_table: Callable[[list[dict]], pa.Table]) -> DltResource:
+def child_resource(name: str) -> DltResource:
+    # Children are replaced per batch: delete-insert on `batch_id` drops the rows of every batch
+    # in the load before inserting its current ones (warehouse.py drops those of batches that
+    # have none any more).
     @dlt.transformer(
         name=name,
         write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         primary_key=list(PRIMARY_KEYS[name]),
         merge_key="batch_id",
     )
-    def child(chunk: list[dict]) -> Iterator[pa.Table]:
-        yield to_table(chunk)
+    def child(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
+        yield chunk[name]
 
     return child

@@ -1,8 +1,11 @@
 """HTTP details of the SiliconFlow API: the client, its retries, and what its answers mean."""
 
 import os
+import queue
+import threading
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from dlt.sources.helpers.requests import Client
@@ -18,6 +21,8 @@ from pipelines.errors import ApiError, AuthError, SfBatchesError
 from .settings import BATCHES_PATH
 
 _PARSED = "_sfbatches_json"
+_END = object()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -186,3 +191,44 @@ def redact(text: str) -> str:
     # requests puts the URL into connection errors; the key never travels in the URL, but a
     # user-supplied base URL could hold credentials.
     return text.split("?")[0][:200]
+
+
+def prefetched(items: Generator[T, None, None], depth: int) -> Iterator[T]:
+    """`items`, produced by a thread of their own up to `depth` ahead of the caller.
+
+    An error in the thread is raised here; a caller that stops early stops the thread too.
+    """
+    buffer: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def offer(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stopped.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((_END, None))
+        except BaseException as error:  # every error belongs to the caller
+            offer((_END, error))
+        finally:
+            items.close()
+
+    threading.Thread(target=produce, name="sfbatches-prefetch", daemon=True).start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stopped.set()

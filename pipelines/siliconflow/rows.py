@@ -1,6 +1,6 @@
 """Turn API batch objects into Arrow tables, one per warehouse table, column by column."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -8,7 +8,15 @@ import pyarrow as pa
 
 from pipelines.errors import ApiError
 
-from .settings import CHILD_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
+from .settings import (
+    BATCHES,
+    CHILD_FIELDS,
+    ERRORS,
+    METADATA,
+    REQUEST_COUNTS,
+    STRING_FIELDS,
+    TIMESTAMP_FIELDS,
+)
 
 API_TIME = pa.timestamp("s", tz="UTC")
 # Stored as microseconds: dlt maps second-precision arrow timestamps to a DuckDB type without
@@ -67,17 +75,31 @@ def check_batches(batches: list[Any]) -> None:
 
 
 def batches_table(batches: list[dict]) -> pa.Table:
-    """One row per batch: every known scalar field, plus any field the API added later."""
+    """One row per batch: every known scalar field, plus any field the API added later.
+
+    Times stay in seconds, as the API sends them, until `in_microseconds`.
+    """
     try:
         # Arrow reads the dicts in C++, far faster than a Python loop per column.
-        table = pa.Table.from_pylist(batches, schema=API_BATCHES_SCHEMA).cast(BATCHES_SCHEMA)
+        table = pa.Table.from_pylist(batches, schema=API_BATCHES_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         table = pa.Table.from_arrays(
             [_column(batches, field) for field in API_BATCHES_SCHEMA], schema=API_BATCHES_SCHEMA
-        ).cast(BATCHES_SCHEMA)
+        )
     for name, values in _extra_columns(batches).items():
         table = table.append_column(name, _infer_column(values))
     return table
+
+
+def in_microseconds(table: pa.Table) -> pa.Table:
+    """Times as microseconds: dlt stores second-precision Arrow times without a time zone.
+
+    A cast costs about as much for one page as for a whole chunk: cast chunks.
+    """
+    schema = pa.schema(
+        [field.with_type(UTC_TIME) if field.type == API_TIME else field for field in table.schema]
+    )
+    return table.cast(schema)
 
 
 def request_counts_table(batches: list[dict]) -> pa.Table:
@@ -121,6 +143,57 @@ def errors_table(batches: list[dict]) -> pa.Table:
         for position, error in enumerate(_error_list(batch["errors"]))
     ]
     return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
+
+
+class TableChunk:
+    """Arrow tables of many pages, converted a page at a time as the pages arrive.
+
+    A conversion holds the GIL from start to end: page-sized ones let the thread downloading
+    the next page run in between, so both go on at once. Raw pages are not kept: holding
+    thousands of dicts makes every garbage collection slower.
+    """
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_BUILDERS}
+        self.rows = 0
+
+    def add(self, page: list[dict]) -> None:
+        self.rows += len(page)
+        for name, to_table in TABLE_BUILDERS.items():
+            self.parts[name].append(to_table(page))
+
+    def take(self) -> dict[str, pa.Table]:
+        """One table per warehouse table, with every column even when no page came."""
+        tables = {
+            name: _combine(self.parts[name] or [TABLE_BUILDERS[name]([])]) for name in self.parts
+        }
+        tables[BATCHES] = in_microseconds(tables[BATCHES])
+        self._clear()
+        return tables
+
+
+def _combine(parts: list[pa.Table]) -> pa.Table:
+    try:
+        # A field the API added later may be missing from some pages: those get nulls.
+        return pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # ... or be a number on one page and text on another: keep all of it as text.
+        return pa.concat_tables(
+            [_extras_as_text(part) for part in parts], promote_options="permissive"
+        )
+
+
+def _extras_as_text(table: pa.Table) -> pa.Table:
+    schema = pa.schema(
+        [
+            field if field.name in KNOWN_FIELDS else field.with_type(pa.string())
+            for field in table.schema
+        ]
+    )
+    return table.cast(schema)
 
 
 def _column(batches: list[dict], field: pa.Field) -> pa.Array:
@@ -203,3 +276,11 @@ def _as_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+TABLE_BUILDERS: dict[str, Callable[[list[dict]], pa.Table]] = {
+    BATCHES: batches_table,
+    REQUEST_COUNTS: request_counts_table,
+    METADATA: metadata_table,
+    ERRORS: errors_table,
+}

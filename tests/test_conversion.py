@@ -1,0 +1,110 @@
+"""Pages of API batches into Arrow tables, page by page, then one chunk per warehouse table."""
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from pipelines.siliconflow.helpers import prefetched
+from pipelines.siliconflow.rows import TableChunk
+
+
+def batch(batch_id: str, **fields: object) -> dict:
+    return {"id": batch_id, "status": "completed", "created_at": 1_764_000_000, **fields}
+
+
+def test_a_chunk_of_pages_is_one_table_per_warehouse_table():
+    chunk = TableChunk()
+    chunk.add(
+        [
+            batch(
+                "b1", request_counts={"total": 3, "completed": 2, "failed": 1}, metadata={"k": "v"}
+            ),
+            batch("b2", errors=["bad line"]),
+        ]
+    )
+    chunk.add([batch("b3", completed_at=1_764_000_060)])
+
+    tables = chunk.take()
+
+    assert tables["batches"].column("id").to_pylist() == ["b1", "b2", "b3"]
+    assert tables["batches"].column("completed_at").to_pylist() == [
+        None,
+        None,
+        datetime(2025, 11, 24, 16, 1, tzinfo=UTC),
+    ]
+    assert tables["batch_request_counts"].to_pylist() == [
+        {"batch_id": "b1", "total": 3, "completed": 2, "failed": 1}
+    ]
+    assert tables["batch_metadata"].to_pylist() == [{"batch_id": "b1", "key": "k", "value": "v"}]
+    assert tables["batch_errors"].column("message").to_pylist() == ["bad line"]
+    assert chunk.rows == 0 and chunk.take()["batches"].num_rows == 0
+
+
+def test_a_new_field_missing_from_some_pages_is_null_there():
+    chunk = TableChunk()
+    chunk.add([batch("b1", model="qwen", usage={"total_tokens": 7})])
+    chunk.add([batch("b2")])
+
+    table = chunk.take()["batches"]
+
+    assert table.column("model").to_pylist() == ["qwen", None]
+    assert table.column("usage__total_tokens").to_pylist() == [7, None]
+
+
+def test_a_new_field_that_is_a_number_on_one_page_and_text_on_another_is_kept_as_text():
+    chunk = TableChunk()
+    chunk.add([batch("b1", priority=3)])
+    chunk.add([batch("b2", priority="high")])
+
+    table = chunk.take()["batches"]
+
+    assert table.column("priority").to_pylist() == ["3", "high"]
+
+
+def test_an_empty_chunk_still_has_every_column():
+    tables = TableChunk().take()
+
+    assert "cancelled_at" in tables["batches"].column_names
+    assert str(tables["batches"].schema.field("created_at").type) == "timestamp[us, tz=UTC]"
+    assert tables["batch_errors"].column_names[:2] == ["batch_id", "position"]
+    assert all(table.num_rows == 0 for table in tables.values())
+
+
+def test_prefetched_yields_everything_in_order():
+    assert list(prefetched((n for n in range(100)), depth=3)) == list(range(100))
+
+
+def test_prefetched_raises_the_producers_error_after_what_came_before():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("page 3 was bad")
+
+    received = []
+    with pytest.raises(ValueError, match="page 3 was bad"):
+        for item in prefetched(items(), depth=5):
+            received.append(item)
+    assert received == [1, 2]
+
+
+def test_a_caller_that_stops_early_stops_the_producer():
+    produced = []
+    finished = threading.Event()
+
+    def items():
+        try:
+            for number in range(1_000):
+                produced.append(number)
+                yield number
+        finally:
+            finished.set()
+
+    for item in prefetched(items(), depth=2):
+        if item == 5:
+            break
+
+    assert finished.wait(timeout=5)
+    time.sleep(0.3)  # had it not stopped, it would go on producing meanwhile
+    assert len(produced) <= 5 + 1 + 2 + 1
