@@ -1,5 +1,5 @@
 """`python -m pipelines` runs the sfbatches command line."""
 
-from pipelines.cli import main
+from pipelines.cli import entry_point
 
-raise SystemExit(main())
+raise SystemExit(entry_point())

@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from importlib.abc import MetaPathFinder
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,30 @@ if TYPE_CHECKING:
 
 DEMO_DB = "demo.duckdb"
 DEMO_BATCHES = 5_000
+
+
+def entry_point() -> int:
+    """The `sfbatches` and `python -m pipelines` process."""
+    _without_pandas()
+    return main()
+
+
+class _RefusePandas(MetaPathFinder):
+    def find_spec(self, name: str, *args: object) -> None:
+        if name.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError("sfbatches runs without pandas", name=name)
+
+
+def _without_pandas() -> None:
+    """Keep pandas out of the process: 0.2 s of a sync's start-up and 30 MB of its memory.
+
+    pyarrow imports pandas at its first conversion only to ask whether the values are pandas
+    objects; told pandas is missing, it goes on without. No command uses pandas (notebooks
+    run in their own kernels), so only this entry point does it, never `main` in a caller's
+    process.
+    """
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _RefusePandas())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

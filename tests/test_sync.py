@@ -88,6 +88,29 @@ def test_second_sync_with_nothing_new_reads_little_and_changes_nothing(simulator
     assert_warehouse_equals(db_path, simulator.world.visible())
 
 
+def test_terminal_batches_read_again_around_open_ones_are_not_loaded_again(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    first_load = dict(query(db_path, "select id, _dlt_load_id from siliconflow.batches"))
+    visible = simulator.world.visible()
+    was_open = {b["id"] for b in visible if b["status"] not in TERMINAL}
+    simulator.world.advance(60)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    truth = simulator.world.visible()
+    second_load = dict(query(db_path, "select id, _dlt_load_id from siliconflow.batches"))
+    reloaded = {i for i, load_id in second_load.items() if load_id != first_load.get(i)}
+    new = {b["id"] for b in truth} - set(first_load)
+    head_pages = math.ceil((len(new) + 1) / PAGE)
+    on_head_pages = {b["id"] for b in truth[: head_pages * PAGE]}
+    # Open batches deeper down sit among terminal ones on the pages read again: only the open
+    # ones are loaded again, besides everything on the pages read from the top.
+    deepest_open = max(i for i, b in enumerate(truth) if b["id"] in was_open)
+    assert deepest_open > 3 * PAGE and was_open <= reloaded
+    assert reloaded - was_open - on_head_pages == set()
+    assert_warehouse_equals(db_path, truth)
+
+
 def test_status_history_appends_a_row_only_when_status_or_counts_change(simulator, db_path, run):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
     first = {b["id"]: b for b in simulator.world.visible()}

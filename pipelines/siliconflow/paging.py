@@ -103,7 +103,9 @@ def reread_pages(
 
     The warehouse knows which batch precedes each open one, so `after` it the page starts with
     that open batch and covers the next ones too: never more requests than one lookup each,
-    usually far fewer, and no waiting for page after page.
+    usually far fewer, and no waiting for page after page. Only the open batches on those pages
+    are yielded: the terminal ones around them are stored already, and a terminal batch never
+    changes, so loading them again would only cost time and memory.
     """
     starts = page_starts(plan, open_positions, page_size)
     found: set[str] = set()
@@ -121,9 +123,11 @@ def reread_pages(
                 if not page or page[0]["id"] in first_ids:
                     continue
                 first_ids.add(page[0]["id"])
-                found.update(batch["id"] for batch in page if batch["id"] in open_positions)
+                still_open = [batch for batch in page if batch["id"] in open_positions]
+                found.update(batch["id"] for batch in still_open)
                 stats.batches += len(page)
-                yield page
+                if still_open:
+                    yield still_open
     if misplaced:
         stats.warn(
             "a page read `after` a stored batch did not start with the batch after it (the API "
