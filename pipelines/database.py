@@ -16,9 +16,10 @@ LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 
 
 # DuckDB would take most of the machine's memory for a merge or a window over the history; a
-# cron job should stay small. With dlt loading one job at a time (sync.py), 128 MB carried a
-# full refresh of 900k batches; 64 MB ran out of memory in dlt's merge at 100k.
-SYNC_CONFIG = {"memory_limit": "128MB", "preserve_insertion_order": False}
+# cron job should stay small. With dlt loading one job at a time (sync.py) and no
+# deduplicating window in its merges (siliconflow/__init__.py), 64 MB carries a full refresh
+# of 1M batches.
+SYNC_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False}
 
 
 def resolve_db_path(cli_value: str | None) -> Path:

@@ -168,31 +168,31 @@ def _append_history(
             where {LOADED_AT.format(table="batch")} > $since
         ),
 
-        latest as (
-            select history.*
-            from {SCHEMA}.{STATUS_HISTORY} as history
-            semi join current_state using (batch_id)
-            qualify row_number() over (
-                partition by history.batch_id order by history.observed_at desc
-            ) = 1
+        last_observed as (
+            select *
+            from {SCHEMA}.{STATUS_HISTORY}
         )
 
         select
             current_state.*,
-            latest.batch_id is null as is_new
+            last_observed.batch_id is null as is_new
         from current_state
-        left join latest using (batch_id)
-        where latest.batch_id is null
+        -- each batch's newest history row: a sorted join, so a full refresh of 1M batches fits
+        -- in the memory limit, where a window or a hash join over them would not
+        asof left join last_observed
+            on last_observed.batch_id = current_state.batch_id
+            and last_observed.observed_at <= current_state.observed_at
+        where last_observed.batch_id is null
             or (
                 current_state.status,
                 current_state.requests_total,
                 current_state.requests_completed,
                 current_state.requests_failed
             ) is distinct from (
-                latest.status,
-                latest.requests_total,
-                latest.requests_completed,
-                latest.requests_failed
+                last_observed.status,
+                last_observed.requests_total,
+                last_observed.requests_completed,
+                last_observed.requests_failed
             )
         """,
         {"since": since},

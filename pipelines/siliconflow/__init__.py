@@ -22,6 +22,12 @@ from .settings import (
 
 __all__ = ["ReadStats", "RetryPolicy", "SyncPlan", "siliconflow"]
 
+# A load never holds a batch twice: a page served twice is dropped while paging and a re-read
+# batch is yielded once. Telling dlt so skips its deduplicating window over every merged row,
+# which alone needed more memory than the rest of a full refresh of 1M batches. (A job re-run
+# after a kill can still stage rows twice: warehouse.py drops those after the recovery load.)
+MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
+
 
 @dlt.source(name="siliconflow", max_table_nesting=0)
 def siliconflow(
@@ -58,8 +64,7 @@ def siliconflow(
     resources += [batch_chunks | child_resource(name) for name in CHILD_TABLES]
     if plan.is_first_load:
         # Nothing stored yet, so nothing to merge with: appending skips dlt's staging tables
-        # and merge SQL (a third of the load time). A page read twice is still impossible:
-        # repeated pages are dropped while paging.
+        # and merge SQL (a third of the load time).
         for resource in resources:
             resource.apply_hints(write_disposition="append")
     return resources
@@ -68,7 +73,7 @@ def siliconflow(
 def batches_resource() -> DltResource:
     @dlt.transformer(
         name=BATCHES,
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        write_disposition=MERGE,
         primary_key=list(PRIMARY_KEYS[BATCHES]),
         columns={
             name: {"data_type": "timestamp", "timezone": True, "nullable": True}
@@ -84,13 +89,9 @@ def batches_resource() -> DltResource:
 def child_resource(name: str) -> DltResource:
     # Children are replaced per batch: delete-insert on `batch_id` drops the rows of every batch
     # in the load before inserting its current ones (warehouse.py drops those of batches that
-    # have none any more).
-    @dlt.transformer(
-        name=name,
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        primary_key=list(PRIMARY_KEYS[name]),
-        merge_key="batch_id",
-    )
+    # have none any more). No primary key hint: dlt would delete on "key OR batch_id", a join
+    # DuckDB cannot hash, slow and memory-bound at 1M batches; `batch_id` alone covers it.
+    @dlt.transformer(name=name, write_disposition=MERGE, merge_key="batch_id")
     def child(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
         yield chunk[name]
 

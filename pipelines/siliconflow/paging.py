@@ -123,7 +123,11 @@ def reread_pages(
                 if not page or page[0]["id"] in first_ids:
                     continue
                 first_ids.add(page[0]["id"])
-                still_open = [batch for batch in page if batch["id"] in open_positions]
+                still_open = [
+                    batch
+                    for batch in page
+                    if batch["id"] in open_positions and batch["id"] not in found
+                ]
                 found.update(batch["id"] for batch in still_open)
                 stats.batches += len(page)
                 if still_open:
