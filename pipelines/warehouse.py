@@ -19,6 +19,10 @@ from pipelines.siliconflow.settings import (
 SCHEMA = DATASET_NAME
 # When a row was loaded: dlt's load id is the unix time its load package was created.
 LOADED_AT = "to_timestamp(cast({table}._dlt_load_id as double))"
+# The newest load whose batches were recorded: the next sync records those loaded after it. (The
+# newest history row would do only while every load changes something: after a full refresh
+# that changed nothing, every later sync would go over the whole history again.)
+RECORDED = "_sfbatches_recorded"
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 
 
@@ -84,10 +88,7 @@ def record_observations(
         return 0, 0
     con.execute("begin transaction")
     _create_history_table(con)
-    since = con.execute(
-        f"select coalesce(max(observed_at), '-infinity'::timestamptz) "
-        f"from {SCHEMA}.{STATUS_HISTORY}"
-    ).fetchone()[0]
+    since = _recorded_through(con)
     if drop_duplicates:
         _drop_duplicates(con, tables)
     for table in CHILD_TABLES:
@@ -103,8 +104,32 @@ def record_observations(
                 [since],
             )
     new, changed = _append_history(con, since, REQUEST_COUNTS in tables)
+    con.execute(f"delete from {SCHEMA}.{RECORDED}")
+    con.execute(
+        f"insert into {SCHEMA}.{RECORDED} "
+        f"select to_timestamp(cast(max(_dlt_load_id) as double)) from {SCHEMA}.{BATCHES} "
+        "having count(*) > 0"
+    )
     con.execute("commit")
     return new, changed
+
+
+def _recorded_through(con: duckdb.DuckDBPyConnection) -> object:
+    """When the newest load already recorded was loaded (a database from before this marker
+    existed falls back to the newest history row, which is older or the same)."""
+    con.execute(
+        f"create table if not exists {SCHEMA}.{RECORDED} "
+        "(loaded_at timestamp with time zone not null)"
+    )
+    return con.execute(
+        f"""
+        select coalesce(
+            (select max(loaded_at) from {SCHEMA}.{RECORDED}),
+            (select max(observed_at) from {SCHEMA}.{STATUS_HISTORY}),
+            '-infinity'::timestamptz
+        )
+        """
+    ).fetchone()[0]
 
 
 def _drop_duplicates(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
@@ -168,9 +193,10 @@ def _append_history(
             where {LOADED_AT.format(table="batch")} > $since
         ),
 
-        last_observed as (
+        observed_before as (
             select *
             from {SCHEMA}.{STATUS_HISTORY}
+            semi join current_state using (batch_id)
         )
 
         select
@@ -178,8 +204,8 @@ def _append_history(
             last_observed.batch_id is null as is_new
         from current_state
         -- each batch's newest history row: a sorted join, so a full refresh of 1M batches fits
-        -- in the memory limit, where a window or a hash join over them would not
-        asof left join last_observed
+        -- in the memory limit, where a window over them would not
+        asof left join observed_before as last_observed
             on last_observed.batch_id = current_state.batch_id
             and last_observed.observed_at <= current_state.observed_at
         where last_observed.batch_id is null
