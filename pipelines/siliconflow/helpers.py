@@ -1,4 +1,5 @@
-"""HTTP details of the SiliconFlow API: the client, its retries, and what its answers mean."""
+"""HTTP details of the SiliconFlow API: the client, its retries, what its answers mean, and
+downloading ahead of the caller."""
 
 import os
 import queue
