@@ -19,17 +19,12 @@ from .settings import (
 )
 
 API_TIME = pa.timestamp("s", tz="UTC")
-# Stored as microseconds: dlt maps second-precision arrow timestamps to a DuckDB type without
-# a time zone, and SPEC wants TIMESTAMP WITH TIME ZONE.
-UTC_TIME = pa.timestamp("us", tz="UTC")
+UTC_TIME = pa.timestamp("us", tz="UTC")  # what `in_microseconds` stores, see there why
 
 # Key columns are declared not-null to match dlt's primary-key hints.
 API_BATCHES_SCHEMA = pa.schema(
     [pa.field(name, pa.string(), nullable=name != "id") for name in STRING_FIELDS]
     + [pa.field(name, API_TIME) for name in TIMESTAMP_FIELDS]
-)
-BATCHES_SCHEMA = pa.schema(
-    [field.with_type(UTC_TIME) if field.type == API_TIME else field for field in API_BATCHES_SCHEMA]
 )
 REQUEST_COUNTS_SCHEMA = pa.schema(
     [
@@ -56,7 +51,7 @@ ERRORS_SCHEMA = pa.schema(
         ("line", pa.int64()),
     ]
 )
-KNOWN_FIELDS = frozenset(BATCHES_SCHEMA.names) | CHILD_FIELDS
+KNOWN_FIELDS = frozenset(API_BATCHES_SCHEMA.names) | CHILD_FIELDS
 
 
 def check_batches(batches: list[Any]) -> None:
@@ -92,7 +87,8 @@ def batches_table(batches: list[dict]) -> pa.Table:
 
 
 def in_microseconds(table: pa.Table) -> pa.Table:
-    """Times as microseconds: dlt stores second-precision Arrow times without a time zone.
+    """Times as microseconds: dlt stores second-precision Arrow times without a time zone, and
+    SPEC wants TIMESTAMP WITH TIME ZONE.
 
     A cast costs about as much for one page as for a whole chunk: cast chunks.
     """
