@@ -323,34 +323,43 @@ def assert_view_matches(
 # --- the views ------------------------------------------------------------------------------
 
 
-def test_batch_turnaround_has_one_row_per_batch_with_spec_durations_and_rates(warehouse):
-    rows = read_view(warehouse.db_path, "batch_turnaround")
-    expected = expected_batch_turnaround(warehouse.api)
+# (view, expected rows from the API objects, the key a row is matched on)
+VIEWS_WITH_SPEC_COLUMNS = [
+    # one row per batch with SPEC's durations and rates
+    ("batch_turnaround", expected_batch_turnaround, lambda row: row["batch_id"]),
+    # outcomes and quantiles per UTC creation day
+    (
+        "daily_turnaround",
+        expected_daily_turnaround,
+        lambda row: (row["created_date"], row["endpoint"]),
+    ),
+    # completed batches summed per UTC hour of completion
+    (
+        "hourly_throughput",
+        expected_hourly_throughput,
+        lambda row: (row["hour"].astimezone(UTC), row["endpoint"]),
+    ),
+    # completed batches summed per UTC day of completion
+    (
+        "daily_throughput",
+        expected_daily_throughput,
+        lambda row: (row["completed_date"], row["endpoint"]),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("view", "expected_rows", "key"),
+    VIEWS_WITH_SPEC_COLUMNS,
+    ids=[view for view, _, _ in VIEWS_WITH_SPEC_COLUMNS],
+)
+def test_view_has_spec_columns_and_the_rows_worked_out_from_the_api(
+    warehouse, view, expected_rows, key
+):
+    rows = read_view(warehouse.db_path, view)
+    expected = expected_rows(warehouse.api)
     assert set(rows[0]) == set(next(iter(expected.values()))), "columns as in SPEC §4"
-    assert_view_matches(rows, expected, key=lambda row: row["batch_id"])
-
-
-def test_daily_turnaround_counts_outcomes_and_quantiles_per_utc_creation_day(warehouse):
-    rows = read_view(warehouse.db_path, "daily_turnaround")
-    expected = expected_daily_turnaround(warehouse.api)
-    assert set(rows[0]) == set(next(iter(expected.values()))), "columns as in SPEC §4"
-    assert_view_matches(rows, expected, key=lambda row: (row["created_date"], row["endpoint"]))
-
-
-def test_hourly_throughput_sums_completed_batches_per_utc_hour_of_completion(warehouse):
-    rows = read_view(warehouse.db_path, "hourly_throughput")
-    expected = expected_hourly_throughput(warehouse.api)
-    assert set(rows[0]) == set(next(iter(expected.values()))), "columns as in SPEC §4"
-    assert_view_matches(
-        rows, expected, key=lambda row: (row["hour"].astimezone(UTC), row["endpoint"])
-    )
-
-
-def test_daily_throughput_sums_completed_batches_per_utc_day_of_completion(warehouse):
-    rows = read_view(warehouse.db_path, "daily_throughput")
-    expected = expected_daily_throughput(warehouse.api)
-    assert set(rows[0]) == set(next(iter(expected.values()))), "columns as in SPEC §4"
-    assert_view_matches(rows, expected, key=lambda row: (row["completed_date"], row["endpoint"]))
+    assert_view_matches(rows, expected, key=key)
 
 
 def test_status_counts_count_batches_in_each_current_status(warehouse):
