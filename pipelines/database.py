@@ -20,6 +20,13 @@ LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 # deduplicating window in its merges (siliconflow/__init__.py), 64 MB carries a full refresh
 # of 1M batches.
 SYNC_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False}
+# A sync writes its loads in row groups of this many rows. At DuckDB's default (122,880) a full
+# sync of 100k batches fills no row group, so DuckDB logs every row to the WAL and compresses it
+# all again in the checkpoint at close; in smaller groups it writes a large insert straight
+# into the file (0.5 s less per 100k batches, files ~25% larger).
+LOAD_ROW_GROUP_SIZE = 16_384
+# Only an attached database takes a row group size; it is attached under this name.
+ATTACHED_AS = "warehouse"
 
 
 def resolve_db_path(cli_value: str | None) -> Path:
@@ -45,12 +52,16 @@ def connect(
     read_only: bool = False,
     wait_s: float | None = None,
     config: dict[str, object] | None = None,
+    row_group_size: int | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the database, waiting a little while another process holds DuckDB's file lock."""
+    """Open the database, waiting a little while another process holds DuckDB's file lock.
+
+    With `row_group_size`, the database is attached under `ATTACHED_AS` and made the default.
+    """
     deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
     while True:
         try:
-            con = duckdb.connect(str(db_path), read_only=read_only, config=config or {})
+            con = _open(db_path, read_only, config or {}, row_group_size)
             break
         except duckdb.IOException as error:
             if not is_lock_error(error):
@@ -62,3 +73,22 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def _open(
+    db_path: Path | str, read_only: bool, config: dict[str, object], row_group_size: int | None
+) -> duckdb.DuckDBPyConnection:
+    if row_group_size is None:
+        return duckdb.connect(str(db_path), read_only=read_only, config=config)
+    con = duckdb.connect(config=config)
+    try:
+        mode = ", read_only" if read_only else ""
+        con.execute(
+            f"attach ? as {ATTACHED_AS} (row_group_size {int(row_group_size)}{mode})",
+            [str(db_path)],
+        )
+        con.execute(f"use {ATTACHED_AS}")
+    except BaseException:
+        con.close()
+        raise
+    return con

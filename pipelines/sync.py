@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 
 import dlt
+import duckdb
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from pipelines import database, warehouse
@@ -87,8 +88,10 @@ def run_sync(
         # One connection for the load and the bookkeeping after it: DuckDB writes its checkpoint
         # once, at close, rather than after every table. Opened only now, so readers (notebooks,
         # the DuckDB shell) are shut out for the load alone, not for the whole download.
-        with database.connect(db_path, config=database.SYNC_CONFIG) as con:
-            _guard(lambda: pipeline.load(credentials=con))
+        with database.connect(
+            db_path, config=database.SYNC_CONFIG, row_group_size=database.LOAD_ROW_GROUP_SIZE
+        ) as con:
+            _guard(lambda: pipeline.load(credentials=load_credentials(con)))
             new, changed = warehouse.record_observations(
                 con, drop_duplicates=leftovers is not Leftovers.NONE
             )
@@ -147,6 +150,15 @@ def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pip
         dataset_name=DATASET_NAME,
         progress=dlt.progress.log(log_period=2.0, logger=sys.stderr) if progress else None,
     )
+
+
+def load_credentials(con: duckdb.DuckDBPyConnection) -> DuckDbCredentials:
+    """dlt's credentials for loading through `con`, whose database is attached (database.py).
+
+    dlt loads through copies of `con`, and a copy starts out in DuckDB's in-memory catalog:
+    each one is pointed at the attached database before dlt sets its own schema.
+    """
+    return DuckDbCredentials(con, local_config={"schema": f"{database.ATTACHED_AS}.main"})
 
 
 class Leftovers(Enum):
