@@ -20,12 +20,14 @@ LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
 # deduplicating window in its merges (siliconflow/__init__.py), 64 MB carries a full refresh
 # of 1M batches.
 SYNC_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False}
-# A sync writes its loads in row groups of this many rows. At DuckDB's default (122,880) a full
-# sync of 100k batches fills no row group, so DuckDB logs every row to the WAL and compresses it
-# all again in the checkpoint at close; in smaller groups it writes a large insert straight
-# into the file (0.5 s less per 100k batches, files ~25% larger).
-LOAD_ROW_GROUP_SIZE = 16_384
-# Only an attached database takes a row group size; it is attached under this name.
+# Every sfbatches connection that writes keeps the tables in row groups of this many rows. At
+# DuckDB's default (122,880) a full sync of 100k batches fills no row group, so DuckDB logs every
+# row to the WAL and compresses it all again in the checkpoint at close; at this size it writes
+# a large insert straight into the file (0.5 s less at 100k batches, files ~25% larger). A
+# checkpoint by a connection with another size regroups every table once: a DuckDB shell opened
+# read-write does that (0.5 s at 100k batches), read-only connections never do.
+ROW_GROUP_SIZE = 16_384
+# Only an attached database takes a row group size; a writer attaches it under this name.
 ATTACHED_AS = "warehouse"
 
 
@@ -52,16 +54,12 @@ def connect(
     read_only: bool = False,
     wait_s: float | None = None,
     config: dict[str, object] | None = None,
-    row_group_size: int | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the database, waiting a little while another process holds DuckDB's file lock.
-
-    With `row_group_size`, the database is attached under `ATTACHED_AS` and made the default.
-    """
+    """Open the database, waiting a little while another process holds DuckDB's file lock."""
     deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
     while True:
         try:
-            con = _open(db_path, read_only, config or {}, row_group_size)
+            con = _open(db_path, read_only, config or {})
             break
         except duckdb.IOException as error:
             if not is_lock_error(error):
@@ -76,17 +74,13 @@ def connect(
 
 
 def _open(
-    db_path: Path | str, read_only: bool, config: dict[str, object], row_group_size: int | None
+    db_path: Path | str, read_only: bool, config: dict[str, object]
 ) -> duckdb.DuckDBPyConnection:
-    if row_group_size is None:
+    if read_only or str(db_path) == ":memory:":
         return duckdb.connect(str(db_path), read_only=read_only, config=config)
     con = duckdb.connect(config=config)
     try:
-        mode = ", read_only" if read_only else ""
-        con.execute(
-            f"attach ? as {ATTACHED_AS} (row_group_size {int(row_group_size)}{mode})",
-            [str(db_path)],
-        )
+        con.execute(f"attach ? as {ATTACHED_AS} (row_group_size {ROW_GROUP_SIZE})", [str(db_path)])
         con.execute(f"use {ATTACHED_AS}")
     except BaseException:
         con.close()

@@ -64,7 +64,7 @@ def run_sync(
     config = config or resolve_source_config()
     with database_lock(db_path):
         pipeline = open_pipeline(db_path, progress)
-        leftovers = finish_pending_loads(pipeline)
+        leftovers = finish_pending_loads(pipeline, db_path)
         plan = warehouse.read_plan(db_path)
         stats = ReadStats()
         if leftovers is Leftovers.UNLOADABLE:
@@ -88,9 +88,7 @@ def run_sync(
         # One connection for the load and the bookkeeping after it: DuckDB writes its checkpoint
         # once, at close, rather than after every table. Opened only now, so readers (notebooks,
         # the DuckDB shell) are shut out for the load alone, not for the whole download.
-        with database.connect(
-            db_path, config=database.SYNC_CONFIG, row_group_size=database.LOAD_ROW_GROUP_SIZE
-        ) as con:
+        with database.connect(db_path, config=database.SYNC_CONFIG) as con:
             _guard(lambda: pipeline.load(credentials=load_credentials(con)))
             new, changed = warehouse.record_observations(
                 con, drop_duplicates=leftovers is not Leftovers.NONE
@@ -153,10 +151,11 @@ def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pip
 
 
 def load_credentials(con: duckdb.DuckDBPyConnection) -> DuckDbCredentials:
-    """dlt's credentials for loading through `con`, whose database is attached (database.py).
+    """dlt's credentials for loading through `con`, a connection of `database.connect`.
 
-    dlt loads through copies of `con`, and a copy starts out in DuckDB's in-memory catalog:
-    each one is pointed at the attached database before dlt sets its own schema.
+    That connection attaches the database (to write it in sfbatches' row groups), and the
+    copies dlt loads through start out in DuckDB's in-memory catalog: each one is pointed at
+    the attached database before dlt sets its own schema.
     """
     return DuckDbCredentials(con, local_config={"schema": f"{database.ATTACHED_AS}.main"})
 
@@ -169,7 +168,7 @@ class Leftovers(Enum):
     UNLOADABLE = "unloadable"
 
 
-def finish_pending_loads(pipeline: dlt.Pipeline) -> Leftovers:
+def finish_pending_loads(pipeline: dlt.Pipeline, db_path: Path) -> Leftovers:
     """Load what a killed sync left behind, before planning, so this run still extracts."""
     if not pipeline.has_pending_data:
         return Leftovers.NONE
@@ -177,7 +176,8 @@ def finish_pending_loads(pipeline: dlt.Pipeline) -> Leftovers:
         if pipeline.list_extracted_load_packages():
             _guard(pipeline.normalize)
         if pipeline.list_normalized_load_packages():
-            _guard(pipeline.load)
+            with database.connect(db_path, config=database.SYNC_CONFIG) as con:
+                _guard(lambda: pipeline.load(credentials=load_credentials(con)))
     except SfBatchesError:
         raise
     except Exception:
