@@ -85,11 +85,14 @@ def run_sync(
         )
         _guard(lambda: pipeline.extract(source))
         _guard(pipeline.normalize)
-        # One connection for the load and the bookkeeping after it: DuckDB writes its checkpoint
-        # once, at close, rather than after every table. Opened only now, so readers (notebooks,
-        # the DuckDB shell) are shut out for the load alone, not for the whole download.
+        # One connection for the load and the bookkeeping after it, rather than one per table
+        # job, each closed with a checkpoint. Opened only now, so readers (notebooks, the DuckDB
+        # shell) are shut out for the load alone, not for the whole download.
         with database.connect(db_path, config=database.SYNC_CONFIG) as con:
             _guard(lambda: pipeline.load(credentials=load_credentials(con)))
+            # Rows the load merged stay in memory until a checkpoint; at 1M batches they left
+            # the bookkeeping's join over the history too little of the 64 MB.
+            con.execute("checkpoint")
             new, changed = warehouse.record_observations(
                 con, drop_duplicates=leftovers is not Leftovers.NONE
             )
