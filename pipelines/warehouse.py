@@ -150,6 +150,10 @@ def _drop_duplicates(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
             )
 
 
+def _history_is_empty(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute(f"select count(*) = 0 from {SCHEMA}.{STATUS_HISTORY}").fetchone()[0]
+
+
 def _create_history_table(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         f"""
@@ -175,11 +179,7 @@ def _append_history(
         else "left join (select null::varchar as batch_id, null::bigint as total, "
         "null::bigint as completed, null::bigint as failed) as counts on false"
     )
-    con.execute(
-        f"""
-        create temp table observation as
-        with
-
+    current_state = f"""
         current_state as (
             select
                 batch.id as batch_id,
@@ -191,7 +191,23 @@ def _append_history(
             from {SCHEMA}.{BATCHES} as batch
             {counts_join}
             where {LOADED_AT.format(table="batch")} > $since
-        ),
+        )
+    """
+    if _history_is_empty(con):
+        # Nothing observed yet, so every batch is new: no last observation to look up (that
+        # lookup was half of a first sync's bookkeeping).
+        (new,) = con.execute(
+            f"insert into {SCHEMA}.{STATUS_HISTORY} by name "
+            f"with {current_state} select * from current_state",
+            {"since": since},
+        ).fetchone()
+        return int(new), 0
+    con.execute(
+        f"""
+        create temp table observation as
+        with
+
+        {current_state},
 
         observed_before as (
             select *

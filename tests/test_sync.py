@@ -34,7 +34,11 @@ def test_full_sync_equals_ground_truth_in_all_five_tables(simulator, db_path, ru
     truth = simulator.world.visible()
     assert_warehouse_equals(db_path, truth)
     assert latest_history(db_path) == expected_latest_history(truth)
+    assert query(db_path, "select count(*) from siliconflow.batch_status_history") == [
+        (len(truth),)
+    ]
     assert "full sync" in outcome.out and f"{len(truth):,} batches read" in outcome.out
+    assert f"({len(truth):,} new, 0 changed)" in outcome.out
 
 
 def test_sync_prints_one_summary_line_under_cron(simulator, db_path):
