@@ -2,4 +2,4 @@
 
 from pipelines.cli import entry_point
 
-raise SystemExit(entry_point())
+entry_point()

@@ -1,6 +1,7 @@
 """The `sfbatches` command line: parse arguments, run one command, map failures to exit codes."""
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -10,7 +11,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib.abc import MetaPathFinder
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipelines.errors import SfBatchesError
 
@@ -22,11 +23,24 @@ DEMO_DB = "demo.duckdb"
 DEMO_BATCHES = 5_000
 
 
-def entry_point() -> int:
+def entry_point() -> NoReturn:
     """The `sfbatches` and `python -m pipelines` process."""
     _without_pandas()
     _few_malloc_arenas()
-    return main()
+    _exit_now(main())
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process once its work is flushed, skipping the interpreter's teardown.
+
+    Tearing down dlt, pyarrow and DuckDB object by object takes 0.2 s after a sync has
+    finished, on every cron run. Every file and connection is closed by now; exit handlers
+    (dlt's, logging's) still run.
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _few_malloc_arenas() -> None:
