@@ -198,6 +198,8 @@ def prefetched(items: Generator[T, None, None], depth: int) -> Iterator[T]:
     """`items`, produced by a thread of their own up to `depth` ahead of the caller.
 
     An error in the thread is raised here; a caller that stops early stops the thread too.
+    dlt's `parallelized` resources do not do this: they run one `next()` of a generator at a
+    time, so the pages of a chunk would still download and convert one after the other.
     """
     buffer: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
     stopped = threading.Event()

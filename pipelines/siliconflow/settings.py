@@ -49,7 +49,8 @@ PRIMARY_KEYS = {
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
 # per-item cost vanishes, small enough to keep memory flat.
 CHUNK_ROWS = 2_000
-# Pages downloaded ahead of the one being converted: one chunk's worth keeps the download going.
+# Pages downloaded ahead of the one being converted (a chunk's worth at the default page size):
+# enough that the download goes on while dlt writes a chunk.
 PREFETCH_PAGES = 20
 
 # Open batches deep in the history are re-read page by page or one by one: several requests at
