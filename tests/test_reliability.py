@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, run_process
 from truth import assert_warehouse_equals
 
-from pipelines import sync, warehouse
+from pipelines import database, sync, warehouse
 from pipelines.siliconflow import siliconflow
 
 TABLES = (
@@ -313,7 +313,7 @@ def test_rows_a_rerun_load_job_appended_twice_are_dropped_after_recovery(simulat
         for table in TABLES[:4]:
             con.execute(f"insert into siliconflow.{table} select * from siliconflow.{table}")
 
-    with duckdb.connect(str(db_path)) as con:
+    with database.connect(db_path, config=database.SYNC_CONFIG) as con:  # as a sync opens it
         warehouse.record_observations(con, drop_duplicates=True)
 
     assert_warehouse_equals(db_path, simulator.world.visible())
