@@ -1,6 +1,7 @@
 """The simulator behaves like SiliconFlow's batch API, and its faults do what they say."""
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,13 @@ WINDOW_SECONDS = {"24h": 24 * HOUR, "72h": 72 * HOUR, "336h": 336 * HOUR}
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     with Simulator(World(batches=2000, seed=7, now=NOW)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def small_sim() -> Iterator[Simulator]:
+    """A 60-batch world, for tests that walk every page at tiny limits."""
+    with Simulator(World(batches=60, seed=7, now=NOW)) as simulator:
         yield simulator
 
 
@@ -197,6 +205,38 @@ def test_every_request_is_logged_with_its_query_and_status(sim, api):
     ]
     assert sim.count("/v1/batches") == 2
     assert len(sim.list_requests()) == 2
+
+
+@pytest.mark.parametrize("prefix", ["/v1/batches/", "/alt/v1/batches", "/alt/v1/batches/"])
+def test_the_list_route_also_answers_with_a_trailing_slash_and_under_alt(sim, api, prefix):
+    url = f"http://127.0.0.1:{sim.port}{prefix}"
+    response = api.get(url, params={"limit": 3}, timeout=5)
+
+    assert response.json() == list_batches(api, sim, limit=3).json()
+    assert requests.get(url, timeout=5).status_code == 401
+    assert len(sim.list_requests()) == 3
+
+
+def test_single_batches_are_also_served_under_alt(sim, api):
+    batch_id = sim.world.visible_ids()[0]
+    alt = f"http://127.0.0.1:{sim.port}/alt/v1"
+
+    assert api.get(f"{alt}/batches/{batch_id}", timeout=5).json() == sim.world.get(batch_id)
+    assert api.get(f"{alt}/files", timeout=5).text == "404 page not found"
+    assert api.get(f"http://127.0.0.1:{sim.port}/alt/batches", timeout=5).status_code == 404
+
+
+def test_the_request_log_records_the_authorization_sent_also_to_control_routes(sim, api):
+    list_batches(api, sim, limit=1)
+    requests.get(f"http://127.0.0.1:{sim.port}/_sim/state", timeout=5)
+    headers = {"Authorization": "Bearer sk-elsewhere"}
+    requests.get(f"http://127.0.0.1:{sim.port}/_sim/faults", headers=headers, timeout=5)
+
+    assert [(r.path, r.status, r.authorization) for r in sim.requests] == [
+        ("/v1/batches", 200, f"Bearer {sim.api_key}"),
+        ("/_sim/state", 200, None),
+        ("/_sim/faults", 200, "Bearer sk-elsewhere"),
+    ]
 
 
 def test_a_stopped_simulator_hangs_up_and_restarts_on_the_same_port():
@@ -541,6 +581,186 @@ def test_faults_do_not_touch_the_control_api(sim):
     assert sim.faults.pending() == 1
 
 
+# --- page faults: listings that end, skip or loop ------------------------------------------
+
+
+def test_end_early_serves_the_page_asked_for_but_says_there_is_no_more(sim, api):
+    truth = sim.world.visible_ids()
+    sim.faults.queue(kind="end_early")
+    page = list_batches(api, sim, limit=10, after=truth[9]).json()
+
+    assert ids(page["data"]) == truth[10:20]
+    assert page["last_id"] == truth[19] and page["has_more"] is False
+    assert list_batches(api, sim, limit=10, after=truth[9]).json()["has_more"] is True
+
+
+def test_empty_end_serves_an_empty_page_with_a_null_cursor_that_has_more(sim, api):
+    sim.faults.queue(kind="empty_end")
+
+    assert list_batches(api, sim, limit=10, after=sim.world.visible_ids()[9]).json() == {
+        "object": "list",
+        "data": [],
+        "first_id": None,
+        "last_id": None,
+        "has_more": True,
+    }
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_self_cursor_serves_an_empty_page_handing_back_its_own_after(sim, api, asked):
+    after = sim.world.visible_ids()[9] if asked else None
+    sim.faults.queue(kind="self_cursor")
+    params = {"limit": 10} | ({"after": after} if asked else {})
+
+    assert list_batches(api, sim, **params).json() == {
+        "object": "list",
+        "data": [],
+        "first_id": None,
+        "last_id": after,
+        "has_more": True,
+    }
+
+
+def test_skip_starts_the_page_count_batches_further_down(sim, api):
+    truth = sim.world.visible_ids()
+    sim.faults.queue(kind="skip", count=5)
+    sim.faults.queue(kind="skip")
+    skipped = list_batches(api, sim, limit=10, after=truth[9]).json()
+    skipped_50 = list_batches(api, sim, limit=10).json()
+
+    assert ids(skipped["data"]) == truth[15:25] and skipped["last_id"] == truth[24]
+    assert ids(skipped_50["data"]) == truth[50:60] and skipped_50["has_more"] is True
+
+
+def test_skip_past_the_end_serves_an_empty_last_page(sim, api):
+    truth = sim.world.visible_ids()
+    sim.faults.queue(kind="skip", count=5)
+    page = list_batches(api, sim, limit=10, after=truth[-4]).json()
+
+    assert page["data"] == [] and page["has_more"] is False
+
+
+def test_bad_last_id_names_a_batch_count_below_the_real_last_one(sim, api):
+    truth = sim.world.visible_ids()
+    sim.faults.queue(kind="bad_last_id", count=3)
+    sim.faults.queue(kind="bad_last_id")
+    page = list_batches(api, sim, limit=10).json()
+    page_50 = list_batches(api, sim, limit=10).json()
+
+    assert ids(page["data"]) == truth[:10] and page["first_id"] == truth[0]
+    assert page["last_id"] == truth[12]
+    assert ids(page_50["data"]) == truth[:10] and page_50["last_id"] == truth[59]
+
+
+def test_echo_cursor_starts_the_page_with_the_batch_it_was_asked_after(sim, api):
+    truth = sim.world.visible_ids()
+    sim.faults.queue(kind="echo_cursor")
+    page = list_batches(api, sim, limit=5, after=truth[4]).json()
+
+    assert ids(page["data"]) == truth[4:10]
+    assert page["first_id"] == truth[4] and page["last_id"] == truth[9]
+    assert page["has_more"] is True
+
+
+@pytest.mark.parametrize(
+    "kind", ["end_early", "empty_end", "self_cursor", "skip", "bad_last_id", "echo_cursor"]
+)
+def test_a_page_fault_taken_by_a_single_batch_fetch_answers_it_normally(sim, api, kind):
+    batch_id = sim.world.visible_ids()[3]
+    sim.faults.queue(kind=kind)
+    response = api.get(f"{sim.base_url}/batches/{batch_id}", timeout=5)
+
+    assert response.status_code == 200 and response.json() == sim.world.get(batch_id)
+    assert sim.faults.pending() == 0
+
+
+# --- answers that arrive oddly -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/batches?limit=1", "/batches/{id}"])
+def test_trickle_serves_the_right_answer_slower_than_a_per_read_timeout(sim, api, path):
+    url = sim.base_url + path.format(id=sim.world.visible_ids()[0])
+    expected = api.get(url, timeout=5).json()
+    sim.faults.queue(kind="trickle", seconds=0.02)
+    started = time.perf_counter()
+    response = api.get(url, timeout=0.1)
+
+    assert time.perf_counter() - started > 0.3
+    assert response.status_code == 200 and response.json() == expected
+    assert response.headers["Content-Length"] == str(len(response.content))
+
+
+def test_trickle_defaults_to_a_pause_of_50_ms(sim):
+    sim.faults.queue(kind="trickle")
+
+    assert sim.faults.as_dict()["queue"][0]["seconds"] == 0.05
+
+
+def test_a_client_hanging_up_on_a_trickle_leaves_no_traceback(sim, api, capfd):
+    sim.faults.queue(kind="trickle", seconds=0.01)
+    request = (
+        f"GET /v1/batches?limit=5 HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\n"
+        f"Authorization: Bearer {sim.api_key}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as client:
+        client.sendall(request.encode())
+        assert client.recv(64).startswith(b"HTTP/1.1 200")
+    time.sleep(0.3)  # the server's next writes hit the closed socket
+
+    assert list_batches(api, sim, limit=1).ok
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("path", ["/batches", "/batches/{id}"])
+def test_envelope_answers_200_with_an_overloaded_error_body(sim, api, path):
+    sim.faults.queue(kind="envelope")
+    response = api.get(sim.base_url + path.format(id=sim.world.visible_ids()[0]), timeout=5)
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "code": 50505,
+        "message": "Model service overloaded. Please try again later.",
+        "data": None,
+    }
+
+
+def test_an_envelope_may_carry_its_own_body(sim, api):
+    envelope = {"code": 50603, "message": "rate limited", "data": None}
+    sim.faults.queue(kind="envelope", body=envelope)
+    response = list_batches(api, sim)
+
+    assert response.status_code == 200 and response.json() == envelope
+
+
+def test_a_redirect_to_a_path_points_at_the_simulators_host(sim, api):
+    sim.faults.queue(kind="redirect", location="/alt/v1/batches?limit=3")
+    response = list_batches(api, sim, limit=3)
+    redirect = response.history[0]
+
+    assert redirect.status_code == 302
+    assert redirect.headers["Location"] == f"http://127.0.0.1:{sim.port}/alt/v1/batches?limit=3"
+    assert redirect.headers["Content-Type"].startswith("text/html")
+    assert response.status_code == 200 and len(response.json()["data"]) == 3
+    assert sim.requests[-1].path == "/alt/v1/batches"
+
+
+def test_a_redirect_may_go_to_any_url_with_its_own_status(sim, api):
+    sim.faults.queue(kind="redirect", status=301, location="https://elsewhere.example/v1/x")
+    response = api.get(f"{sim.base_url}/batches", allow_redirects=False, timeout=5)
+
+    assert response.status_code == 301
+    assert response.headers["Location"] == "https://elsewhere.example/v1/x"
+
+
+def test_a_redirect_without_location_cannot_be_followed(sim, api):
+    sim.faults.queue(kind="redirect", status=301)
+    response = list_batches(api, sim)
+
+    assert response.status_code == 301 and not response.history
+    assert "Location" not in response.headers
+    assert "301 Moved Permanently" in response.text
+
+
 # --- quirks --------------------------------------------------------------------------------
 
 
@@ -573,6 +793,83 @@ def test_omit_last_id_drops_the_cursor_fields_but_last_item_paging_works(sim, ap
     assert ids(fetch_all(api, sim, limit=100)) == sim.world.visible_ids()
 
 
+def test_extra_fields_are_set_on_every_batch_listed_or_fetched(sim, api):
+    extra = {"priority": 5, "Status": "x", "created-at": 3, "status": "weird", "tags": ["a"]}
+    sim.faults.extra_fields = extra
+    listed = list_batches(api, sim, limit=5).json()["data"]
+    fetched = api.get(f"{sim.base_url}/batches/{listed[0]['id']}", timeout=5).json()
+
+    for batch in [*listed, fetched]:
+        assert batch.items() >= extra.items()
+    assert ids(listed) == sim.world.visible_ids()[:5]
+
+
+def test_overrides_change_one_batch_in_list_and_get_but_not_its_place(sim, api):
+    truth = sim.world.visible()
+    target = truth[3]["id"]
+    counts = {"total": 2**70, "completed": 1, "failed": 0}
+    changes = {"status": "COMPLETED", "created_at": 4102444800, "request_counts": counts}
+    sim.faults.overrides = {target: changes}
+    listed = fetch_all(api, sim, limit=100)
+
+    assert ids(listed) == ids(truth)
+    assert listed[3] == {**truth[3], **changes}
+    assert listed[:3] + listed[4:] == truth[:3] + truth[4:]
+    assert api.get(f"{sim.base_url}/batches/{target}", timeout=5).json() == listed[3]
+
+
+def fetch_pages(api: requests.Session, sim: Simulator, limit: int, **params: Any) -> list[dict]:
+    """Every page, following each page's last_id."""
+    pages = [list_batches(api, sim, limit=limit, **params).json()]
+    while pages[-1]["has_more"]:
+        pages.append(list_batches(api, sim, limit=limit, after=pages[-1]["last_id"]).json())
+    return pages
+
+
+def assert_well_formed(pages: list[dict], limit: int) -> None:
+    for page in pages:
+        assert page["first_id"] == page["data"][0]["id"]
+        assert page["last_id"] == page["data"][-1]["id"]
+        assert len(page["data"]) == limit or page is pages[-1]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 7, 100])
+def test_pin_to_top_lists_pinned_batches_first_and_pages_consistently(small_sim, api, limit):
+    truth = small_sim.world.visible_ids()
+    pinned = [truth[30], truth[3], truth[-1]]
+    future = small_sim.world.id_at(small_sim.world.size - 1)
+    small_sim.faults.pin_to_top = [*pinned, future]  # not created yet, so left out
+    expected = pinned + [batch_id for batch_id in truth if batch_id not in pinned]
+    pages = fetch_pages(api, small_sim, limit)
+
+    assert [batch_id for page in pages for batch_id in ids(page["data"])] == expected
+    assert_well_formed(pages, limit)
+    assert ids(fetch_all(api, small_sim, limit=limit)) == expected
+
+
+@pytest.mark.parametrize("start", [0, 1, 2, 3, 10])
+def test_pin_to_top_continues_after_any_cursor(small_sim, api, start):
+    truth = small_sim.world.visible_ids()
+    pinned = [truth[30], truth[3], truth[-1]]
+    small_sim.faults.pin_to_top = pinned
+    expected = pinned + [batch_id for batch_id in truth if batch_id not in pinned]
+    pages = fetch_pages(api, small_sim, 2, after=expected[start])
+
+    assert [batch_id for page in pages for batch_id in ids(page["data"])] == expected[start + 1 :]
+    assert_well_formed(pages, 2)
+
+
+def test_repeat_serves_a_batch_again_right_after_another(sim, api):
+    truth = sim.world.visible_ids()
+    sim.faults.repeat = {truth[2]: truth[29]}
+    pages = fetch_pages(api, sim, 10)
+
+    assert ids(pages[2]["data"]) == [*truth[20:30], truth[2]]
+    assert pages[2]["last_id"] == truth[29]
+    listed = [batch_id for page in pages for batch_id in ids(page["data"])]
+    assert listed == [*truth[:30], truth[2], *truth[30:]]
+
+
 # --- control API for out-of-process users --------------------------------------------------
 
 
@@ -585,6 +882,49 @@ def test_the_control_api_advances_the_clock_and_sets_faults(sim, api):
     assert sim.faults.omit_last_id and sim.faults.pending() == 2
     assert requests.post(f"{control}/faults", json={"typo": 1}, timeout=5).status_code == 400
     assert requests.post(f"{control}/advance?seconds=x", timeout=5).status_code == 400
+
+
+def test_the_control_api_sets_and_resets_batch_settings_and_new_fault_fields(sim, api):
+    control = f"http://127.0.0.1:{sim.port}/_sim/faults"
+    truth = sim.world.visible_ids()
+    counts = {"total": 2**70, "completed": 1, "failed": 0}  # beyond 64 bits, kept exact
+    settings = {
+        "extra_fields": {"priority": 5},
+        "overrides": {truth[0]: {"status": "COMPLETED", "request_counts": counts}},
+        "pin_to_top": [truth[9]],
+        "repeat": {truth[1]: truth[5]},
+        "queue": [
+            {"kind": "skip"},
+            {"kind": "bad_last_id", "count": 3},
+            {"kind": "redirect", "location": "/alt/v1/batches"},
+        ],
+    }
+    state = requests.post(control, json=settings, timeout=5).json()
+
+    assert {name: state[name] for name in settings if name != "queue"} == {
+        name: value for name, value in settings.items() if name != "queue"
+    }
+    assert sim.faults.pin_to_top == [truth[9]] and sim.faults.repeat == {truth[1]: truth[5]}
+    assert [(f["kind"], f["status"], f["count"], f["location"]) for f in state["queue"]] == [
+        ("skip", 200, 50, None),
+        ("bad_last_id", 200, 3, None),
+        ("redirect", 302, 0, "/alt/v1/batches"),
+    ]
+    served = api.get(f"{sim.base_url}/batches/{truth[0]}", timeout=5).json()  # takes the skip
+    assert served["request_counts"] == counts and served["priority"] == 5
+    cleared = requests.post(control, json={"reset": True}, timeout=5).json()
+    assert cleared["extra_fields"] == cleared["overrides"] == cleared["repeat"] == {}
+    assert cleared["pin_to_top"] == [] and cleared["queue"] == []
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"pin_to_top": "batch_x"}, {"overrides": {"batch_x": 1}}, {"extra_fields": [1]}],
+)
+def test_the_control_api_refuses_batch_settings_of_the_wrong_shape(sim, settings):
+    response = requests.post(f"http://127.0.0.1:{sim.port}/_sim/faults", json=settings, timeout=5)
+
+    assert response.status_code == 400
 
 
 def test_serve_prints_its_url_and_key_and_stops_on_ctrl_c():

@@ -1,6 +1,8 @@
 """The simulator's HTTP face: SiliconFlow's batch routes, auth and errors, plus faults on demand."""
 
 import contextlib
+import copy
+import json
 import os
 import random
 import socket
@@ -8,10 +10,11 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from http.client import responses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -25,22 +28,41 @@ HTML = "text/html; charset=utf-8"
 TRACE_HEADER = "x-siliconcloud-trace-id"
 LIST_PATH = "/v1/batches"
 ITEM_PREFIX = "/v1/batches/"
-FAULT_KINDS = ("status", "bad_json", "drop", "slow", "no_data", "malformed")
+ALIAS_PREFIX = "/alt"  # /alt/v1/... answers like /v1/...: a redirect target outside a base URL
+# Faults that reshape a page of the listing; a single batch fetched meanwhile is answered normally.
+PAGE_KINDS = ("end_early", "empty_end", "self_cursor", "skip", "bad_last_id", "echo_cursor")
+# Faults that still serve what was asked for, late, slowly or altered.
+SERVING_KINDS = ("slow", "trickle", "malformed", *PAGE_KINDS)
+FAULT_KINDS = ("status", "bad_json", "drop", "no_data", "envelope", "redirect", *SERVING_KINDS)
+# What a fault means when queue() leaves status, count or seconds unset.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "skip": {"count": 50},
+    "bad_last_id": {"count": 50},
+    "trickle": {"seconds": 0.05},
+    "redirect": {"status": 302},
+}
+TRICKLE_BYTES = 16
 RANDOM_ERRORS = (429, 500, 503, 504)
 POLL_SECONDS = 0.01  # stop() waits up to one poll; tests start and stop a server each
 PROXY_PAGE = (
     "<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
     "<body><h1>Checking your browser before accessing api.siliconflow.cn</h1></body></html>"
 )
+OVERLOADED = {
+    "code": 50505,
+    "message": "Model service overloaded. Please try again later.",
+    "data": None,
+}
 
 
 class Reply(NamedTuple):
-    """One HTTP answer; the handler only writes it out."""
+    """One HTTP answer; the handler only writes it out, `trickle_s` apart per few bytes if set."""
 
     status: int
     body: bytes
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
+    trickle_s: float = 0.0
 
 
 class Request(NamedTuple):
@@ -51,10 +73,18 @@ class Request(NamedTuple):
     query: dict[str, str]
     status: int
     at: float = 0.0  # time.monotonic() when the answer was ready, for retry-delay checks
+    authorization: str | None = None  # the Authorization header, to check where a key went
+
+
+def to_json(payload: Any) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except TypeError:  # orjson stops at 64-bit integers; overrides may serve bigger ones
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    return Reply(status, orjson.dumps(payload), JSON, headers)
+    return Reply(status, to_json(payload), JSON, headers)
 
 
 def api_error(message: str, status: int = 400, code: int = 20012) -> Reply:
@@ -72,8 +102,7 @@ def error_reply(status: int, retry_after: str | None = None) -> Reply:
         message = "Request was rejected due to rate limiting. Details: TPM limit reached."
         return json_reply(429, {"message": message, "data": None, "code": 50603}, headers)
     if status == 503:
-        message = "Model service overloaded. Please try again later."
-        return json_reply(503, {"code": 50505, "message": message, "data": None}, headers)
+        return json_reply(503, OVERLOADED, headers)
     if status == 401:
         return UNAUTHORIZED
     if status == 403:
@@ -84,6 +113,24 @@ def error_reply(status: int, retry_after: str | None = None) -> Reply:
         return api_error("invalid request parameters")
     texts = {500: b"Internal Server Error", 502: b"Bad Gateway", 504: b"upstream request timeout"}
     return Reply(status, texts.get(status, b"error"), TEXT, headers)
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A page in OpenAI's list shape, its cursor fields taken from `data`."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def api_path(path: str) -> str:
+    """The /v1 route a path names: without the /alt alias and the list route's trailing slash."""
+    if path.startswith(f"{ALIAS_PREFIX}/v1/"):
+        path = path.removeprefix(ALIAS_PREFIX)
+    return LIST_PATH if path == f"{LIST_PATH}/" else path
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -99,46 +146,130 @@ class Fault:
     content_type: str | None = None
     retry_after: str | None = None
     seconds: float = 0.0
+    count: int = 0
+    location: str | None = None
 
-    def reply(self) -> Reply:
+    def reply(self, default: Reply | None = None) -> Reply:
+        """This fault's own body if it has one, else `default`, else the error of its status."""
         headers = (("Retry-After", self.retry_after),) if self.retry_after is not None else ()
         if self.body is None:
-            return error_reply(self.status, self.retry_after)
+            if default is None:
+                return error_reply(self.status, self.retry_after)
+            return default._replace(headers=(*default.headers, *headers))
         if isinstance(self.body, bytes):
             return Reply(self.status, self.body, self.content_type or JSON, headers)
         if isinstance(self.body, str) and self.content_type is None:
             return Reply(self.status, self.body.encode(), TEXT, headers)
-        return Reply(self.status, orjson.dumps(self.body), self.content_type or JSON, headers)
+        return Reply(self.status, to_json(self.body), self.content_type or JSON, headers)
+
+
+def canned_reply(fault: Fault, origin: str) -> Reply:
+    """The answer of a fault that serves nothing from the world; `origin` is where we were asked."""
+    if fault.kind == "bad_json":
+        return Reply(200, PROXY_PAGE.encode(), HTML)
+    if fault.kind == "no_data":
+        return json_reply(200, {"object": "list", "has_more": False})
+    if fault.kind == "envelope":
+        return fault.reply(json_reply(fault.status, OVERLOADED))
+    if fault.kind == "redirect":
+        return redirect_reply(fault, origin)
+    return fault.reply()
+
+
+def redirect_reply(fault: Fault, origin: str) -> Reply:
+    """A 3xx to `fault.location` (a path is on our own host); no location, no Location header."""
+    phrase = f"{fault.status} {responses.get(fault.status, 'Redirect')}"
+    page = f"<html><head><title>{phrase}</title></head><body><h1>{phrase}</h1></body></html>"
+    reply = fault.reply(Reply(fault.status, page.encode(), HTML))
+    if fault.location is None:
+        return reply
+    location = origin + fault.location if fault.location.startswith("/") else fault.location
+    return reply._replace(headers=(*reply.headers, ("Location", location)))
+
+
+def _mapping(value: Any, what: str) -> Mapping[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a JSON object")
+    return value
+
+
+def _batch_fields(value: Any = None) -> dict[str, Any]:
+    return dict(_mapping(value, "batch fields"))
+
+
+def _batch_overrides(value: Any = None) -> dict[str, dict[str, Any]]:
+    return {str(key): _batch_fields(item) for key, item in _mapping(value, "overrides").items()}
+
+
+def _batch_ids(value: Any = None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError("pin_to_top must be a list of batch ids")
+    return [str(batch_id) for batch_id in value]
+
+
+def _batch_pairs(value: Any = None) -> dict[str, str]:
+    return {str(key): str(item) for key, item in _mapping(value, "repeat").items()}
 
 
 class Faults:
     """What the simulator does wrong, changeable at any time from any thread.
 
-    One-shot faults (`queue`) answer the next requests to /v1 in order. Rates and quirks stay
-    until reset: `error_rate` (random 429/500/503/504), `latency_ms` (delay per request),
-    `ignore_after` (the first page again, has_more true), `oldest_first` (ascending order),
-    `single_page` (everything at once, has_more false), `omit_last_id` (no first_id/last_id).
+    One-shot faults (`queue`) answer the next requests to /v1 in order:
+    `status` (that error, with SiliconFlow's body), `bad_json` (a 200 HTML proxy page), `drop`
+    (hang up), `slow` (answer after `seconds`), `no_data` (a list without data), `malformed`
+    (one batch lacks its id), `trickle` (the right answer, 16 bytes every `seconds`, default
+    0.05, under its full Content-Length: per-read timeouts never fire), `envelope` (HTTP 200
+    with SiliconFlow's 50505 error envelope), `redirect` (`status`, default 302, to `location`:
+    a path is on this host, None sends no Location header). Page faults bend one answer of
+    GET /v1/batches and leave a single batch's answer alone: `end_early` (has_more false),
+    `empty_end` (no data, null cursor, has_more true), `self_cursor` (no data, last_id = the
+    `after` asked with), `skip` (the page starts `count` batches, default 50, further down),
+    `bad_last_id` (right data, last_id `count` batches, default 50, below the last one),
+    `echo_cursor` (the page asked after=X starts with batch X). `body` replaces the answer's
+    body for status, envelope and redirect.
+
+    Rates and quirks stay until reset: `error_rate` (random 429/500/503/504), `latency_ms`
+    (delay per request), `ignore_after` (the first page again, has_more true), `oldest_first`
+    (ascending order), `single_page` (everything at once, has_more false), `omit_last_id` (no
+    first_id/last_id), `extra_fields` (fields set on every batch served), `overrides` (batch id
+    -> fields set on that batch only; its place in the listing stays), `pin_to_top` (these ids
+    listed first, in this order, and nowhere else; cursors stay consistent), `repeat` (batch id
+    -> the id after which it is served again, so it is listed twice; last_id ignores it).
     """
 
-    SETTINGS = (
-        "error_rate",
-        "latency_ms",
-        "ignore_after",
-        "oldest_first",
-        "single_page",
-        "omit_last_id",
-    )
+    # Each setting's type, also its cleared value when called without an argument.
+    SETTINGS: ClassVar[dict[str, Callable[..., Any]]] = {
+        "error_rate": float,
+        "latency_ms": float,
+        "ignore_after": bool,
+        "oldest_first": bool,
+        "single_page": bool,
+        "omit_last_id": bool,
+        "extra_fields": _batch_fields,
+        "overrides": _batch_overrides,
+        "pin_to_top": _batch_ids,
+        "repeat": _batch_pairs,
+    }
+    error_rate: float
+    latency_ms: float
+    ignore_after: bool
+    oldest_first: bool
+    single_page: bool
+    omit_last_id: bool
+    extra_fields: dict[str, Any]
+    overrides: dict[str, dict[str, Any]]
+    pin_to_top: list[str]
+    repeat: dict[str, str]
 
     def __init__(self, seed: int = 7) -> None:
         self._lock = threading.Lock()
         self._queue: deque[Fault | None] = deque()
         self._rng = random.Random(seed)
-        self.error_rate = 0.0
-        self.latency_ms = 0.0
-        self.ignore_after = False
-        self.oldest_first = False
-        self.single_page = False
-        self.omit_last_id = False
+        self._clear_settings()
 
     def queue(
         self,
@@ -151,6 +282,8 @@ class Faults:
         seconds: float = 0.0,
         content_type: str | None = None,
         after: int = 0,
+        count: int = 0,
+        location: str | None = None,
     ) -> None:
         """Answer `times` requests with this fault, once `after` more have been served well."""
         kind = kind or "status"
@@ -158,13 +291,16 @@ class Faults:
             raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
         if kind == "status" and status is None:
             raise ValueError("a status fault needs a status, e.g. queue(status=429)")
+        defaults = KIND_DEFAULTS.get(kind, {})
         fault = Fault(
             kind=kind,
-            status=status or 200,
+            status=status or defaults.get("status", 200),
             body=body,
             content_type=content_type,
             retry_after=None if retry_after is None else str(retry_after),
-            seconds=seconds,
+            seconds=seconds or defaults.get("seconds", 0.0),
+            count=count or defaults.get("count", 0),
+            location=location,
         )
         with self._lock:
             self._queue.extend([None] * after + [fault] * times)
@@ -187,7 +323,11 @@ class Faults:
     def reset(self) -> None:
         with self._lock:
             self._queue.clear()
-        self.update(dict.fromkeys(self.SETTINGS, 0))
+        self._clear_settings()
+
+    def _clear_settings(self) -> None:
+        for name, kind in self.SETTINGS.items():
+            setattr(self, name, kind())
 
     def update(self, settings: Mapping[str, Any]) -> None:
         """Apply a JSON-like dict: any of SETTINGS, `queue` (one or a list of queue() kwargs)
@@ -199,16 +339,15 @@ class Faults:
             raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
         if settings.get("reset"):
             self.reset()
-        for name in self.SETTINGS:
+        for name, kind in self.SETTINGS.items():
             if name in settings:
-                kind = float if name in ("error_rate", "latency_ms") else bool
                 setattr(self, name, kind(settings[name]))
         queued = settings.get("queue") or []
         for entry in [queued] if isinstance(queued, Mapping) else queued:
             self.queue(**entry)
 
     def as_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {name: getattr(self, name) for name in self.SETTINGS}
+        state = {name: copy.deepcopy(getattr(self, name)) for name in self.SETTINGS}
         with self._lock:
             state["queue"] = [
                 {f.name: getattr(fault, f.name) for f in fields(Fault)} if fault else None
@@ -254,8 +393,12 @@ class Simulator:
         return self._address[1]
 
     @property
+    def origin(self) -> str:
+        return f"http://{self._address[0]}:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"http://{self._address[0]}:{self.port}/v1"
+        return f"{self.origin}/v1"
 
     def start(self) -> "Simulator":
         if self._server is None:
@@ -294,8 +437,8 @@ class Simulator:
         return sum(1 for request in self.requests if request.path.startswith(path_prefix))
 
     def list_requests(self) -> list[Request]:
-        """The page fetches (GET /v1/batches) in arrival order."""
-        return [r for r in self.requests if r.path == LIST_PATH and r.method == "GET"]
+        """The page fetches (GET /v1/batches, also with / or under /alt) in arrival order."""
+        return [r for r in self.requests if api_path(r.path) == LIST_PATH and r.method == "GET"]
 
     def clear_requests(self) -> None:
         with self._log_lock:
@@ -310,10 +453,12 @@ class Simulator:
         path, _, query_string = target.partition("?")
         query = dict(parse_qsl(query_string, keep_blank_values=True))
         reply = self._route(method, path, query, headers, body)
+        status = reply.status if reply else 0
+        request = Request(
+            method, path, query, status, time.monotonic(), headers.get("Authorization")
+        )
         with self._log_lock:
-            self.requests.append(
-                Request(method, path, query, reply.status if reply else 0, time.monotonic())
-            )
+            self.requests.append(request)
         return reply
 
     def _route(
@@ -321,6 +466,7 @@ class Simulator:
     ) -> Reply | None:
         if path.startswith("/_sim/"):
             return self._control(method, path, query, body)
+        path = api_path(path)
         batch_id = path[len(ITEM_PREFIX) :] if path.startswith(ITEM_PREFIX) else None
         if method != "GET" or (path != LIST_PATH and (not batch_id or "/" in batch_id)):
             return NOT_FOUND
@@ -329,35 +475,37 @@ class Simulator:
         if self.faults.latency_ms > 0:
             time.sleep(self.faults.latency_ms / 1000)
         fault = self.faults.take()
-        if fault is None or fault.kind == "slow":
-            if fault is not None:
-                time.sleep(fault.seconds)  # long enough to trip the client's timeout
+        if fault is None:
             return self._answer(query, batch_id)
-        return self._faulty(fault, query, batch_id)
+        return self._faulty(fault, query, batch_id, headers.get("Host"))
 
-    def _answer(self, query: dict[str, str], batch_id: str | None) -> Reply:
-        payload = self._list(query) if batch_id is None else self._get(batch_id)
-        if isinstance(payload, Reply):
-            return payload
-        return json_reply(200, payload, ((TRACE_HEADER, os.urandom(16).hex()),))
-
-    def _faulty(self, fault: Fault, query: dict[str, str], batch_id: str | None) -> Reply | None:
+    def _faulty(
+        self, fault: Fault, query: dict[str, str], batch_id: str | None, host: str | None
+    ) -> Reply | None:
         if fault.kind == "drop":
             return None
-        if fault.kind == "bad_json":
-            return Reply(200, PROXY_PAGE.encode(), HTML)
-        if fault.kind == "no_data":
-            return json_reply(200, {"object": "list", "has_more": False})
-        if fault.kind == "malformed":
-            payload = self._list(query) if batch_id is None else self._get(batch_id)
-            if isinstance(payload, Reply):
-                return payload
+        if fault.kind == "slow":
+            time.sleep(fault.seconds)  # long enough to trip the client's timeout
+        if fault.kind in SERVING_KINDS:
+            return self._answer(query, batch_id, fault)
+        # Redirect to the host the client asked, so it keeps the key for a same-host redirect.
+        return canned_reply(fault, f"http://{host}" if host else self.origin)
+
+    def _answer(
+        self, query: dict[str, str], batch_id: str | None, fault: Fault | None = None
+    ) -> Reply:
+        """What was asked for; `fault` may reshape a page, break one batch or trickle it out."""
+        payload = self._list(query, fault) if batch_id is None else self._get(batch_id)
+        if isinstance(payload, Reply):
+            return payload
+        kind = fault.kind if fault is not None else None
+        if kind == "malformed":
             items = payload.get("data") or [payload]
             items[len(items) // 2].pop("id", None)
-            return json_reply(200, payload)
-        return fault.reply()
+        reply = json_reply(200, payload, ((TRACE_HEADER, os.urandom(16).hex()),))
+        return reply._replace(trickle_s=fault.seconds) if kind == "trickle" else reply
 
-    def _list(self, query: dict[str, str]) -> dict[str, Any] | Reply:
+    def _list(self, query: dict[str, str], fault: Fault | None = None) -> dict[str, Any] | Reply:
         limit = self._limit(query.get("limit"))
         if isinstance(limit, Reply):
             return limit
@@ -366,9 +514,10 @@ class Simulator:
         if faults.single_page:
             limit = max(1, self.world.visible_count())
         try:
-            page = self.world.list_page(limit, after, oldest_first=faults.oldest_first)
+            page = self._page(limit, after, fault)
         except UnknownBatchError:
             return api_error(f"invalid after: no batch with id {after!r}")
+        page["data"] = [self._altered(batch) for batch in self._with_repeats(page["data"])]
         if faults.ignore_after:
             page["has_more"] = True
         if faults.omit_last_id:
@@ -386,6 +535,84 @@ class Simulator:
         batch = self.world.get(batch_id)
         if batch is None:
             return api_error(f"batch {batch_id} not found", status=404)
+        return self._altered(batch)
+
+    # --- the listing, as pinned batches and page faults bend it ---------------------------
+
+    def _page(self, limit: int, after: str | None, fault: Fault | None) -> dict[str, Any]:
+        """The page asked for, reshaped by a page fault if one is due."""
+        kind, count = (fault.kind, fault.count) if fault is not None else (None, 0)
+        if kind == "empty_end":
+            return list_object([], has_more=True)
+        if kind == "self_cursor":
+            return {**list_object([], has_more=True), "last_id": after}
+        if kind == "skip":
+            return self._skipping(limit, after, count)
+        page = self._listing(limit, after)
+        if kind == "end_early":
+            page["has_more"] = False
+        elif kind == "bad_last_id":
+            page["last_id"] = self._id_below(page, count)
+        elif kind == "echo_cursor" and after is not None:
+            page["data"][:0] = self._visible([after])
+            page["first_id"] = after
+        return page
+
+    def _skipping(self, limit: int, after: str | None, count: int) -> dict[str, Any]:
+        """The page that starts `count` batches further down than `after` says."""
+        skipped = self._listing(count, after)
+        if not skipped["has_more"]:
+            return list_object([], has_more=False)
+        return self._listing(limit, skipped["last_id"])
+
+    def _id_below(self, page: dict[str, Any], count: int) -> str | None:
+        """The id `count` batches below the page's last one, or the deepest there is."""
+        if not page["has_more"]:
+            return page["last_id"]
+        return self._listing(count, page["last_id"])["data"][-1]["id"]
+
+    def _listing(self, limit: int, after: str | None) -> dict[str, Any]:
+        """One page of the listing in served order: pinned batches first, then the world's."""
+        pinned = [batch["id"] for batch in self._visible(dict.fromkeys(self.faults.pin_to_top))]
+        if not pinned:
+            return self.world.list_page(limit, after, oldest_first=self.faults.oldest_first)
+        return self._pinned_page(limit, after, pinned)
+
+    def _pinned_page(self, limit: int, after: str | None, pinned: list[str]) -> dict[str, Any]:
+        """A page of `pinned` followed by the world's listing without them."""
+        if after in pinned:
+            head, after = pinned[pinned.index(after) + 1 :], None
+        else:
+            head = pinned if after is None else []
+        wanted = limit - len(head[:limit])
+        # Ask for enough to fill the page even if every pinned batch is among the answers.
+        rest = self.world.list_page(
+            wanted + len(pinned), after, oldest_first=self.faults.oldest_first
+        )
+        unpinned = [batch for batch in rest["data"] if batch["id"] not in pinned]
+        data = self._visible(head[:limit]) + unpinned[:wanted]
+        has_more = len(head) > limit or len(unpinned) > wanted or rest["has_more"]
+        return list_object(data, has_more)
+
+    def _with_repeats(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`data` with each repeated batch served again right after the batch it follows."""
+        served = []
+        for batch in data:
+            served.append(batch)
+            again = [key for key, anchor in self.faults.repeat.items() if anchor == batch["id"]]
+            served.extend(self._visible(again))
+        return served
+
+    def _visible(self, batch_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """These batches as they are now, leaving out ids not created yet or unknown."""
+        batches = (self.world.get(batch_id) for batch_id in batch_ids)
+        return [batch for batch in batches if batch is not None]
+
+    def _altered(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A batch as served: extra_fields on every batch, then this batch's own overrides."""
+        faults = self.faults
+        changes = {**faults.extra_fields, **faults.overrides.get(batch["id"], {})}
+        batch.update(copy.deepcopy(changes))
         return batch
 
     # --- control API for out-of-process users ---------------------------------------------
@@ -396,13 +623,14 @@ class Simulator:
                 self.world.advance(int(query.get("seconds", "")))
                 return json_reply(200, self._state())
             if (method, path) == ("POST", "/_sim/faults"):
-                self.faults.update(orjson.loads(body or b"{}"))
+                # json, not orjson: it keeps integers beyond 64 bits exact (see overrides)
+                self.faults.update(json.loads(body or b"{}"))
                 return json_reply(200, self.faults.as_dict())
             if (method, path) == ("GET", "/_sim/faults"):
                 return json_reply(200, self.faults.as_dict())
             if (method, path) == ("GET", "/_sim/state"):
                 return json_reply(200, self._state())
-        except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
             return api_error(str(exc))
         return NOT_FOUND
 
@@ -449,7 +677,7 @@ class _Server(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that time out or vanish mid-answer are expected (slow and drop faults).
+        # Clients that time out or vanish mid-answer are expected (slow, drop, trickle faults).
         if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             super().handle_error(request, client_address)
 
@@ -490,7 +718,17 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(reply.body)
+        self._write(reply.body, reply.trickle_s)
+
+    def _write(self, body: bytes, pause_s: float) -> None:
+        """Write the body at once, or a few bytes at a time with `pause_s` between writes."""
+        if pause_s <= 0:
+            self.wfile.write(body)
+            return
+        for start in range(0, len(body), TRICKLE_BYTES):
+            if start:
+                time.sleep(pause_s)
+            self.wfile.write(body[start : start + TRICKLE_BYTES])
 
 
 def serve(
