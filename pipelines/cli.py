@@ -4,6 +4,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from importlib.abc import MetaPathFinder
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from pipelines.errors import SfBatchesError
+from pipelines.errors import ConfigError, SfBatchesError
 
 if TYPE_CHECKING:
     from pipelines.config import SourceConfig
@@ -86,6 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), error.exit_code, args.verbose)
     except KeyboardInterrupt:
         return _fail("interrupted; the database keeps its last complete sync", 130, args.verbose)
+    except BrokenPipeError:
+        return _reader_gone()
+    except OSError as error:
+        if error.filename is None:
+            raise
+        return _fail(
+            f"cannot use {error.filename}: {error.strerror}; check the path and its permissions",
+            2,
+            args.verbose,
+        )
     except Exception as error:
         return _fail(
             f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -93,6 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             1,
             args.verbose,
         )
+
+
+def _reader_gone() -> int:
+    """The reader of our output went away (`sfbatches report | head`): the work is done, and
+    nothing more can be said; later writes, at exit too, go nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def _fail(message: str, code: int, verbose: bool) -> int:
@@ -133,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batches", type=_positive, default=DEMO_BATCHES)
 
     simulate = command("simulate", cmd_simulate, "serve the API simulator until stopped")
-    simulate.add_argument("--port", type=int, default=8800)
+    simulate.add_argument("--port", type=_port, default=8800)
     simulate.add_argument("--batches", type=_positive, default=DEMO_BATCHES)
     simulate.add_argument("--seed", type=int, default=7)
     simulate.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
@@ -152,6 +170,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {value}")
     return value
 
 
@@ -224,10 +249,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from pipelines.simulator import serve
 
-    serve(
-        port=args.port,
-        batches=args.batches,
-        seed=args.seed,
-        latency_ms=args.latency_ms,
-    )
+    try:
+        serve(port=args.port, batches=args.batches, seed=args.seed, latency_ms=args.latency_ms)
+    except OSError as error:
+        reason = "is in use" if error.errno == errno.EADDRINUSE else f"failed: {error.strerror}"
+        raise ConfigError(f"port {args.port} {reason}: choose another with --port") from None
     return 0

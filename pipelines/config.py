@@ -1,13 +1,26 @@
 """Settings from dlt's providers (.dlt/*.toml, environment), checked before anything runs."""
 
 import os
+import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import dlt
 
 from pipelines.errors import ConfigError
 from pipelines.siliconflow import RetryPolicy
-from pipelines.siliconflow.settings import DEFAULT_BASE_URL, DEFAULT_PAGE_SIZE
+from pipelines.siliconflow.settings import (
+    DEFAULT_BASE_URL,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_SWEEP_PAGES,
+    DEFAULT_SYNC_TIMEOUT_S,
+)
+
+KEY = "sources.siliconflow.api_key"
+# Environment variables holding the key, in dlt's order of precedence: both beat the toml files.
+KEY_VARIABLES = ("SOURCES__SILICONFLOW__API_KEY", "SILICONFLOW_API_KEY")
+# What may go into an HTTP header as a bearer token: printable ASCII, no spaces.
+HEADER_SAFE = re.compile(r"[!-~]+")
 
 
 @dataclass(frozen=True)
@@ -16,6 +29,9 @@ class SourceConfig:
     base_url: str = DEFAULT_BASE_URL
     page_size: int = DEFAULT_PAGE_SIZE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sweep_pages: int = DEFAULT_SWEEP_PAGES
+    sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
+    key_source: str = "the caller"
 
     def __repr__(self) -> str:
         # Never let the key reach a log line or traceback through this object.
@@ -23,25 +39,58 @@ class SourceConfig:
 
 
 def resolve_source_config() -> SourceConfig:
-    api_key = dlt.secrets.get("sources.siliconflow.api_key") or os.environ.get(
-        "SILICONFLOW_API_KEY"
-    )
-    if not api_key:
-        raise ConfigError(
-            "no SiliconFlow API key: set SILICONFLOW_API_KEY (or SOURCES__SILICONFLOW__API_KEY, "
-            "or api_key under [sources.siliconflow] in .dlt/secrets.toml)"
-        )
+    api_key, key_source = resolve_api_key()
     return SourceConfig(
-        api_key=str(api_key),
-        base_url=str(_setting("sources.siliconflow.base_url", DEFAULT_BASE_URL)).rstrip("/"),
-        page_size=_positive_int("sources.siliconflow.page_size", DEFAULT_PAGE_SIZE),
+        api_key=api_key,
+        key_source=key_source,
+        base_url=checked_base_url(str(_setting("sources.siliconflow.base_url", DEFAULT_BASE_URL))),
+        page_size=_whole_number("sources.siliconflow.page_size", DEFAULT_PAGE_SIZE),
+        sweep_pages=_whole_number("sources.siliconflow.sweep_pages", DEFAULT_SWEEP_PAGES, 0),
+        sync_timeout_s=_seconds("sources.siliconflow.sync_timeout", DEFAULT_SYNC_TIMEOUT_S, 1),
         retry=RetryPolicy(
-            max_attempts=_positive_int("runtime.request_max_attempts", RetryPolicy.max_attempts),
-            backoff_factor=_number("runtime.request_backoff_factor", RetryPolicy.backoff_factor),
-            max_delay_s=_number("runtime.request_max_retry_delay", RetryPolicy.max_delay_s),
-            timeout_s=_number("runtime.request_timeout", RetryPolicy.timeout_s),
+            max_attempts=_whole_number("runtime.request_max_attempts", RetryPolicy.max_attempts),
+            backoff_factor=_seconds("runtime.request_backoff_factor", RetryPolicy.backoff_factor),
+            max_delay_s=_seconds("runtime.request_max_retry_delay", RetryPolicy.max_delay_s),
+            timeout_s=_seconds("runtime.request_timeout", RetryPolicy.timeout_s),
         ),
     )
+
+
+def resolve_api_key() -> tuple[str, str]:
+    """The key and where it came from: the environment first, then .dlt/secrets.toml."""
+    for name in KEY_VARIABLES:
+        if os.environ.get(name, "").strip():
+            return checked_key(os.environ[name], name), name
+    value = dlt.secrets.get(KEY)
+    if value is not None and str(value).strip():
+        return checked_key(str(value), f"{KEY} in .dlt/secrets.toml"), f"{KEY} (.dlt/secrets.toml)"
+    raise ConfigError(
+        "no SiliconFlow API key: set SILICONFLOW_API_KEY (or SOURCES__SILICONFLOW__API_KEY, "
+        "or api_key under [sources.siliconflow] in .dlt/secrets.toml)"
+    )
+
+
+def checked_key(value: str, source: str) -> str:
+    """The key without surrounding whitespace (a trailing CR/LF from a Windows .env file)."""
+    key = value.strip()
+    bad = next((at for at, char in enumerate(key, 1) if not HEADER_SAFE.fullmatch(char)), None)
+    if bad is not None:
+        raise ConfigError(
+            f"the API key from {source} has a character that cannot go into an HTTP header "
+            f"(character {bad} of {len(key)}): copy the key again from the SiliconFlow console"
+        )
+    return key
+
+
+def checked_base_url(value: str) -> str:
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            "sources.siliconflow.base_url must be a full URL such as "
+            f"{DEFAULT_BASE_URL} (or https://api.siliconflow.com/v1), not {value!r}"
+        )
+    return url
 
 
 def _setting(key: str, default: object) -> object:
@@ -49,23 +98,23 @@ def _setting(key: str, default: object) -> object:
     return default if value is None else value
 
 
-def _positive_int(key: str, default: int) -> int:
+def _whole_number(key: str, default: int, least: int = 1) -> int:
     value = _setting(key, default)
     try:
         number = int(str(value))
     except ValueError:
-        number = 0
-    if number < 1:
-        raise ConfigError(f"{key} must be a whole number of at least 1, not {value!r}")
+        number = least - 1
+    if number < least:
+        raise ConfigError(f"{key} must be a whole number of at least {least}, not {value!r}")
     return number
 
 
-def _number(key: str, default: float) -> float:
+def _seconds(key: str, default: float, least: float = 0) -> float:
     value = _setting(key, default)
     try:
         number = float(str(value))
     except ValueError:
-        number = -1.0
-    if number < 0:
-        raise ConfigError(f"{key} must be a number of seconds (0 or more), not {value!r}")
+        number = least - 1
+    if not number >= least:
+        raise ConfigError(f"{key} must be a number of seconds ({least:g} or more), not {value!r}")
     return number

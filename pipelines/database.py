@@ -1,38 +1,88 @@
-"""Which DuckDB file to use, and opening it while another process may hold it."""
+"""The DuckDB file: which one, whether it is ours, opening it while another process may hold it,
+and the scratch folder dlt works in beside it."""
 
+import hashlib
 import os
+import re
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import platformdirs
 
-from pipelines.errors import DatabaseBusy
+from pipelines.errors import ConfigError, DatabaseBusy
 
 DEFAULT_DB = "siliconflow.duckdb"
 # How long to wait for a lock held by another process before exit 5 (cron runs overlap rarely).
 LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
-
+# Bytes 8-11 of every DuckDB file; anything else at --db is someone else's file.
+DUCKDB_MAGIC = b"DUCK"
 
 # DuckDB would take most of the machine's memory for a merge or a window over the history; a
 # cron job should stay small. With dlt loading one job at a time (sync.py) and no
 # deduplicating window in its merges (siliconflow/__init__.py), 64 MB carries a full refresh
-# of 1M batches.
-SYNC_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False}
+# of 1M batches; what does not fit goes to a temporary folder beside the database.
+MEMORY_LIMIT = "64MB"
 # Every sfbatches connection that writes keeps the tables in row groups of this many rows. At
 # DuckDB's default (122,880) a full sync of 100k batches fills no row group, so DuckDB logs every
 # row to the WAL and compresses it all again in the checkpoint at close; at this size it writes
-# a large insert straight into the file (0.5 s less at 100k batches, files ~25% larger). A
-# checkpoint by a connection with another size regroups every table once: a DuckDB shell opened
-# read-write does that (0.5 s at 100k batches), read-only connections never do.
+# a large insert straight into the file. A checkpoint by a connection with another size
+# regroups every table once: a DuckDB shell opened read-write does that, read-only ones never.
 ROW_GROUP_SIZE = 16_384
 # Only an attached database takes a row group size; a writer attaches it under this name.
 ATTACHED_AS = "warehouse"
+# Characters dlt and DuckDB read as templates, globs, quotes or hive partitions in a file path.
+PLAIN_PATH = re.compile(r"[\w/. +@,:~-]+")
 
 
 def resolve_db_path(cli_value: str | None) -> Path:
     return Path(cli_value or os.environ.get("SFBATCHES_DB") or DEFAULT_DB)
+
+
+def sync_config(db_path: Path) -> dict[str, object]:
+    """DuckDB settings of a sync's connections; what spills goes to dlt's work folder."""
+    return {
+        "memory_limit": MEMORY_LIMIT,
+        "preserve_insertion_order": False,
+        "temp_directory": str(work_dir(db_path) / "duckdb.tmp"),
+    }
+
+
+def make_room_for_wal(db_path: Path) -> None:
+    """Create the folder DuckDB keeps the WAL in when the database's path has a `?`.
+
+    DuckDB reads what follows a `?` in a path as options and puts the WAL of `a?b/w.duckdb` at
+    `a.wal?b/w.duckdb`, for every client that opens the file: without that folder no write
+    commits. (Links do not help: DuckDB resolves them.)
+    """
+    path = str(db_path.absolute())
+    if "?" in path:
+        at = path.index("?")
+        Path(f"{path[:at]}.wal{path[at:]}").parent.mkdir(parents=True, exist_ok=True)
+
+
+def check_is_duckdb(db_path: Path) -> None:
+    """Refuse a path that holds something other than a DuckDB database, touching nothing."""
+    if str(db_path) == ":memory:" or not db_path.exists():
+        return
+    if not db_path.is_file():
+        raise ConfigError(f"{db_path} is not a file: point --db at a DuckDB file or a new path")
+    try:
+        with db_path.open("rb") as file:
+            head = file.read(12)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read {db_path} ({error.strerror}): check its permissions"
+        ) from None
+    if head[8:12] != DUCKDB_MAGIC:
+        what = "empty" if not head else "not a DuckDB database"
+        raise ConfigError(
+            f"{db_path} is {what}; it was left as it is: point --db at a DuckDB file "
+            "or at a path that does not exist yet"
+        )
 
 
 def is_lock_error(error: BaseException) -> bool:
@@ -48,6 +98,25 @@ def busy_message(db_path: Path | str = "the database") -> str:
     )
 
 
+def open_failure(db_path: Path | str, error: duckdb.Error, read_only: bool) -> ConfigError:
+    """Why DuckDB could not open the file, as one line; a lock is handled by the caller."""
+    text = str(error)
+    if "permission denied" in text.lower() or "read-only file system" in text.lower():
+        need = "read" if read_only else "write"
+        return ConfigError(
+            f"cannot {need} {db_path} (permission denied): use a file and folder you can {need}"
+        )
+    if "version" in text.lower():
+        return ConfigError(
+            f"{db_path} was written by a DuckDB this sfbatches cannot read ({_first_line(text)})"
+        )
+    return ConfigError(f"cannot open {db_path}: {_first_line(text)}")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else "no reason given"
+
+
 @contextmanager
 def connect(
     db_path: Path | str,
@@ -56,14 +125,15 @@ def connect(
     config: dict[str, object] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the database, waiting a little while another process holds DuckDB's file lock."""
+    check_is_duckdb(Path(db_path))
     deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
     while True:
         try:
             con = _open(db_path, read_only, config or {})
             break
-        except duckdb.IOException as error:
+        except duckdb.Error as error:
             if not is_lock_error(error):
-                raise
+                raise open_failure(db_path, error, read_only) from None
             if time.monotonic() >= deadline:
                 raise DatabaseBusy(busy_message(db_path)) from None
             time.sleep(0.2)
@@ -76,13 +146,46 @@ def connect(
 def _open(
     db_path: Path | str, read_only: bool, config: dict[str, object]
 ) -> duckdb.DuckDBPyConnection:
-    if read_only or str(db_path) == ":memory:":
-        return duckdb.connect(str(db_path), read_only=read_only, config=config)
+    path = str(db_path)
+    if read_only or path == ":memory:":
+        return duckdb.connect(path, read_only=read_only, config=config)
+    make_room_for_wal(Path(db_path))
     con = duckdb.connect(config=config)
     try:
-        con.execute(f"attach ? as {ATTACHED_AS} (row_group_size {ROW_GROUP_SIZE})", [str(db_path)])
+        con.execute(f"attach ? as {ATTACHED_AS} (row_group_size {ROW_GROUP_SIZE})", [path])
         con.execute(f"use {ATTACHED_AS}")
     except BaseException:
         con.close()
         raise
     return con
+
+
+def work_dir(db_path: Path) -> Path:
+    """dlt's working folder for this database: scratch only, its state lives in the database.
+
+    It is not kept beside the database because dlt hands its file paths to DuckDB inside SQL
+    and to Python format templates: a folder named `a'b`, `k=v`, `50%` or `why?` would break
+    the load. So it lives in the user's cache (else the temporary folder), one per database.
+    """
+    digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:16]
+    name = re.sub(r"[^\w.-]", "_", f"{db_path.name[:40]}-{digest}")
+    user = getattr(os, "getuid", lambda: "user")()
+    for root in (
+        platformdirs.user_cache_path("sfbatches") / "pipelines",
+        Path(tempfile.gettempdir()) / f"sfbatches-{user}",
+    ):
+        if PLAIN_PATH.fullmatch(str(root / name)) and _writable(root / name):
+            return root / name
+    raise ConfigError(
+        "no folder for dlt's working files: the user cache folder and the temporary folder "
+        "are not writable or have quotes, %, =, ? or brackets in their path; set XDG_CACHE_HOME "
+        "or TMPDIR to a plain, writable folder"
+    )
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)

@@ -18,8 +18,8 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from pipelines import database, warehouse
 from pipelines.config import SourceConfig, resolve_source_config
-from pipelines.errors import DatabaseBusy, SfBatchesError, find_error
-from pipelines.siliconflow import ReadStats, SyncPlan, siliconflow
+from pipelines.errors import ConfigError, DatabaseBusy, SfBatchesError, find_error
+from pipelines.siliconflow import Deadline, ReadStats, siliconflow
 from pipelines.siliconflow.settings import DATASET_NAME
 
 PIPELINE_NAME = "sfbatches"
@@ -63,10 +63,11 @@ def run_sync(
     """Bring `db_path` up to date with the API; the database changes only by whole dlt loads."""
     started = time.monotonic()
     config = config or resolve_source_config()
+    deadline = Deadline(config.sync_timeout_s)
+    database.check_is_duckdb(db_path)
     with database_lock(db_path):
         pipeline = open_pipeline(db_path, progress)
         leftovers = finish_pending_loads(pipeline, db_path)
-        plan = warehouse.read_plan(db_path)
         stats = ReadStats()
         if leftovers is Leftovers.UNLOADABLE:
             stats.warn(
@@ -74,8 +75,7 @@ def run_sync(
                 "read again"
             )
             pipeline = open_pipeline(db_path, progress, fresh=True)
-        if full_refresh or leftovers is Leftovers.UNLOADABLE:
-            plan = SyncPlan(is_first_load=plan.is_first_load)
+        plan = warehouse.read_plan(db_path, full=full_refresh or leftovers is Leftovers.UNLOADABLE)
         source = siliconflow(
             api_key=config.api_key,
             base_url=config.base_url,
@@ -83,23 +83,27 @@ def run_sync(
             plan=plan,
             retry=config.retry,
             stats=stats,
+            sweep_pages=config.sweep_pages,
+            deadline=deadline,
+            key_source=config.key_source,
         )
         _guard(lambda: pipeline.extract(source))
         _guard(pipeline.normalize)
+        stats.warnings += stats.columns.warnings
+        deadline.check()
         # Arrow's allocator keeps what the chunks used for reuse; DuckDB is about to take its
         # 64 MB, so hand it back first (30 MB off a 1M-batch sync's peak).
         pa.default_memory_pool().release_unused()
         # One connection for the load and the bookkeeping after it, rather than one per table
         # job, each closed with a checkpoint. Opened only now, so readers (notebooks, the DuckDB
         # shell) are shut out for the load alone, not for the whole download.
-        with database.connect(db_path, config=database.SYNC_CONFIG) as con:
+        with database.connect(db_path, config=database.sync_config(db_path)) as con:
+            warehouse.widen_columns(con, stats.columns.widened)
             _guard(lambda: pipeline.load(credentials=load_credentials(con)))
             # Rows the load merged stay in memory until a checkpoint; at 1M batches they left
             # the bookkeeping's join over the history too little of the 64 MB.
             con.execute("checkpoint")
-            new, changed = warehouse.record_observations(
-                con, drop_duplicates=leftovers is not Leftovers.NONE
-            )
+            new, changed = warehouse.record_observations(con)
     return SyncResult(
         db_path=db_path,
         full=plan.is_full,
@@ -115,8 +119,14 @@ def database_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[Non
     """One sync per database: wait up to `timeout_s` for another one to finish, then give up."""
     timeout_s = database.LOCK_WAIT_S if timeout_s is None else timeout_s
     lock_path = db_path.with_name(db_path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock_file:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(lock_path, "a")  # noqa: SIM115 - held open while the sync runs
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write {lock_path} ({error.strerror}): choose a --db in a folder you can write"
+        ) from None
+    with lock_file:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -132,25 +142,20 @@ def database_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[Non
         yield
 
 
-def pipeline_dir(db_path: Path) -> Path:
-    """dlt's working folder lives beside its database, so no two databases share state."""
-    return db_path.with_name(f".{db_path.name}.dlt")
-
-
 def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pipeline:
     """The dlt pipeline of this database; `fresh` drops its working folder first."""
     for name, value in DLT_SETTINGS.items():
         os.environ.setdefault(name, value)
-    workdir = pipeline_dir(db_path)
-    if (fresh or not db_path.exists()) and workdir.exists():
+    workdir = database.work_dir(db_path)
+    if fresh or not db_path.exists():
         # A deleted database's packages and schema belong to nothing now; dlt restores what it
         # needs of a live one from the database itself.
-        shutil.rmtree(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
     return dlt.pipeline(
         pipeline_name=PIPELINE_NAME,
         pipelines_dir=str(workdir),
         destination=dlt.destinations.duckdb(
-            credentials=DuckDbCredentials(str(db_path), global_config=database.SYNC_CONFIG)
+            credentials=DuckDbCredentials(str(db_path), global_config=database.sync_config(db_path))
         ),
         dataset_name=DATASET_NAME,
         progress=dlt.progress.log(log_period=2.0, logger=sys.stderr) if progress else None,
@@ -183,7 +188,7 @@ def finish_pending_loads(pipeline: dlt.Pipeline, db_path: Path) -> Leftovers:
         if pipeline.list_extracted_load_packages():
             _guard(pipeline.normalize)
         if pipeline.list_normalized_load_packages():
-            with database.connect(db_path, config=database.SYNC_CONFIG) as con:
+            with database.connect(db_path, config=database.sync_config(db_path)) as con:
                 _guard(lambda: pipeline.load(credentials=load_credentials(con)))
     except SfBatchesError:
         raise

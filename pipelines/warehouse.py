@@ -4,8 +4,9 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.database import SYNC_CONFIG, connect
-from pipelines.siliconflow import SyncPlan
+from pipelines.database import connect, sync_config
+from pipelines.siliconflow import Floor, HeldIds, SyncPlan
+from pipelines.siliconflow.rows import DUCKDB_TYPES, RESERVED, from_duckdb
 from pipelines.siliconflow.settings import (
     BATCHES,
     CHILD_TABLES,
@@ -13,6 +14,7 @@ from pipelines.siliconflow.settings import (
     PRIMARY_KEYS,
     REQUEST_COUNTS,
     STATUS_HISTORY,
+    SYNC_STATE,
     TERMINAL_STATUSES,
 )
 
@@ -24,6 +26,7 @@ LOADED_AT = "to_timestamp(cast({table}._dlt_load_id as double))"
 # that changed nothing, every later sync would go over the whole history again.)
 RECORDED = "_sfbatches_recorded"
 TERMINAL_LIST = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
+IS_OPEN = f"lower(status) not in ({TERMINAL_LIST})"
 
 
 def stored_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -33,55 +36,109 @@ def stored_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {name for (name,) in rows}
 
 
-def read_plan(db_path: Path) -> SyncPlan:
-    """The newest stored batch and every open one, with its position in newest-first order."""
+def read_plan(db_path: Path, full: bool = False) -> SyncPlan:
+    """Every stored id, the open batches with their place in newest-first order, and the state
+    the last sync left for this one."""
     if not db_path.exists():
         return SyncPlan()
-    with connect(db_path, config=SYNC_CONFIG) as con:
-        if BATCHES not in stored_tables(con):
+    with connect(db_path, config=sync_config(db_path)) as con:
+        tables = stored_tables(con)
+        if BATCHES not in tables:
             return SyncPlan()
-        newest = con.execute(
-            f"select max(epoch(created_at))::bigint from {SCHEMA}.{BATCHES}"
-        ).fetchone()[0]
-        if newest is None:
+        digests = con.execute(
+            f"select md5_number_lower(id) as digest from {SCHEMA}.{BATCHES} order by digest"
+        ).fetchnumpy()["digest"]
+        if not len(digests):
             return SyncPlan()
-        open_rows = con.execute(
-            f"""
-            select id, position, previous_id from (
-                select
-                    id,
-                    status,
-                    row_number() over newest_first as position,
-                    lag(id) over newest_first as previous_id
-                from {SCHEMA}.{BATCHES}
-                -- only the recent part of the history: nothing older than the oldest open one
-                where created_at >= (
-                    select min(created_at)
-                    from {SCHEMA}.{BATCHES}
-                    where status not in ({TERMINAL_LIST})
-                )
-                window newest_first as (order by created_at desc, id desc)
-            )
-            where status not in ({TERMINAL_LIST})
-            """
-        ).fetchall()
+        open_rows = _open_batches(con)
+        floor, sweep_after = _state(con) if SYNC_STATE in tables else (None, None)
+        column_types = _added_column_types(con)
     return SyncPlan(
-        is_first_load=False,
-        newest_created_at=int(newest),
+        held=HeldIds(digests),
+        full=full,
+        floor=floor,
+        sweep_after=sweep_after,
         open_positions={batch_id: position for batch_id, position, _ in open_rows},
         previous_ids={batch_id: previous for batch_id, _, previous in open_rows},
+        column_types=column_types,
     )
 
 
-def record_observations(
-    con: duckdb.DuckDBPyConnection, drop_duplicates: bool = False
-) -> tuple[int, int]:
-    """Drop stale child rows and append status history; return (new, changed) batch counts.
+def _open_batches(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute(
+        f"""
+        select id, position, previous_id from (
+            select
+                id,
+                status,
+                row_number() over newest_first as position,
+                lag(id) over newest_first as previous_id
+            from {SCHEMA}.{BATCHES}
+            -- only the recent part of the history: nothing older than the oldest open one
+            where created_at >= (
+                select min(created_at)
+                from {SCHEMA}.{BATCHES}
+                where {IS_OPEN}
+            )
+            window newest_first as (order by created_at desc, id desc)
+        )
+        where {IS_OPEN}
+        """
+    ).fetchall()
 
-    Runs after every load, in one transaction, over the batches loaded since the last time it
-    ran (a killed sync that loaded but never got here is caught up by the next one). A batch's
-    current child rows carry its own load id, so older ones are stale (a metadata key removed,
-    errors cleared).
+
+def _state(con: duckdb.DuckDBPyConnection) -> tuple[Floor | None, str | None]:
+    row = con.execute(
+        f"select floor_id, floor_created_at, sweep_after from {SCHEMA}.{SYNC_STATE}"
+    ).fetchone()
+    if row is None:
+        return None, None
+    floor_id, floor_created_at, sweep_after = row
+    return (Floor(floor_id, floor_created_at) if floor_id else None), sweep_after
+
+
+def _added_column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The stored kind of each column of `batches` that holds a field the API added."""
+    rows = con.execute(
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = ? and table_name = ?",
+        [SCHEMA, BATCHES],
+    ).fetchall()
+    return {name: from_duckdb(data_type) for name, data_type in rows if name not in RESERVED}
+
+
+def widen_columns(con: duckdb.DuckDBPyConnection, widened: dict[str, str]) -> None:
+    """Give stored columns of added fields the wider type this load's values need.
+
+    dlt adds columns but never changes a stored column's type; DuckDB's cast keeps every value
+    (a stored integer too large for a double makes the column text instead).
+    """
+    for table in con.execute(
+        "select table_schema from information_schema.tables where table_name = ? "
+        "and table_schema in (?, ?)",
+        [BATCHES, SCHEMA, f"{SCHEMA}_staging"],
+    ).fetchall():
+        for name, kind in widened.items():
+            target = _exact_type(con, f'"{table[0]}".{BATCHES}', name, kind)
+            con.execute(f'alter table "{table[0]}".{BATCHES} alter column "{name}" type {target}')
+
+
+def _exact_type(con: duckdb.DuckDBPyConnection, table: str, name: str, kind: str) -> str:
+    if kind != "double":
+        return DUCKDB_TYPES[kind]
+    (too_large,) = con.execute(
+        f'select coalesce(max(abs(try_cast("{name}" as hugeint))) > 2 ** 53, false) from {table}'
+    ).fetchone()
+    return DUCKDB_TYPES["text" if too_large else kind]
+
+
+def record_observations(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """After a load, in one transaction: one row per key in every table, stale child rows
+    dropped, and status history appended.
+
+    Covers every load since it last ran (a killed sync that loaded but never got here is caught
+    up by the next one). Returns (new, changed) batch counts. A batch's current child rows carry
+    its own load id, so older ones are stale (a metadata key removed, errors cleared).
     """
     tables = stored_tables(con)
     if BATCHES not in tables:
@@ -89,8 +146,7 @@ def record_observations(
     con.execute("begin transaction")
     _create_history_table(con)
     since = _recorded_through(con)
-    if drop_duplicates:
-        _drop_duplicates(con, tables)
+    _keep_one_row_per_key(con, tables, since)
     for table in CHILD_TABLES:
         if table in tables:
             con.execute(
@@ -114,6 +170,41 @@ def record_observations(
     return new, changed
 
 
+def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], since: object) -> None:
+    """Enforce one row per key among the rows loaded since `since`.
+
+    dlt is told its merges hold no key twice (its deduplicating window does not fit a cron job's
+    memory), but an API that lists an id twice, or a load job re-run after a kill, does stage
+    rows twice. Finding them is one aggregate over what the load wrote; the newest load wins.
+    """
+    for table, key in PRIMARY_KEYS.items():
+        if table not in tables:
+            continue
+        columns = ", ".join(key)
+        con.execute(
+            f"""
+            delete from {SCHEMA}.{table}
+            where rowid in (
+                with doubled as (
+                    select {columns}
+                    from {SCHEMA}.{table}
+                    where {LOADED_AT.format(table=table)} > $since
+                    group by all
+                    having count(*) > 1
+                )
+
+                select {table}.rowid
+                from {SCHEMA}.{table}
+                semi join doubled using ({columns})
+                qualify row_number() over (
+                    partition by {columns} order by _dlt_load_id desc, {table}.rowid
+                ) > 1
+            )
+            """,
+            {"since": since},
+        )
+
+
 def _recorded_through(con: duckdb.DuckDBPyConnection) -> object:
     """When the newest load already recorded was loaded (a database from before this marker
     existed falls back to the newest history row, which is older or the same)."""
@@ -130,24 +221,6 @@ def _recorded_through(con: duckdb.DuckDBPyConnection) -> object:
         )
         """
     ).fetchone()[0]
-
-
-def _drop_duplicates(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
-    """Keep one row per key: a first load appends, and a job re-run after a kill appends twice."""
-    for table, key in PRIMARY_KEYS.items():
-        if table in tables:
-            con.execute(
-                f"""
-                delete from {SCHEMA}.{table}
-                where rowid in (
-                    select rowid
-                    from {SCHEMA}.{table}
-                    qualify row_number() over (
-                        partition by {", ".join(key)} order by _dlt_load_id desc
-                    ) > 1
-                )
-                """
-            )
 
 
 def _history_is_empty(con: duckdb.DuckDBPyConnection) -> bool:

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipelines.siliconflow.helpers import prefetched
-from pipelines.siliconflow.rows import TableChunk
+from pipelines.siliconflow.prefetch import prefetched
+from pipelines.siliconflow.rows import ExtraColumns, TableChunk
 
 
 def batch(batch_id: str, **fields: object) -> dict:
@@ -15,7 +15,7 @@ def batch(batch_id: str, **fields: object) -> dict:
 
 
 def test_a_chunk_of_pages_is_one_table_per_warehouse_table():
-    chunk = TableChunk()
+    chunk = TableChunk(ExtraColumns())
     chunk.add(
         [
             batch(
@@ -43,7 +43,7 @@ def test_a_chunk_of_pages_is_one_table_per_warehouse_table():
 
 
 def test_a_new_field_missing_from_some_pages_is_null_there():
-    chunk = TableChunk()
+    chunk = TableChunk(ExtraColumns())
     chunk.add([batch("b1", model="qwen", usage={"total_tokens": 7})])
     chunk.add([batch("b2")])
 
@@ -54,7 +54,7 @@ def test_a_new_field_missing_from_some_pages_is_null_there():
 
 
 def test_a_new_field_that_is_a_number_on_one_page_and_text_on_another_is_kept_as_text():
-    chunk = TableChunk()
+    chunk = TableChunk(ExtraColumns())
     chunk.add([batch("b1", priority=3)])
     chunk.add([batch("b2", priority="high")])
 
@@ -64,7 +64,7 @@ def test_a_new_field_that_is_a_number_on_one_page_and_text_on_another_is_kept_as
 
 
 def test_an_empty_chunk_still_has_every_column():
-    tables = TableChunk().take()
+    tables = TableChunk(ExtraColumns()).take()
 
     assert "cancelled_at" in tables["batches"].column_names
     assert str(tables["batches"].schema.field("created_at").type) == "timestamp[us, tz=UTC]"

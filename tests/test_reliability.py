@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from conftest import REPO, run_process
-from truth import assert_warehouse_equals
+from truth import assert_warehouse_equals, expected_latest_history, latest_history
 
 from pipelines import database, sync, warehouse
 from pipelines.siliconflow import siliconflow
@@ -280,7 +280,7 @@ def leave_extracted_package(db_path: Path, simulator) -> Path:
     source = siliconflow(api_key=simulator.api_key, base_url=simulator.base_url)
     pipeline.extract(source)
     assert pipeline.list_extracted_load_packages()
-    return sync.pipeline_dir(db_path)
+    return database.work_dir(db_path)
 
 
 def test_a_package_left_between_extract_and_normalize_is_loaded_first(simulator, db_path, run):
@@ -309,14 +309,18 @@ def test_a_package_dlt_cannot_load_is_discarded_and_everything_reread(
 
 def test_rows_a_rerun_load_job_appended_twice_are_dropped_after_recovery(simulator, db_path, run):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    # As a sync killed after its load and before its bookkeeping, whose load job ran twice.
     with duckdb.connect(str(db_path)) as con:
         for table in TABLES[:4]:
             con.execute(f"insert into siliconflow.{table} select * from siliconflow.{table}")
+        con.execute("delete from siliconflow._sfbatches_recorded")
+        con.execute("delete from siliconflow.batch_status_history")
 
-    with database.connect(db_path, config=database.SYNC_CONFIG) as con:  # as a sync opens it
-        warehouse.record_observations(con, drop_duplicates=True)
+    with database.connect(db_path, config=database.sync_config(db_path)) as con:  # as a sync
+        warehouse.record_observations(con)
 
     assert_warehouse_equals(db_path, simulator.world.visible())
+    assert latest_history(db_path) == expected_latest_history(simulator.world.visible())
 
 
 # --- concurrency ------------------------------------------------------------------------------

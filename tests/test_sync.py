@@ -51,8 +51,10 @@ def test_sync_prints_one_summary_line_under_cron(simulator, db_path):
 
 @pytest.mark.parametrize("hours", [1, 7, 30])
 def test_incremental_sync_reads_only_new_and_previously_open_batches(
-    simulator, db_path, run, hours
+    simulator, db_path, run, hours, monkeypatch
 ):
+    # The sweep's own pages are counted in test_hostile_api.py.
+    monkeypatch.setenv("SOURCES__SILICONFLOW__SWEEP_PAGES", "0")
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
     before = {b["id"]: b for b in simulator.world.visible()}
     simulator.world.advance(hours * 3600)
@@ -92,7 +94,10 @@ def test_second_sync_with_nothing_new_reads_little_and_changes_nothing(simulator
     assert_warehouse_equals(db_path, simulator.world.visible())
 
 
-def test_terminal_batches_read_again_around_open_ones_are_not_loaded_again(simulator, db_path, run):
+def test_terminal_batches_read_again_around_open_ones_are_not_loaded_again(
+    simulator, db_path, run, monkeypatch
+):
+    monkeypatch.setenv("SOURCES__SILICONFLOW__SWEEP_PAGES", "0")  # the sweep loads all it reads
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
     first_load = dict(query(db_path, "select id, _dlt_load_id from siliconflow.batches"))
     visible = simulator.world.visible()

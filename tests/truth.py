@@ -129,3 +129,22 @@ def expected_latest_history(api: list[dict]) -> dict[str, tuple]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def served(sim: Any) -> list[dict]:
+    """Every batch the simulator lists now, as it serves it (its settings applied), once per id:
+    what a warehouse must hold after a complete sync. Needs no one-shot fault pending."""
+    import requests
+
+    assert sim.faults.pending() == 0, "a queued fault would be used up by this reference read"
+    batches: dict[str, dict] = {}
+    params: dict[str, Any] = {"limit": 100}
+    headers = {"Authorization": f"Bearer {sim.api_key}"}
+    with requests.Session() as session:
+        while True:
+            page = session.get(f"{sim.base_url}/batches", params=params, headers=headers).json()
+            for batch in page["data"]:
+                batches.setdefault(batch["id"], batch)
+            if not page["has_more"]:
+                return list(batches.values())
+            params["after"] = page.get("last_id") or page["data"][-1]["id"]

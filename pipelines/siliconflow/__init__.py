@@ -6,26 +6,37 @@ import dlt
 import pyarrow as pa
 from dlt.sources import DltResource
 
-from .helpers import RetryPolicy, make_client, prefetched
-from .paging import ReadStats, SyncPlan, read_batches
-from .rows import TableChunk
+from .client import BatchApi, Deadline, RetryPolicy
+from .paging import Floor, HeldIds, ReadStats, SyncPlan, read_batches
+from .prefetch import prefetched
+from .rows import ExtraColumns, TableChunk
 from .settings import (
     BATCHES,
     CHILD_TABLES,
     CHUNK_ROWS,
     DEFAULT_BASE_URL,
     DEFAULT_PAGE_SIZE,
+    DEFAULT_SWEEP_PAGES,
     PREFETCH_PAGES,
     PRIMARY_KEYS,
+    SYNC_STATE,
     TIMESTAMP_FIELDS,
 )
 
-__all__ = ["ReadStats", "RetryPolicy", "SyncPlan", "siliconflow"]
+__all__ = [
+    "Deadline",
+    "ExtraColumns",
+    "Floor",
+    "HeldIds",
+    "ReadStats",
+    "RetryPolicy",
+    "SyncPlan",
+    "siliconflow",
+]
 
-# A load never holds a batch twice: a page served twice is dropped while paging and a re-read
-# batch is yielded once. Telling dlt so skips its deduplicating window over every merged row,
-# which alone needed more memory than the rest of a full refresh of 1M batches. (A job re-run
-# after a kill can still stage rows twice: warehouse.py drops those after the recovery load.)
+# dlt's deduplicating window over every merged row needed more memory than the rest of a full
+# refresh of 1M batches. A load may still hold a batch twice (an API that lists an id twice, a
+# job re-run after a kill): warehouse.py keeps one row per key after every load.
 MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 
@@ -37,28 +48,40 @@ def siliconflow(
     plan: SyncPlan | None = None,
     retry: RetryPolicy | None = None,
     stats: ReadStats | None = None,
+    sweep_pages: int = DEFAULT_SWEEP_PAGES,
+    deadline: Deadline | None = None,
+    key_source: str = "the configuration",
 ) -> list[DltResource]:
     """Batches from `GET /batches`, with their request counts, metadata and errors.
 
     Args:
         plan: what the warehouse already holds; None reads every page.
-        stats: filled in while reading (pages, lookups, warnings) for the caller's summary.
+        stats: filled in while reading (pages, lookups, warnings, what to record) for the caller.
+        sweep_pages: older pages re-read each sync, further down the history each time.
+        deadline: when the whole sync must be done; no request starts after it.
+        key_source: where the key came from, named when the API refuses it.
     """
-    client = make_client(base_url, api_key, retry or RetryPolicy())
-    stats = stats if stats is not None else ReadStats()
     plan = plan or SyncPlan()
+    stats = stats if stats is not None else ReadStats()
+    stats.columns = ExtraColumns(plan.column_types)
+    api = BatchApi(
+        base_url, api_key, retry or RetryPolicy(), deadline or Deadline(None), key_source
+    )
 
     @dlt.resource(name="batch_chunks", selected=False)
     def batch_chunks() -> Iterator[dict[str, pa.Table]]:
         # The next pages download while this one is turned into Arrow tables.
-        chunk = TableChunk()
-        for page in prefetched(read_batches(client, plan, page_size, stats), PREFETCH_PAGES):
+        chunk = TableChunk(stats.columns)
+        pages = read_batches(api, plan, page_size, sweep_pages, stats)
+        for page in prefetched(pages, PREFETCH_PAGES):
             chunk.add(page)
             if chunk.rows >= CHUNK_ROWS:
                 yield chunk.take()
         # An empty last chunk still carries every table's columns, so a new account gets them.
-        if chunk.rows or not stats.batches:
-            yield chunk.take()
+        last = chunk.take() if chunk.rows or not stats.batches else {}
+        # Where the next sync goes on travels in the same load package as the pages it follows
+        # from, so a package loaded after a kill brings its own.
+        yield last | {SYNC_STATE: stats.state_table()}
 
     resources = [batch_chunks | batches_resource()]
     resources += [batch_chunks | child_resource(name) for name in CHILD_TABLES]
@@ -67,7 +90,7 @@ def siliconflow(
         # and merge SQL (a third of the load time).
         for resource in resources:
             resource.apply_hints(write_disposition="append")
-    return resources
+    return [*resources, batch_chunks | state_resource()]
 
 
 def batches_resource() -> DltResource:
@@ -81,7 +104,8 @@ def batches_resource() -> DltResource:
         },
     )
     def batches(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
-        yield chunk[BATCHES]
+        if BATCHES in chunk:
+            yield chunk[BATCHES]
 
     return batches
 
@@ -93,6 +117,16 @@ def child_resource(name: str) -> DltResource:
     # DuckDB cannot hash, slow and memory-bound at 1M batches; `batch_id` alone covers it.
     @dlt.transformer(name=name, write_disposition=MERGE, merge_key="batch_id")
     def child(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
-        yield chunk[name]
+        if name in chunk:
+            yield chunk[name]
 
     return child
+
+
+def state_resource() -> DltResource:
+    @dlt.transformer(name=SYNC_STATE, write_disposition="replace")
+    def state(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
+        if SYNC_STATE in chunk:
+            yield chunk[SYNC_STATE]
+
+    return state

@@ -1,99 +1,302 @@
-"""Which pages to read: newest first down to what the warehouse has, then the open batches."""
+"""Which pages to read: from the top down to ground the warehouse holds, the batches open at
+the last sync, and a rotating sweep over the older pages.
 
+Nothing here trusts one timestamp. A walk from the top stops once it meets a run of batches
+the warehouse already holds; a walk that ended before that (the listing stopped early, a cursor
+looped) leaves a floor that the next walk must pass first; and the sweep re-reads a few older
+pages every sync, so a batch that any anomaly left out is stored within a bounded number of
+syncs whatever happened.
+"""
+
+import hashlib
 import itertools
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlt.sources.helpers.rest_client import RESTClient
+import numpy as np
+import pyarrow as pa
 from requests.exceptions import HTTPError, RequestException
 
-from pipelines.errors import ApiError
+from .client import BatchApi
+from .rows import ExtraColumns, check_batches
+from .settings import CONNECT_RUN, KNOWN_STATUSES, PARALLEL_REQUESTS
 
-from .helpers import (
-    BatchesPaginator,
-    check_response,
-    describe_failure,
-    get_batch,
-    page_after,
-    redact,
-)
-from .rows import check_batches
-from .settings import BATCHES_PATH, PARALLEL_REQUESTS
+BatchPages = Generator[list[dict], None, Any]
+
+
+def id_digest(batch_id: str) -> int:
+    """64 bits of the id's MD5, the same number as DuckDB's `md5_number_lower(id)`."""
+    return int.from_bytes(hashlib.md5(batch_id.encode()).digest()[8:], "little")
+
+
+class HeldIds:
+    """The ids the warehouse holds, as sorted 64-bit digests: 8 bytes a batch, not a set of
+    strings. A digest collision can only lengthen a run of held batches by one."""
+
+    def __init__(self, digests: np.ndarray | None = None) -> None:
+        self.digests = np.sort(digests) if digests is not None else np.empty(0, np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def flags(self, batch_ids: Iterable[str]) -> list[bool]:
+        wanted = np.fromiter((id_digest(i) for i in batch_ids), np.uint64)
+        if not len(self.digests) or not len(wanted):
+            return [False] * len(wanted)
+        at = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
+        return (self.digests[at] == wanted).tolist()
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The oldest batch read by a walk that stopped before it reached ground already held:
+    the next walk must read past it before it may stop."""
+
+    batch_id: str
+    created_at: int | None
 
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """What the warehouse already holds, so an incremental sync reads only what may have changed.
+    """What the warehouse holds, so an incremental sync reads only what may have changed.
 
     Attributes:
-        newest_created_at: created_at (unix seconds) of the newest stored batch; None reads all.
+        held: every stored id; none means a first load, which reads every page.
+        full: read every page although batches are held (`--full-refresh`).
+        floor: left by the last walk that did not reach held ground.
+        sweep_after: the batch after which the sweep goes on (None: from the top).
         open_positions: id → position (1 = newest) of each stored batch that was not terminal.
         previous_ids: id → the id stored just before it (newest first), for each open batch:
             `after` that id, a page starts with the open batch.
-        is_first_load: the warehouse holds no batch yet, so nothing needs merging.
+        column_types: stored type of each column for a field the API added.
     """
 
-    newest_created_at: int | None = None
+    held: HeldIds = field(default_factory=HeldIds)
+    full: bool = False
+    floor: Floor | None = None
+    sweep_after: str | None = None
     open_positions: dict[str, int] = field(default_factory=dict)
     previous_ids: dict[str, str | None] = field(default_factory=dict)
-    is_first_load: bool = True
+    column_types: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_first_load(self) -> bool:
+        return not len(self.held)
 
     @property
     def is_full(self) -> bool:
-        return self.newest_created_at is None
+        return self.full or self.is_first_load
 
 
 @dataclass
 class ReadStats:
+    """What a read did, filled in while reading; the sync records it after the load."""
+
     pages: int = 0
     lookups: int = 0
     batches: int = 0
     warnings: list[str] = field(default_factory=list)
+    floor: Floor | None = None
+    sweep_after: str | None = None
+    unknown_statuses: dict[str, dict[str, None]] = field(default_factory=dict)
+    columns: ExtraColumns = field(default_factory=ExtraColumns)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
 
+    def state_table(self) -> pa.Table:
+        """Where the next sync goes on, as the one row of `_sfbatches_state`."""
+        floor = self.floor
+        return pa.table(
+            {
+                "floor_id": pa.array([floor and floor.batch_id], pa.string()),
+                "floor_created_at": pa.array([floor and floor.created_at], pa.int64()),
+                "sweep_after": pa.array([self.sweep_after], pa.string()),
+            }
+        )
+
+    def read(self, batches: list[Any], pages: int = 1) -> None:
+        """Count what was read, after refusing anything that is not a batch object."""
+        check_batches(batches)
+        self.pages += pages
+        self.batches += len(batches)
+        for batch in batches:
+            status = batch.get("status")
+            if isinstance(status, str) and status.lower() not in KNOWN_STATUSES:
+                self.unknown_statuses.setdefault(status, {})[batch["id"]] = None
+
+    def warn_unknown_statuses(self) -> None:
+        if not self.unknown_statuses:
+            return
+        named = ", ".join(
+            f"{status!r} ({len(ids):,}, e.g. {next(iter(ids))})"
+            for status, ids in sorted(self.unknown_statuses.items())
+        )
+        self.warn(f"statuses sfbatches does not know, stored as sent and counted as open: {named}")
+
 
 def read_batches(
-    client: RESTClient, plan: SyncPlan, page_size: int, stats: ReadStats
+    api: BatchApi, plan: SyncPlan, page_size: int, sweep_pages: int, stats: ReadStats
 ) -> Iterator[list[dict]]:
-    """Yield lists of batch objects: every batch created since the plan, and every open one.
-
-    Pages are read newest first until the newest stored batch is behind us (to the end on a
-    full sync); the open batches further down are re-read by the pages that start at them, and
-    any still missing are looked up one by one.
-    """
-    walk = _PageWalk(plan, stats)
+    """Yield lists of batch objects: the new ones, the ones open at the last sync, a sweep."""
     try:
-        for page in client.paginate(
-            BATCHES_PATH,
-            params={"limit": page_size},
-            paginator=BatchesPaginator(),
-            hooks={"response": [check_response]},
-        ):
-            batches = walk.accept(page)
-            if batches:
-                yield batches
-            if walk.done:
-                break
-        unseen = walk.still_open()
-        # A server may serve fewer than `limit` per page; a re-read page covers what it serves.
-        served = min(page_size, walk.longest_page) or page_size
-        found = yield from reread_pages(client, plan, unseen, served, stats)
-        yield from look_up(client, [i for i in unseen if i not in found], stats)
-    except HTTPError as error:
-        raise describe_failure(error.response) from None
-    except RequestException as error:
-        raise ApiError(
-            f"could not reach the SiliconFlow API after retries ({type(error).__name__}: "
-            f"{redact(str(error))}); check the network and sources.siliconflow.base_url"
-        ) from None
+        yield from _read(api, plan, page_size, sweep_pages, stats)
+    except (HTTPError, RequestException) as error:
+        raise api.failure(error) from None
+    stats.warn_unknown_statuses()
+
+
+def _read(
+    api: BatchApi, plan: SyncPlan, page_size: int, sweep_pages: int, stats: ReadStats
+) -> Iterator[list[dict]]:
+    walk = yield from walk_from_top(api, plan, page_size, stats)
+    if walk.read_everything:
+        stats.sweep_after = plan.sweep_after
+        return
+    yield from refresh_open(api, plan, walk, page_size, stats)
+    if walk.stop == "end":
+        return  # the walk read to the end of the listing: nothing is left to sweep
+    # The walk reads the top every sync: a sweep starting over begins where it stopped.
+    start = plan.sweep_after or (walk.oldest or {}).get("id")
+    yield from sweep(api, start, page_size, sweep_pages, stats)
+
+
+def walk_from_top(
+    api: BatchApi, plan: SyncPlan, page_size: int, stats: ReadStats
+) -> Generator[list[dict], None, "TopWalk"]:
+    """Pages newest first until the walk reaches held ground (to the end on a full sync)."""
+    walk = TopWalk(plan, stats, min(page_size, CONNECT_RUN))
+    for page in api.pages(page_size):
+        walk.accept(page)
+        walk.stop = page.paginator.stop
+        if page:
+            yield list(page)
+        if walk.connected:
+            break
+    stats.floor = walk.next_floor()
+    return walk
+
+
+class TopWalk:
+    """Decide, batch by batch, whether the walk has reached ground the warehouse holds."""
+
+    def __init__(self, plan: SyncPlan, stats: ReadStats, connect_run: int) -> None:
+        self.plan = plan
+        self.stats = stats
+        self.connect_run = connect_run
+        self.read_everything = plan.is_full
+        self.past_floor = plan.floor is None
+        self.run = 0
+        self.held_seen = 0
+        self.connected = False
+        self.stop = ""
+        self.oldest: dict | None = None
+        self.longest_page = 0
+        self.last_created_at: int | None = None
+        self.unseen_open = dict(plan.open_positions)
+
+    def accept(self, page: list[dict]) -> None:
+        self.stats.read(page)
+        self.longest_page = max(self.longest_page, len(page))
+        self._check_order(page)
+        for batch, held in zip(page, self.plan.held.flags(b["id"] for b in page), strict=True):
+            self._step(batch, held)
+        if page:
+            self.oldest = page[-1]
+
+    def _step(self, batch: dict, held: bool) -> None:
+        self.unseen_open.pop(batch["id"], None)
+        self.held_seen += held
+        self.run = self.run + 1 if held and self.past_floor else 0
+        if not self.past_floor and _is_at_or_below(batch, self.plan.floor):
+            self.past_floor = True
+        if self.run >= self.connect_run and not self.read_everything:
+            self.connected = True
+
+    def _check_order(self, page: list[dict]) -> None:
+        # One batch with a skewed clock breaks the order twice; a listing sorted the other way
+        # round rises all along.
+        created = [b.get("created_at") for b in page]
+        created = [c for c in [self.last_created_at, *created] if isinstance(c, int)]
+        pairs = list(itertools.pairwise(created))
+        rises = sum(later > earlier for earlier, later in pairs)
+        falls = sum(later < earlier for earlier, later in pairs)
+        if rises > falls and not self.read_everything:
+            self.stats.warn(
+                "the API does not list batches newest first: reading every page so that "
+                "nothing is missed"
+            )
+            self.read_everything = True
+        if created:
+            self.last_created_at = created[-1]
+
+    def next_floor(self) -> Floor | None:
+        """The floor the next walk must pass, after the warnings this walk earned."""
+        if self.connected:
+            return None
+        if not self.past_floor:
+            return self.plan.floor  # this walk did not get that far down either
+        if self.stop == "end":
+            return self._ended()
+        self.stats.warn(
+            f"the API {STALLS[self.stop]}: stopped paging and kept the {self.stats.batches:,} "
+            "batches read; the next sync reads on from there"
+        )
+        return self._floor_here()
+
+    def _ended(self) -> Floor | None:
+        ended_early = (
+            not self.read_everything
+            and self.plan.floor is None
+            and self.held_seen < len(self.plan.held)
+        )
+        if not ended_early:
+            return None
+        self.stats.warn(
+            "the listing ended before it reached the batches stored by earlier syncs: the next "
+            "sync reads on past where it ended"
+        )
+        return self._floor_here()
+
+    def _floor_here(self) -> Floor | None:
+        if self.oldest is None:
+            return self.plan.floor
+        created_at = self.oldest.get("created_at")
+        return Floor(self.oldest["id"], created_at if isinstance(created_at, int) else None)
+
+
+STALLS = {
+    "loop": "handed out a cursor it had already served (it ignores `after`, or loops)",
+    "empty": "answered an empty page that says more follow",
+}
+
+
+def _is_at_or_below(batch: dict, floor: Floor | None) -> bool:
+    if floor is None or batch["id"] == floor.batch_id:
+        return True
+    created_at = batch.get("created_at")
+    return (
+        floor.created_at is not None
+        and isinstance(created_at, int)
+        and created_at < floor.created_at
+    )
+
+
+def refresh_open(
+    api: BatchApi, plan: SyncPlan, walk: TopWalk, page_size: int, stats: ReadStats
+) -> Iterator[list[dict]]:
+    """Re-read the batches open at the last sync that the walk did not pass."""
+    unseen = walk.unseen_open
+    # A server may serve fewer than `limit` per page; a re-read page covers what it serves.
+    served = min(page_size, walk.longest_page) or page_size
+    found = yield from reread_pages(api, plan, unseen, served, stats)
+    yield from look_up(api, [i for i in unseen if i not in found], stats)
 
 
 def reread_pages(
-    client: RESTClient,
+    api: BatchApi,
     plan: SyncPlan,
     open_positions: dict[str, int],
     page_size: int,
@@ -115,10 +318,9 @@ def reread_pages(
     with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
         for offset in range(0, len(starts), window):
             wanted = starts[offset : offset + window]
-            pages = pool.map(lambda start: page_after(client, start[0], page_size), wanted)
+            pages = pool.map(lambda start: api.page_after(start[0], page_size), wanted)
             for page, (_, first) in zip(pages, wanted, strict=True):
-                check_batches(page)
-                stats.pages += 1
+                stats.read(page)
                 misplaced = misplaced or not page or page[0]["id"] != first
                 if not page or page[0]["id"] in first_ids:
                     continue
@@ -129,7 +331,6 @@ def reread_pages(
                     if batch["id"] in open_positions and batch["id"] not in found
                 ]
                 found.update(batch["id"] for batch in still_open)
-                stats.batches += len(page)
                 if still_open:
                     yield still_open
     if misplaced:
@@ -154,15 +355,14 @@ def page_starts(
     return starts
 
 
-def look_up(client: RESTClient, batch_ids: list[str], stats: ReadStats) -> Iterator[list[dict]]:
+def look_up(api: BatchApi, batch_ids: list[str], stats: ReadStats) -> Iterator[list[dict]]:
     """`GET /batches/{id}` for each id, a few at a time: each one is a full round trip."""
     if not batch_ids:
         return
     with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
-        found = [batch for batch in pool.map(lambda i: get_batch(client, i), batch_ids) if batch]
-    check_batches(found)
+        found = [batch for batch in pool.map(api.batch, batch_ids) if batch]
+    stats.read(found, pages=0)
     stats.lookups += len(batch_ids)
-    stats.batches += len(found)
     if len(found) < len(batch_ids):
         stats.warn(
             f"{len(batch_ids) - len(found)} batches open at the last sync are gone from the API "
@@ -171,63 +371,27 @@ def look_up(client: RESTClient, batch_ids: list[str], stats: ReadStats) -> Itera
     yield found
 
 
-class _PageWalk:
-    """Decide, page by page, whether more pages can hold anything new or still open."""
+def sweep(
+    api: BatchApi, after: str | None, page_size: int, pages: int, stats: ReadStats
+) -> Iterator[list[dict]]:
+    """Re-read `pages` pages from where the last sweep stopped, and load all they hold.
 
-    def __init__(self, plan: SyncPlan, stats: ReadStats) -> None:
-        self.plan = plan
-        self.stats = stats
-        self.longest_page = 0
-        self.unseen_open = dict(plan.open_positions)
-        self.read_everything = plan.is_full
-        self.done = False
-        self.first_ids: set[str] = set()
-        self.last_created_at: int | None = None
-
-    def accept(self, page: list[Any]) -> list[dict]:
-        check_batches(page)
-        self.stats.pages += 1
-        if page and page[0]["id"] in self.first_ids:
-            self.stats.warn(
-                "the API returned the same page twice (it ignores `after`): stopped paging and "
-                f"kept the {self.stats.batches} batches read; a later sync reads the rest"
-            )
-            self.done = True
-            return []
-        if page:
-            self.first_ids.add(page[0]["id"])
-        self.longest_page = max(self.longest_page, len(page))
-        self._check_order(page)
-        self.stats.batches += len(page)
-        for batch in page:
-            self.unseen_open.pop(batch["id"], None)
-        if not self.read_everything:
-            self._decide_after(page)
-        return page
-
-    def _check_order(self, page: list[dict]) -> None:
-        created = [batch.get("created_at") for batch in page]
-        if self.last_created_at is not None:
-            created.insert(0, self.last_created_at)
-        created = [value for value in created if isinstance(value, int)]
-        if any(later > earlier for earlier, later in itertools.pairwise(created)):
-            if not self.read_everything:
-                self.stats.warn(
-                    "the API does not list batches newest first: reading every page so that "
-                    "nothing is missed"
-                )
-            self.read_everything = True
-        if created:
-            self.last_created_at = created[-1]
-
-    def _decide_after(self, page: list[dict]) -> None:
-        # Past the newest stored batch every new one has been read; open batches further down
-        # are re-read by their own pages (see `reread_pages`).
-        oldest = self.last_created_at
-        if page and oldest is not None and oldest < self.plan.newest_created_at:
-            self.done = True
-
-    def still_open(self) -> dict[str, int]:
-        if self.read_everything or not self.done:
-            return {}
-        return self.unseen_open
+    At the end of the listing the next sweep starts again from the top; a cursor the API no
+    longer knows (its batch is gone) restarts it from the top too.
+    """
+    stats.sweep_after = None
+    if pages < 1:
+        stats.sweep_after = after
+        return
+    try:
+        for count, page in enumerate(api.pages(page_size, after), start=1):
+            stats.read(page)
+            if page:
+                yield list(page)
+            paginator = page.paginator
+            stats.sweep_after = paginator.after if paginator.has_next_page else None
+            if count >= pages:
+                return
+    except HTTPError as error:
+        if error.response is None or error.response.status_code != 400 or after is None:
+            raise

@@ -1,10 +1,13 @@
 """Turn API batch objects into Arrow tables, one per warehouse table, column by column."""
 
+import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from pipelines.errors import ApiError
 
@@ -20,6 +23,11 @@ from .settings import (
 
 API_TIME = pa.timestamp("s", tz="UTC")
 UTC_TIME = pa.timestamp("us", tz="UTC")  # what `in_microseconds` stores, see there why
+# Unix seconds that Python's datetime (and so every notebook) can show: years 1 to 9999.
+FIRST_SECOND = -62_135_596_800
+LAST_SECOND = 253_402_300_799
+INT64 = (-(2**63), 2**63 - 1)
+EXACT_IN_DOUBLE = 2**53
 
 # Key columns are declared not-null to match dlt's primary-key hints.
 API_BATCHES_SCHEMA = pa.schema(
@@ -69,7 +77,138 @@ def check_batches(batches: list[Any]) -> None:
             )
 
 
-def batches_table(batches: list[dict]) -> pa.Table:
+def out_of_range(batch_id: Any, name: str, value: Any, wanted: str) -> ApiError:
+    return ApiError(
+        f"the API returned batch {batch_id} with {name} = {str(value)[:40]}, not {wanted}; "
+        "nothing was loaded: report it to SiliconFlow"
+    )
+
+
+# --- fields the API added later ----------------------------------------------------------------
+
+# Types of added fields, narrowest first: a column only ever widens, so no value is rounded and
+# no later value of another type can block a load.
+ARROW_TYPES = {
+    "boolean": pa.bool_(),
+    "bigint": pa.int64(),
+    "double": pa.float64(),
+    "text": pa.string(),
+}
+DUCKDB_TYPES = {"boolean": "BOOLEAN", "bigint": "BIGINT", "double": "DOUBLE", "text": "VARCHAR"}
+RESERVED = frozenset(KNOWN_FIELDS | {"_dlt_load_id", "_dlt_id"})
+
+
+def kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint" if INT64[0] <= value <= INT64[1] else "text"
+    if isinstance(value, float):
+        return "double"
+    return "text"
+
+
+def widest(kinds: set[str], exact_in_double: bool = True) -> str:
+    """The narrowest type that holds values of all these kinds without changing any."""
+    if len(kinds) <= 1:
+        return next(iter(kinds), "text")
+    if kinds == {"bigint", "double"} and exact_in_double:
+        return "double"
+    return "text"
+
+
+def as_kind(value: Any, kind: str) -> Any:
+    if value is None or kind in ("boolean", "bigint"):
+        return value
+    if kind == "double":
+        return float(value)
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def from_duckdb(data_type: str) -> str:
+    """The kind of a stored DuckDB column."""
+    name = data_type.upper()
+    if name == "BOOLEAN":
+        return "boolean"
+    if name in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT"):
+        return "bigint"
+    if name in ("FLOAT", "DOUBLE", "REAL") or name.startswith("DECIMAL"):
+        return "double"
+    return "text"
+
+
+class ExtraColumns:
+    """One stable column name and type for every field the API added, across pages and syncs.
+
+    Names are dlt's normalized ones. A field whose normalized name is a documented field's
+    (`Status`, `created-at`) gets its own suffixed column instead of colliding. A type that
+    changes widens the column (bigint → double → text); a stored column that must widen is
+    listed in `widened` for the sync to alter before loading.
+    """
+
+    def __init__(self, stored: dict[str, str] | None = None) -> None:
+        self.stored = dict(stored or {})
+        self.kinds = dict(self.stored)
+        self.widened: dict[str, str] = {}
+        self.warnings: list[str] = []
+        self.naming = NamingConvention()
+        self.names: dict[str, str] = {}
+        self.big_ints: set[str] = set()
+
+    def column(self, path: str) -> str:
+        """The column for a flattened field path, e.g. `usage__total_tokens`."""
+        if path not in self.names:
+            self.names[path] = self._name(path)
+        return self.names[path]
+
+    def _name(self, path: str) -> str:
+        name = self.naming.normalize_path(path)
+        if name == path or name not in RESERVED:
+            return name
+        own = f"{name}_{hashlib.sha1(path.encode()).hexdigest()[:6]}"
+        if own not in self.kinds:
+            self.warnings.append(
+                f"the API added a field {path!r}, whose column name {name!r} is taken: "
+                f"its values are stored in batches.{own}"
+            )
+        return own
+
+    def array(self, name: str, values: list[Any]) -> pa.Array:
+        """`values` of one column as Arrow, in the column's type widened to hold them all."""
+        kinds = {kind_of(value) for value in values if value is not None}
+        if any(isinstance(v, int) and abs(v) > EXACT_IN_DOUBLE for v in values):
+            self.big_ints.add(name)
+        if name in self.kinds:
+            kinds.add(self.kinds[name])
+        kind = widest(kinds, exact_in_double=name not in self.big_ints)
+        self._widen(name, kind)
+        return pa.array([as_kind(value, kind) for value in values], ARROW_TYPES[kind])
+
+    def _widen(self, name: str, kind: str) -> None:
+        before = self.kinds.get(name)
+        self.kinds[name] = kind
+        if before is None or before == kind or name not in self.stored:
+            return
+        if name not in self.widened:
+            self.warnings.append(
+                f"the API changed the type of field {name!r} (was {DUCKDB_TYPES[before]}): "
+                f"column batches.{name} is widened to {DUCKDB_TYPES[kind]}, no value was lost"
+            )
+        self.widened[name] = kind
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """Cast the added columns of a table converted earlier to their widest type so far."""
+        fields = [
+            f.with_type(ARROW_TYPES[self.kinds[f.name]]) if f.name in self.kinds else f
+            for f in table.schema
+        ]
+        return table.cast(pa.schema(fields))
+
+
+# --- the tables --------------------------------------------------------------------------------
+
+
+def batches_table(batches: list[dict], extras: ExtraColumns) -> pa.Table:
     """One row per batch: every known scalar field, plus any field the API added later.
 
     Times stay in seconds, as the API sends them, until `in_microseconds`.
@@ -81,8 +220,8 @@ def batches_table(batches: list[dict]) -> pa.Table:
         table = pa.Table.from_arrays(
             [_column(batches, field) for field in API_BATCHES_SCHEMA], schema=API_BATCHES_SCHEMA
         )
-    for name, values in _extra_columns(batches).items():
-        table = table.append_column(name, _infer_column(values))
+    for name, values in _extra_columns(batches, extras).items():
+        table = table.append_column(name, extras.array(name, values))
     return table
 
 
@@ -92,10 +231,24 @@ def in_microseconds(table: pa.Table) -> pa.Table:
 
     A cast costs about as much for one page as for a whole chunk: cast chunks.
     """
+    for name in TIMESTAMP_FIELDS:
+        _check_range(table, name)
     schema = pa.schema(
         [field.with_type(UTC_TIME) if field.type == API_TIME else field for field in table.schema]
     )
     return table.cast(schema)
+
+
+def _check_range(table: pa.Table, name: str) -> None:
+    seconds = table[name].cast(pa.int64())
+    low, high = pc.min_max(seconds).values()
+    if low.as_py() is None or (low.as_py() >= FIRST_SECOND and high.as_py() <= LAST_SECOND):
+        return
+    outside = pc.or_(pc.less(seconds, FIRST_SECOND), pc.greater(seconds, LAST_SECOND))
+    row = pc.index(outside, True).as_py()
+    raise out_of_range(
+        table["id"][row].as_py(), name, seconds[row].as_py(), "a unix time between years 1 and 9999"
+    )
 
 
 def request_counts_table(batches: list[dict]) -> pa.Table:
@@ -109,7 +262,14 @@ def request_counts_table(batches: list[dict]) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         # A count that is not an integer (e.g. "12") is read as one, or left empty.
         names = REQUEST_COUNTS_SCHEMA.names[1:]
-        rows = [row | {name: _as_int(row.get(name)) for name in names} for row in rows]
+        rows = [
+            row
+            | {
+                name: _checked_int(row.get(name), row["batch_id"], f"request_counts.{name}")
+                for name in names
+            }
+            for row in rows
+        ]
         return pa.Table.from_pylist(rows, schema=REQUEST_COUNTS_SCHEMA)
 
 
@@ -133,7 +293,13 @@ def metadata_table(batches: list[dict]) -> pa.Table:
 
 def errors_table(batches: list[dict]) -> pa.Table:
     rows = [
-        dict(zip(ERRORS_SCHEMA.names, (batch["id"], position, *_error_fields(error)), strict=True))
+        dict(
+            zip(
+                ERRORS_SCHEMA.names,
+                (batch["id"], position, *_error_fields(error, batch["id"])),
+                strict=True,
+            )
+        )
         for batch in batches
         if batch.get("errors")
         for position, error in enumerate(_error_list(batch["errors"]))
@@ -149,66 +315,54 @@ class TableChunk:
     thousands of dicts makes every garbage collection slower.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, extras: ExtraColumns) -> None:
+        self.extras = extras
         self._clear()
 
     def _clear(self) -> None:
-        self.parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_BUILDERS}
+        self.batches: list[pa.Table] = []
+        self.children: dict[str, list[pa.Table]] = {name: [] for name in CHILD_BUILDERS}
         self.rows = 0
 
     def add(self, page: list[dict]) -> None:
         self.rows += len(page)
-        for name, to_table in TABLE_BUILDERS.items():
-            self.parts[name].append(to_table(page))
+        self.batches.append(batches_table(page, self.extras))
+        for name, to_table in CHILD_BUILDERS.items():
+            self.children[name].append(to_table(page))
 
     def take(self) -> dict[str, pa.Table]:
         """One table per warehouse table, with every column even when no page came."""
-        tables = {
-            name: _combine(self.parts[name] or [TABLE_BUILDERS[name]([])]) for name in self.parts
-        }
-        tables[BATCHES] = in_microseconds(tables[BATCHES])
+        if not self.batches:
+            self.add([])
+        # Pages converted before an added field widened get its wider type too.
+        batches = _combine([self.extras.conform(part) for part in self.batches])
+        tables = {BATCHES: in_microseconds(batches)}
+        tables |= {name: _combine(parts) for name, parts in self.children.items()}
         self._clear()
         return tables
 
 
 def _combine(parts: list[pa.Table]) -> pa.Table:
-    try:
-        # A field the API added later may be missing from some pages: those get nulls.
-        return pa.concat_tables(parts, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # ... or be a number on one page and text on another: keep all of it as text.
-        return pa.concat_tables(
-            [_extras_as_text(part) for part in parts], promote_options="permissive"
-        )
-
-
-def _extras_as_text(table: pa.Table) -> pa.Table:
-    schema = pa.schema(
-        [
-            field if field.name in KNOWN_FIELDS else field.with_type(pa.string())
-            for field in table.schema
-        ]
-    )
-    return table.cast(schema)
+    # A field the API added later may be missing from some pages: those get nulls.
+    return pa.concat_tables(parts, promote_options="default")
 
 
 def _column(batches: list[dict], field: pa.Field) -> pa.Array:
-    """One column the slow way, to name the field that Arrow refused."""
+    """One column the slow way, to name the batch and field that Arrow refused."""
     values = [batch.get(field.name) for batch in batches]
     try:
         return pa.array(values, type=field.type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
-        raise ApiError(
-            f"the API returned a batch whose {field.name!r} is not a {_describe(field.type)} "
-            f"({error}); nothing was loaded, report it to SiliconFlow"
-        ) from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        wanted = "a unix timestamp" if pa.types.is_timestamp(field.type) else "a string"
+        for batch, value in zip(batches, values, strict=True):
+            try:
+                pa.array([value], type=field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                raise out_of_range(batch["id"], field.name, value, wanted) from None
+        raise
 
 
-def _describe(arrow_type: pa.DataType) -> str:
-    return "unix timestamp" if pa.types.is_timestamp(arrow_type) else "string"
-
-
-def _extra_columns(batches: list[dict]) -> dict[str, list[Any]]:
+def _extra_columns(batches: list[dict], extras: ExtraColumns) -> dict[str, list[Any]]:
     """Fields outside the documented ones, nested objects flattened to `parent__child` names."""
     extra: dict[str, list[Any]] = {}
     for key in sorted(set().union(*batches) - KNOWN_FIELDS):
@@ -216,8 +370,8 @@ def _extra_columns(batches: list[dict]) -> dict[str, list[Any]]:
             value = batch.get(key)
             if value is None:
                 continue
-            for name, scalar in _flatten(key, value):
-                extra.setdefault(name, [None] * len(batches))[row] = scalar
+            for path, scalar in _flatten(key, value):
+                extra.setdefault(extras.column(path), [None] * len(batches))[row] = scalar
     return extra
 
 
@@ -231,14 +385,6 @@ def _flatten(name: str, value: Any) -> Iterable[tuple[str, Any]]:
         yield name, value
 
 
-def _infer_column(values: list[Any]) -> pa.Array:
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed types in one new field: keep every value as text rather than drop any.
-        return pa.array([None if value is None else _as_text(value) for value in values])
-
-
 def _error_list(errors: Any) -> list[Any]:
     # SiliconFlow sends null, [], or a list of strings; OpenAI wraps a list in {"data": [...]}.
     if isinstance(errors, dict):
@@ -248,14 +394,16 @@ def _error_list(errors: Any) -> list[Any]:
     return [] if errors is None else [errors]
 
 
-def _error_fields(error: Any) -> tuple[str | None, str | None, str | None, int | None]:
+def _error_fields(
+    error: Any, batch_id: str
+) -> tuple[str | None, str | None, str | None, int | None]:
     if not isinstance(error, dict):
         return None, _as_text(error), None, None
     return (
         _as_text(error.get("code")),
         _as_text(error.get("message")),
         _as_text(error.get("param")),
-        _as_int(error.get("line")),
+        _checked_int(error.get("line"), batch_id, "errors.line"),
     )
 
 
@@ -265,17 +413,20 @@ def _as_text(value: Any) -> str | None:
     return orjson.dumps(value).decode()
 
 
-def _as_int(value: Any) -> int | None:
+def _checked_int(value: Any, batch_id: str, name: str) -> int | None:
+    """A whole number as int64; anything that is not a number is left empty."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    if not INT64[0] <= number <= INT64[1]:
+        raise out_of_range(batch_id, name, value, "a count that fits in 64 bits")
+    return number
 
 
-TABLE_BUILDERS: dict[str, Callable[[list[dict]], pa.Table]] = {
-    BATCHES: batches_table,
+CHILD_BUILDERS: dict[str, Callable[[list[dict]], pa.Table]] = {
     REQUEST_COUNTS: request_counts_table,
     METADATA: metadata_table,
     ERRORS: errors_table,

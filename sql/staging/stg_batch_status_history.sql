@@ -30,7 +30,7 @@ final as (
     select
         batch_id,
         observed_at,
-        status,
+        lower(trim(status)) as status,
         requests_total,
         requests_completed,
         requests_failed

@@ -48,7 +48,8 @@ renamed as (
         error_file_id,
         file_name,
         completion_window,
-        status,
+        -- statuses as other OpenAI-compatible providers shout them count the same
+        lower(trim(status)) as status,
         created_at,
         in_progress_at,
         expires_at,

@@ -1,0 +1,291 @@
+"""Odd environments: keys pasted with stray characters, folders named like SQL or globs, files
+that are not ours, folders nobody may write, closed pipes. Each gets its exit code and one line
+saying what to do; nothing of the user's is overwritten and the key is written nowhere."""
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import REPO, run_process
+from truth import assert_warehouse_equals, served
+
+from pipelines.simulator import Simulator
+
+CANARY = "sk-canary-7c1f0e9d5b"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_under(*folders: Path) -> list[Path]:
+    return [path for folder in folders for path in folder.rglob("*") if path.is_file()]
+
+
+# --- 7. the key ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pasted", ["  {key}  ", "{key}\r\n", "\t{key}\n"])
+def test_a_key_with_surrounding_whitespace_or_a_windows_line_end_works(
+    simulator, db_path, run, monkeypatch, pasted
+):
+    monkeypatch.setenv("SILICONFLOW_API_KEY", pasted.format(key=simulator.api_key))
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert {r.authorization for r in simulator.requests} == {f"Bearer {simulator.api_key}"}
+
+
+@pytest.mark.parametrize("bad", ["sk-abc def", "sk-abc\r\ndef", "sk-\u201cquoted\u201d"])
+def test_a_key_that_cannot_go_into_a_header_exits_2_without_showing_it(simulator, db_path, bad):
+    outcome = run_process("sync", "--db", str(db_path), env={"SILICONFLOW_API_KEY": bad})
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1
+    assert "HTTP header" in outcome.err and "SILICONFLOW_API_KEY" in outcome.err
+    assert bad.strip() not in outcome.err and simulator.count() == 0
+
+
+def sync_with_canary(sim: Simulator, db_path: Path, folder: Path, *args: str, **env: str):
+    """A real sync, its key only in `folder`/.dlt/secrets.toml, dlt's files under `folder`."""
+    env = {
+        "HOME": str(folder),
+        "XDG_CACHE_HOME": str(folder / "cache"),
+        "SOURCES__SILICONFLOW__BASE_URL": sim.base_url,
+        "SILICONFLOW_API_KEY": "",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--verbose", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=folder,
+        timeout=120,
+    )
+
+
+def test_the_key_is_written_nowhere_after_good_and_failed_syncs(tmp_path, world):
+    project = tmp_path / "project"
+    (project / ".dlt").mkdir(parents=True)
+    (project / ".dlt" / "secrets.toml").write_text(f'[sources.siliconflow]\napi_key = "{CANARY}"\n')
+    db_path = tmp_path / "data" / "secret.duckdb"
+    outcomes = []
+    with Simulator(world, api_key=CANARY) as sim:
+        outcomes.append(sync_with_canary(sim, db_path, project))
+        for fault in ({"status": 500, "times": 50}, {"kind": "malformed"}, {"status": 401}):
+            sim.faults.queue(**fault)
+            outcomes.append(sync_with_canary(sim, db_path, project, "--full-refresh"))
+            sim.faults.reset()
+        sim.faults.latency_ms = 200
+        outcomes.append(
+            sync_with_canary(
+                sim, db_path, project, "--full-refresh", SOURCES__SILICONFLOW__SYNC_TIMEOUT="1"
+            )
+        )
+
+    assert [o.returncode for o in outcomes] == [0, 4, 4, 3, 4]
+    assert "secrets.toml" in outcomes[3].stderr, "a 401 names where the key came from"
+    for outcome in outcomes:
+        assert CANARY not in outcome.stdout + outcome.stderr
+    written = files_under(tmp_path)
+    assert any(p.name == "trace.pickle" for p in written), "dlt's working folder was looked at"
+    for path in written:
+        if path.name != "secrets.toml":
+            assert CANARY.encode() not in path.read_bytes(), path
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        for schema, table in con.execute(
+            "select table_schema, table_name from information_schema.tables"
+        ).fetchall():
+            assert CANARY not in repr(con.execute(f'from "{schema}"."{table}"').fetchall())
+
+
+def test_the_environment_beats_secrets_toml_for_both_key_variables(simulator, tmp_path):
+    (tmp_path / ".dlt").mkdir()
+    (tmp_path / ".dlt" / "secrets.toml").write_text(
+        '[sources.siliconflow]\napi_key = "sk-wrong-from-toml"\n'
+    )
+    for variable in ("SILICONFLOW_API_KEY", "SOURCES__SILICONFLOW__API_KEY"):
+        env = {**os.environ, "SILICONFLOW_API_KEY": "", variable: simulator.api_key}
+        done = subprocess.run(
+            [sys.executable, "-m", "pipelines", "sync", "--db", str(tmp_path / "w.duckdb")],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, (variable, done.stderr)
+
+
+# --- 8. paths ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "folder", ["it's", 'say "hi"', "k=v", "50%d", "why?", "[ab]", "a b", "{curly}", "st*r"]
+)
+def test_a_database_folder_with_special_characters_works_like_any_other(
+    simulator, tmp_path, run, folder
+):
+    db_path = tmp_path / folder / "w.duckdb"
+    db_path.parent.mkdir()
+
+    assert run("sync", "--db", str(db_path)).code == 0
+    simulator.world.advance(3600)
+    assert run("sync", "--db", str(db_path)).code == 0
+
+    assert_warehouse_equals(db_path, served(simulator))
+    outcome = run("report", "--db", str(db_path))
+    assert outcome.code == 0 and "Created" in outcome.out
+
+
+# --- 9. every foreseeable failure: its exit code and one line ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"name,total\nbatch,3\n", b"", b"SQLite format 3\x00" + bytes(200)],
+    ids=["csv", "empty", "sqlite"],
+)
+@pytest.mark.parametrize("command", ["sync", "models", "report"])
+def test_a_db_that_is_not_duckdb_exits_2_and_is_left_exactly_as_it_was(
+    simulator, tmp_path, command, content
+):
+    db_path = tmp_path / "notes.duckdb"
+    db_path.write_bytes(content)
+    before = digest(db_path)
+
+    outcome = run_process(command, "--db", str(db_path))
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1
+    assert "not a DuckDB database" in outcome.err or "empty" in outcome.err
+    assert digest(db_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.duckdb"]
+
+
+# Root may write anywhere; without these capabilities it meets file permissions like anyone.
+AS_ROOT_WITHOUT_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner")
+
+
+def run_unprivileged(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `sfbatches ARGS` so that file permissions apply, even when the tests run as root."""
+    prefix = [*AS_ROOT_WITHOUT_OVERRIDE, "--"] if os.geteuid() == 0 else []
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "pipelines", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**os.environ, "HOME": str(cwd), "XDG_CACHE_HOME": str(cwd / "cache")},
+    )
+
+
+@pytest.fixture
+def open_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    return folder
+
+
+def test_a_folder_nobody_may_write_exits_2(simulator, open_folder):
+    locked = open_folder / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+
+    done = run_unprivileged("sync", "--db", str(locked / "w.duckdb"), cwd=open_folder)
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot write" in done.stderr and "unexpected" not in done.stderr
+
+
+def test_a_lock_file_nobody_may_write_exits_2(simulator, open_folder):
+    (open_folder / "w.duckdb.lock").write_text("")
+    (open_folder / "w.duckdb.lock").chmod(0o444)
+
+    done = run_unprivileged("sync", "--db", str(open_folder / "w.duckdb"), cwd=open_folder)
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "w.duckdb.lock" in done.stderr and "unexpected" not in done.stderr
+
+
+def test_models_on_a_read_only_database_exits_2(simulator, open_folder, run):
+    db_path = open_folder / "w.duckdb"
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    db_path.chmod(0o444)
+
+    done = run_unprivileged("models", "--db", str(db_path), cwd=open_folder)
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot write" in done.stderr and "unexpected" not in done.stderr
+    report = run_unprivileged("report", "--db", str(db_path), cwd=open_folder)
+    assert report.returncode == 2 and "sfbatches models" in report.stderr, report.stderr
+
+
+def test_simulate_on_a_port_in_use_exits_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        outcome = run_process("simulate", "--port", str(port), "--batches", "10", timeout=30)
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1
+    assert f"port {port} is in use" in outcome.err
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_simulate_on_a_port_out_of_range_exits_2(port):
+    outcome = run_process("simulate", "--port", port, timeout=30)
+
+    assert outcome.code == 2 and "port number from 0 to 65535" in outcome.err
+
+
+def test_a_closed_stdout_pipe_ends_quietly(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path)).code == 0
+    reader = subprocess.Popen(["head", "-c", "10"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    writer = subprocess.run(
+        [sys.executable, "-m", "pipelines", "report", "--db", str(db_path), "--days", "30"],
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    reader.stdin.close()
+    reader.wait()
+
+    assert writer.returncode == 0 and writer.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "url", ["api.siliconflow.cn/v1", "ftp://api.siliconflow.cn/v1", "https://"]
+)
+def test_a_base_url_that_is_not_a_web_address_exits_2(db_path, url):
+    outcome = run_process(
+        "sync", "--db", str(db_path),
+        env={"SOURCES__SILICONFLOW__BASE_URL": url, "SILICONFLOW_API_KEY": "sk-x"},
+    )  # fmt: skip
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1
+    assert "base_url must be a full URL" in outcome.err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("created_at", 10**15, "created_at = 1000000000000000"),
+        ("completed_at", 2**64, "completed_at"),
+        ("request_counts", {"total": 2**70, "completed": 1, "failed": 0}, "request_counts.total"),
+    ],
+    ids=["time-beyond-year-9999", "time-beyond-64-bits", "count-beyond-64-bits"],
+)
+def test_a_value_out_of_range_exits_4_naming_the_batch_and_field(
+    simulator, db_path, run, field, value, named
+):
+    target = simulator.world.visible()[150]["id"]
+    simulator.faults.overrides = {target: {field: value}}
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 4 and outcome.err.count("\n") == 1
+    assert target in outcome.err and named in outcome.err

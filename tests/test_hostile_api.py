@@ -1,0 +1,487 @@
+"""A hostile API: listings that end early, skip, repeat or loop, clocks that lie, fields whose
+type changes, and answers that are not what they seem. After each anomaly the warehouse is
+complete with one row per id, or the sync fails loudly; it never hangs and never gets stuck."""
+
+import math
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import REPO, START, run_process
+from truth import assert_warehouse_equals, served
+
+from pipelines import warehouse
+from pipelines.simulator import World
+
+PAGE = 100
+SWEEP = 3
+
+
+def query(db_path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def stored_ids(db_path: Path) -> set[str]:
+    return {row[0] for row in query(db_path, "select id from siliconflow.batches")}
+
+
+def list_requests(sim) -> int:
+    return len(sim.list_requests())
+
+
+@pytest.fixture
+def world() -> World:
+    """Busier than the suite's default: a day and a half brings several pages of new batches."""
+    return World(batches=4000, seed=11, now=START, history_days=10, future_days=5)
+
+
+@pytest.fixture(autouse=True)
+def small_sweep(monkeypatch):
+    monkeypatch.setenv("SOURCES__SILICONFLOW__SWEEP_PAGES", str(SWEEP))
+
+
+@pytest.fixture
+def synced(simulator, db_path, run):
+    """A warehouse synced once, then a day and a half of new batches (several pages)."""
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.world.advance(36 * 3600)
+    new = len(served(simulator)) - len(stored_ids(db_path))
+    assert new > 3 * PAGE, "the fixture needs new batches over several pages"
+    simulator.clear_requests()
+    return new
+
+
+def syncs_until_complete(run, db_path, sim, most: int) -> int:
+    """Run normal syncs until the warehouse holds what the API lists; how many it took."""
+    for count in range(1, most + 1):
+        outcome = run("sync", "--db", str(db_path), "--no-models")
+        assert outcome.code == 0, outcome.err
+        if stored_ids(db_path) == {b["id"] for b in served(sim)}:
+            return count
+    return most + 1
+
+
+# --- 1. no permanent silent loss --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [("end_early", "ended before it reached"), ("empty_end", "empty page that says more")],
+)
+def test_a_listing_that_ends_early_once_is_completed_by_the_next_sync(
+    simulator, db_path, run, synced, kind, said
+):
+    simulator.faults.queue(kind=kind, after=1)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0 and said in outcome.err
+    missing = {b["id"] for b in served(simulator)} - stored_ids(db_path)
+    assert missing, "the listing ending early must have left batches out of this sync"
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+    assert outcome.code == 0, outcome.err
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def test_a_listing_that_ends_early_on_the_first_sync_is_completed_by_the_next(
+    simulator, db_path, run
+):
+    simulator.faults.queue(kind="empty_end", after=2)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert len(stored_ids(db_path)) == 2 * PAGE
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+@pytest.mark.parametrize("on_top", [False, True], ids=["in-place", "sorted-on-top"])
+def test_a_batch_created_in_the_future_does_not_cut_later_syncs_short(
+    simulator, db_path, run, on_top
+):
+    skewed = simulator.world.visible()[700]["id"]
+    future = int((datetime.now(UTC) + timedelta(days=3650)).timestamp())
+    simulator.faults.overrides = {skewed: {"created_at": future}}
+    simulator.faults.pin_to_top = [skewed] if on_top else []
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    for hours in (1, 6, 30):
+        simulator.world.advance(hours * 3600)
+        simulator.clear_requests()
+        outcome = run("sync", "--db", str(db_path), "--no-models")
+
+        assert outcome.code == 0 and "newest first" not in outcome.err  # not a full read
+        assert_warehouse_equals(db_path, served(simulator))
+
+
+def test_a_last_id_that_points_further_down_skips_nothing(simulator, db_path, run, synced):
+    simulator.faults.queue(kind="bad_last_id", count=150, times=3)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def test_a_cursor_that_skips_ahead_is_repaired_within_the_sweeps_bound(
+    simulator, db_path, run, synced
+):
+    simulator.faults.queue(kind="skip", count=60, after=1)
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert {b["id"] for b in served(simulator)} - stored_ids(db_path), "the skip lost batches"
+
+    bound = math.ceil(len(served(simulator)) / (PAGE * SWEEP)) + 1
+    assert syncs_until_complete(run, db_path, simulator, bound) <= bound
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def test_batches_missing_for_any_reason_are_stored_again_within_the_sweeps_bound(
+    simulator, db_path, run
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    total = len(served(simulator))
+    with duckdb.connect(str(db_path)) as con:  # whatever went wrong before, deep in history
+        con.execute(
+            "delete from siliconflow.batches where id in "
+            "(select id from siliconflow.batches order by created_at limit 300 offset 600)"
+        )
+    assert len(stored_ids(db_path)) == total - 300
+
+    bound = math.ceil(total / (PAGE * SWEEP)) + 1
+    assert syncs_until_complete(run, db_path, simulator, bound) <= bound
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def test_the_sweep_costs_its_pages_and_moves_on_each_sync(simulator, db_path, run):
+    simulator.world.advance(40 * 86_400)  # every batch created and ended: nothing to re-read
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    seen: list[str] = []
+    for _ in range(3):
+        simulator.clear_requests()
+        assert run("sync", "--db", str(db_path), "--no-models").code == 0
+        cursors = [r.query.get("after") for r in simulator.list_requests()]
+        # one page from the top (nothing new), then the sweep's pages, chained
+        assert len(cursors) == 1 + SWEEP and cursors[0] is None
+        assert not set(cursors[1:]) & set(seen), "each sweep goes on where the last one stopped"
+        seen += cursors[1:]
+
+
+# --- 2. one row per id --------------------------------------------------------------------------
+
+
+def assert_one_row_per_key(db_path: Path) -> None:
+    keys = {
+        "batches": "id",
+        "batch_request_counts": "batch_id",
+        "batch_metadata": "batch_id, key",
+        "batch_errors": "batch_id, position",
+    }
+    for table, key in keys.items():
+        [(rows, distinct)] = query(
+            db_path, f"select count(*), count(distinct ({key})) from siliconflow.{table}"
+        )
+        assert rows == distinct, table
+
+
+@pytest.mark.parametrize("first_sync", [True, False], ids=["first-sync", "incremental"])
+def test_a_page_that_begins_with_its_cursor_item_gives_one_row_per_id(
+    simulator, db_path, run, first_sync
+):
+    if not first_sync:
+        assert run("sync", "--db", str(db_path), "--no-models").code == 0
+        simulator.world.advance(36 * 3600)
+    simulator.faults.queue(kind="echo_cursor", times=50)
+
+    assert run("sync", "--db", str(db_path)).code == 0
+
+    assert_one_row_per_key(db_path)
+    simulator.faults.reset()
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+@pytest.mark.parametrize("refresh", [False, True], ids=["first-sync", "full-refresh"])
+def test_an_id_listed_twice_deep_in_the_history_gives_one_row_and_counts_once(
+    simulator, db_path, run, refresh
+):
+    visible = simulator.world.visible()
+    repeated = [b for b in visible[50:60] if b["metadata"] and b["request_counts"]]
+    simulator.faults.repeat = {b["id"]: visible[1500]["id"] for b in repeated}
+    if refresh:
+        assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert run("sync", "--db", str(db_path), *(["--full-refresh"] * refresh)).code == 0
+
+    assert repeated
+    assert_one_row_per_key(db_path)
+    assert_warehouse_equals(db_path, served(simulator))
+    [(in_views, turnaround_rows)] = query(
+        db_path,
+        "select (select sum(batches) from analytics.status_counts), "
+        "(select count(*) from analytics.batch_turnaround)",
+    )
+    assert in_views == turnaround_rows == len(visible)
+
+
+# --- 3. a sync always ends ----------------------------------------------------------------------
+
+
+def test_an_empty_page_handing_back_its_own_cursor_does_not_loop(simulator, db_path, run, synced):
+    handed_back = served(simulator)[PAGE - 1]["id"]  # `after` of the walk's second page
+    simulator.faults.queue(kind="self_cursor", after=1, times=20)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0 and "empty page that says more" in outcome.err
+    asked = [r for r in simulator.list_requests() if r.query.get("after") == handed_back]
+    # once each by the walk, the re-read of open batches and the sweep; a loop would take all 20
+    assert len(asked) <= 3, "asked again and again with the cursor it handed back"
+    simulator.faults.reset()
+    assert syncs_until_complete(run, db_path, simulator, 1) == 1
+
+
+def test_a_body_that_trickles_in_is_cut_off_by_request_timeout_and_retried(
+    simulator, db_path, synced
+):
+    simulator.faults.queue(kind="trickle", seconds=0.05, after=1)  # 2 minutes for one page
+
+    outcome = run_process(
+        "sync", "--db", str(db_path), "--no-models",
+        env={"RUNTIME__REQUEST_TIMEOUT": "1"}, timeout=60,
+    )  # fmt: skip
+
+    assert outcome.code == 0, outcome.err
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def test_a_body_that_always_trickles_ends_the_sync_with_exit_4(simulator, db_path, synced):
+    simulator.faults.queue(kind="trickle", seconds=0.05, times=20)
+
+    outcome = run_process(
+        "sync", "--db", str(db_path), "--no-models",
+        env={"RUNTIME__REQUEST_TIMEOUT": "0.5"}, timeout=60,
+    )  # fmt: skip
+
+    assert outcome.code == 4
+    assert "ReadTimeout" in outcome.err and outcome.err.count("\n") == 1
+
+
+def test_a_sync_past_its_deadline_stops_with_exit_4_and_changes_nothing(
+    simulator, db_path, run, synced, monkeypatch
+):
+    before = snapshot_ids_and_loads(db_path)
+    simulator.faults.latency_ms = 150
+    monkeypatch.setenv("SOURCES__SILICONFLOW__SYNC_TIMEOUT", "1")
+
+    outcome = run("sync", "--db", str(db_path), "--full-refresh")
+
+    assert outcome.code == 4
+    assert "sync_timeout (1 s)" in outcome.err and outcome.err.count("\n") == 1
+    assert snapshot_ids_and_loads(db_path) == before
+    simulator.faults.latency_ms = 0
+    monkeypatch.delenv("SOURCES__SILICONFLOW__SYNC_TIMEOUT")
+    # this process let go of the lock: another sync starts at once and brings everything current
+    again = run_process("sync", "--db", str(db_path), env={"SFBATCHES_LOCK_TIMEOUT": "0"})
+    assert again.code == 0, again.err
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def snapshot_ids_and_loads(db_path: Path) -> list[tuple]:
+    return query(db_path, "select id, _dlt_load_id from siliconflow.batches order by id")
+
+
+# --- 4. no stuck state --------------------------------------------------------------------------
+
+
+def column_type(db_path: Path, name: str) -> str:
+    [(data_type,)] = query(
+        db_path,
+        "select data_type from information_schema.columns where table_schema = 'siliconflow' "
+        f"and table_name = 'batches' and column_name = '{name}'",
+    )
+    return data_type
+
+
+@pytest.mark.parametrize(
+    ("later", "wanted_type", "wanted"),
+    [("high", "VARCHAR", {"5", "high"}), (5.5, "DOUBLE", {5.0, 5.5})],
+    ids=["int-to-text", "int-to-float"],
+)
+def test_an_added_field_whose_type_changes_widens_its_column_and_keeps_every_value(
+    simulator, db_path, run, later, wanted_type, wanted
+):
+    simulator.faults.extra_fields = {"priority": 5}
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert column_type(db_path, "priority") == "BIGINT"
+    simulator.world.advance(3600)
+    simulator.faults.extra_fields = {"priority": later}
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert "'priority'" in outcome.err and f"widened to {wanted_type}" in outcome.err
+    assert column_type(db_path, "priority") == wanted_type
+    values = {row[0] for row in query(db_path, "select distinct priority from siliconflow.batches")}
+    assert values == wanted
+    for args in ([], ["--full-refresh"]):  # never stuck, and the warning is said once
+        outcome = run("sync", "--db", str(db_path), *args)
+        assert outcome.code == 0, outcome.err
+        assert "priority" not in outcome.err
+
+
+def test_added_fields_whose_names_collide_with_documented_columns_get_their_own(
+    simulator, db_path, run
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.faults.extra_fields = {"Status": "shouted", "created-at": 3}
+
+    outcome = run("sync", "--db", str(db_path), "--full-refresh")
+
+    assert outcome.code == 0, outcome.err
+    assert "'Status'" in outcome.err and "'created-at'" in outcome.err
+    assert_warehouse_equals(db_path, served(simulator))  # status and created_at as documented
+    columns = dict(
+        query(
+            db_path,
+            "select column_name, data_type from information_schema.columns "
+            "where table_schema = 'siliconflow' and table_name = 'batches'",
+        )
+    )
+    status_column = next(c for c in columns if c.startswith("status_"))
+    created_column = next(c for c in columns if c.startswith("created_at_"))
+    assert query(db_path, f"select distinct {status_column} from siliconflow.batches") == [
+        ("shouted",)
+    ]
+    assert query(db_path, f"select distinct {created_column} from siliconflow.batches") == [(3,)]
+    again = run("sync", "--db", str(db_path))
+    assert again.code == 0 and again.err == ""
+
+
+# --- 5. fail fast when told to wait -----------------------------------------------------------
+
+
+def in_two_hours() -> str:
+    return format_datetime(datetime.now(UTC) + timedelta(hours=2, seconds=5), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "said"),
+    [(429, lambda: "3600", "rate limiting"), (503, in_two_hours, "overloaded")],
+    ids=["429-seconds", "503-http-date"],
+)
+def test_a_wait_longer_than_the_retries_allow_fails_at_once(
+    simulator, db_path, run, synced, status, retry_after, said
+):
+    before = snapshot_ids_and_loads(db_path)
+    simulator.faults.queue(status=status, retry_after=retry_after(), times=10)
+    started = time.monotonic()
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 4 and outcome.err.count("\n") == 1
+    assert f"asks to wait {1.0 if status == 429 else 2.0} h" in outcome.err
+    assert said in outcome.err, "the API's own message"
+    assert simulator.count() == 1, "no retries"
+    assert time.monotonic() - started < 30
+    assert snapshot_ids_and_loads(db_path) == before
+
+
+# --- 6. honest HTTP -----------------------------------------------------------------------------
+
+
+def test_an_error_envelope_in_a_200_is_retried_like_the_503_it_means(
+    simulator, db_path, run, synced
+):
+    simulator.faults.queue(kind="envelope", times=2, after=1)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert simulator.faults.pending() == 0
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def test_an_error_envelope_that_stays_ends_as_exit_4_with_the_apis_message(
+    simulator, db_path, run, synced
+):
+    simulator.faults.queue(kind="envelope", times=50)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 4 and outcome.err.count("\n") == 1
+    assert "code 50505" in outcome.err and "Model service overloaded" in outcome.err
+    assert "after 3 tries" in outcome.err
+
+
+def test_a_redirect_under_the_base_url_is_followed(simulator, db_path, run, synced):
+    simulator.faults.queue(kind="redirect", status=301, location="/v1/batches/?limit=100")
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+@pytest.mark.parametrize(
+    ("location", "said"),
+    [("/alt/v1/batches", "outside base_url"), (None, "without a Location")],
+    ids=["elsewhere", "no-location"],
+)
+def test_a_redirect_that_cannot_be_followed_is_reported_as_one(
+    simulator, db_path, run, synced, location, said
+):
+    simulator.faults.queue(kind="redirect", location=location, times=10)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 4 and outcome.err.count("\n") == 1
+    assert "redirect" in outcome.err and said in outcome.err
+    assert "not JSON" not in outcome.err
+    elsewhere = [r for r in simulator.requests if r.path.startswith("/alt/")]
+    assert all(r.authorization is None for r in elsewhere), "the key left base_url"
+
+
+# --- 10. statuses ------------------------------------------------------------------------------
+
+
+def test_terminal_statuses_in_capitals_count_as_ended(simulator, db_path, run):
+    open_ids = [b["id"] for b in simulator.world.visible()[:400] if b["status"] == "in_progress"]
+    simulator.faults.overrides = {i: {"status": "COMPLETED"} for i in open_ids}
+
+    assert run("sync", "--db", str(db_path)).code == 0
+
+    assert open_ids
+    assert not set(warehouse.read_plan(db_path).open_positions) & set(open_ids)
+    open_now = {row[0] for row in query(db_path, "select batch_id from analytics.open_batches")}
+    assert not open_now & set(open_ids)
+    statuses = {row[0] for row in query(db_path, "select status from analytics.status_counts")}
+    assert "COMPLETED" not in statuses and "completed" in statuses
+
+
+def test_an_unknown_status_is_stored_as_sent_counted_open_and_named_once(simulator, db_path, run):
+    paused = [b["id"] for b in simulator.world.visible()[100:400] if b["status"] == "completed"]
+    simulator.faults.overrides = {i: {"status": "paused"} for i in paused[:3]}
+
+    outcome = run("sync", "--db", str(db_path))
+
+    assert outcome.code == 0
+    warnings = [line for line in outcome.err.splitlines() if "paused" in line]
+    assert len(warnings) == 1 and "'paused' (3," in warnings[0]
+    assert_warehouse_equals(db_path, served(simulator))
+    assert set(paused[:3]) <= set(warehouse.read_plan(db_path).open_positions)
+    open_now = {row[0] for row in query(db_path, "select batch_id from analytics.open_batches")}
+    assert set(paused[:3]) <= open_now
+
+
+def test_the_sync_process_never_hangs_on_a_looping_server(simulator, db_path):
+    simulator.faults.ignore_after = True
+    process = subprocess.run(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 0 and "ignores `after`" in process.stderr
