@@ -1,16 +1,12 @@
 """The `sfbatches` command line: parse arguments, run one command, map failures to exit codes."""
 
 import argparse
-import atexit
-import contextlib
-import ctypes
 import errno
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from importlib.abc import MetaPathFinder
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -19,57 +15,13 @@ from pipelines.errors import ConfigError, SfBatchesError
 if TYPE_CHECKING:
     from pipelines.config import SourceConfig
 
-M_ARENA_MAX = -8  # glibc's mallopt option number
 DEMO_DB = "demo.duckdb"
 DEMO_BATCHES = 5_000
 
 
 def entry_point() -> NoReturn:
     """The `sfbatches` and `python -m pipelines` process."""
-    _without_pandas()
-    _few_malloc_arenas()
-    _exit_now(main())
-
-
-def _exit_now(code: int) -> NoReturn:
-    """End the process once its work is flushed, skipping the interpreter's teardown.
-
-    Tearing down dlt, pyarrow and DuckDB object by object takes 0.2 s after a sync has
-    finished, on every cron run. Every file and connection is closed by now; exit handlers
-    (dlt's, logging's) still run.
-    """
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _few_malloc_arenas() -> None:
-    """Two glibc malloc arenas, not one per thread.
-
-    The threads re-reading pages each kept an arena of their own: some 20 MB of a no-op sync's
-    peak at 1M batches. Does nothing where malloc is not glibc's.
-    """
-    with contextlib.suppress(AttributeError, OSError):
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
-
-
-class _RefusePandas(MetaPathFinder):
-    def find_spec(self, name: str, *args: object) -> None:
-        if name.partition(".")[0] == "pandas":
-            raise ModuleNotFoundError("sfbatches runs without pandas", name=name)
-
-
-def _without_pandas() -> None:
-    """Keep pandas out of the process: 0.2 s of a sync's start-up and 30 MB of its memory.
-
-    pyarrow imports pandas at its first conversion only to ask whether the values are pandas
-    objects; told pandas is missing, it goes on without. No command uses pandas (notebooks
-    run in their own kernels), so only this entry point does it, never `main` in a caller's
-    process.
-    """
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _RefusePandas())
+    sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,7 +134,7 @@ def _port(text: str) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from pipelines.config import resolve_source_config
-    from pipelines.database import resolve_db_path
+    from pipelines.warehouse.database import resolve_db_path
 
     config = resolve_source_config()
     _sync_and_build(resolve_db_path(args.db), config, args.full_refresh, not args.no_models)
@@ -192,7 +144,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _sync_and_build(
     db_path: Path, config: "SourceConfig", full_refresh: bool, models: bool
 ) -> None:
-    from pipelines.sync import run_sync
+    from pipelines.warehouse.sync import run_sync
 
     result = run_sync(
         db_path, full_refresh=full_refresh, config=config, progress=sys.stderr.isatty()
@@ -206,7 +158,7 @@ def _sync_and_build(
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pipelines.database import resolve_db_path
+    from pipelines.warehouse.database import resolve_db_path
 
     db_path = resolve_db_path(args.db)
     print(f"sfbatches: built {len(_build_models(db_path))} models in {db_path}")
@@ -214,20 +166,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _build_models(db_path: Path) -> list[str]:
-    from pipelines.models import build_models_at
+    from pipelines.analytics.models import build_models_at
 
     return build_models_at(db_path)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.database import resolve_db_path
+    from pipelines.warehouse.database import resolve_db_path
 
     print(_report(resolve_db_path(args.db), args.days))
     return 0
 
 
 def _report(db_path: Path, days: int) -> str:
-    from pipelines.report import render_report_at
+    from pipelines.analytics.report import render_report_at
 
     return render_report_at(db_path, days)
 

@@ -23,6 +23,19 @@ class DatabaseBusy(SfBatchesError):
     exit_code = 5
 
 
+class ModelError(ConfigError):
+    """A SQL model could not be built; `path` and `line` locate the failing file when known."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+
+class ReportError(ConfigError):
+    """The report cannot be made from this database; the message says what to do."""
+
+
 def find_error(exc: BaseException) -> SfBatchesError | None:
     """Find our own error inside the wrappers dlt puts around exceptions raised in a resource."""
     seen: set[int] = set()

@@ -2,7 +2,7 @@
 
 import duckdb
 
-from pipelines import database
+from pipelines.warehouse import database
 
 
 def row_groups(db_path, table: str) -> int:

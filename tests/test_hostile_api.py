@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO, START, run_process
 from truth import assert_warehouse_equals, served
 
-from pipelines import warehouse
 from pipelines.simulator import World
+from pipelines.warehouse import plan
 
 PAGE = 100
 SWEEP = 3
@@ -453,7 +453,7 @@ def test_terminal_statuses_in_capitals_count_as_ended(simulator, db_path, run):
     assert run("sync", "--db", str(db_path)).code == 0
 
     assert open_ids
-    assert not set(warehouse.read_plan(db_path).open_positions) & set(open_ids)
+    assert not set(plan.read_plan(db_path).open_positions) & set(open_ids)
     open_now = {row[0] for row in query(db_path, "select batch_id from analytics.open_batches")}
     assert not open_now & set(open_ids)
     statuses = {row[0] for row in query(db_path, "select status from analytics.status_counts")}
@@ -470,7 +470,7 @@ def test_an_unknown_status_is_stored_as_sent_counted_open_and_named_once(simulat
     warnings = [line for line in outcome.err.splitlines() if "paused" in line]
     assert len(warnings) == 1 and "'paused' (3," in warnings[0]
     assert_warehouse_equals(db_path, served(simulator))
-    assert set(paused[:3]) <= set(warehouse.read_plan(db_path).open_positions)
+    assert set(paused[:3]) <= set(plan.read_plan(db_path).open_positions)
     open_now = {row[0] for row in query(db_path, "select batch_id from analytics.open_batches")}
     assert set(paused[:3]) <= open_now
 

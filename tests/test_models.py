@@ -12,8 +12,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.errors import DatabaseBusy
-from pipelines.models import ModelError, build_models, build_models_at, open_database
+from pipelines.analytics.models import build_models, build_models_at
+from pipelines.errors import ConfigError, DatabaseBusy, ModelError
+from pipelines.warehouse.database import open_database
 
 CHAT = "/v1/chat/completions"
 EMBED = "/v1/embeddings"
@@ -682,7 +683,7 @@ def test_build_models_at_builds_into_the_file(tmp_path):
 
 def test_build_models_at_a_missing_file_creates_nothing(tmp_path):
     db_path = tmp_path / "nothing.duckdb"
-    with pytest.raises(ModelError, match="not found: run `sfbatches sync` first"):
+    with pytest.raises(ConfigError, match="not found: run `sfbatches sync` first"):
         build_models_at(db_path)
     assert not db_path.exists()
 

@@ -13,7 +13,7 @@ from conftest import REPO, START
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
-from pipelines.notebook_helpers import DEMO_DB, database_path, duration, repo_root
+from pipelines.analytics.notebooks import DEMO_DB, database_path, duration, repo_root
 from pipelines.simulator import World
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO, run_process
 from truth import assert_warehouse_equals, expected_latest_history, latest_history
 
-from pipelines import database, sync, warehouse
 from pipelines.siliconflow import siliconflow
+from pipelines.warehouse import database, history, sync
 
 TABLES = (
     "batches",
@@ -317,7 +317,7 @@ def test_rows_a_rerun_load_job_appended_twice_are_dropped_after_recovery(simulat
         con.execute("delete from siliconflow.batch_status_history")
 
     with database.connect(db_path, config=database.sync_config(db_path)) as con:  # as a sync
-        warehouse.record_observations(con)
+        history.record_observations(con)
 
     assert_warehouse_equals(db_path, simulator.world.visible())
     assert latest_history(db_path) == expected_latest_history(simulator.world.visible())

@@ -9,14 +9,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.models import ModelError, build_models
-from pipelines.report import (
+from pipelines.analytics.models import build_models
+from pipelines.analytics.report import (
     ReportError,
     duration,
     render_report,
     render_report_at,
     status_lines,
 )
+from pipelines.errors import ConfigError
 
 NOW = datetime(2025, 3, 13, 12, 0, tzinfo=UTC)
 LONG_ID = "batch_" + "x" * 40
@@ -178,7 +179,7 @@ def test_render_report_at_reads_the_file(tmp_path: Path):
         connection.execute(TABLES)
         build_models(connection)
     assert render_report_at(db_path, now=NOW) == "sfbatches report: no batches yet\n"
-    with pytest.raises(ModelError, match="not found: run `sfbatches sync` first"):
+    with pytest.raises(ConfigError, match="not found: run `sfbatches sync` first"):
         render_report_at(tmp_path / "missing.duckdb")
 
 

@@ -6,21 +6,25 @@ import dlt
 import pyarrow as pa
 from dlt.sources import DltResource
 
+from pipelines.vocabulary import (
+    BATCHES,
+    CHILD_TABLES,
+    DATASET,
+    PRIMARY_KEYS,
+    SYNC_STATE,
+    TIMESTAMP_FIELDS,
+)
+
 from .client import BatchApi, Deadline, RetryPolicy
 from .paging import Floor, HeldIds, ReadStats, SyncPlan, read_batches
 from .prefetch import prefetched
 from .rows import ExtraColumns, TableChunk
 from .settings import (
-    BATCHES,
-    CHILD_TABLES,
     CHUNK_ROWS,
     DEFAULT_BASE_URL,
     DEFAULT_PAGE_SIZE,
     DEFAULT_SWEEP_PAGES,
     PREFETCH_PAGES,
-    PRIMARY_KEYS,
-    SYNC_STATE,
-    TIMESTAMP_FIELDS,
 )
 
 __all__ = [
@@ -40,7 +44,7 @@ __all__ = [
 MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 
-@dlt.source(name="siliconflow", max_table_nesting=0)
+@dlt.source(name=DATASET, max_table_nesting=0)
 def siliconflow(
     api_key: str = dlt.secrets.value,
     base_url: str = DEFAULT_BASE_URL,
@@ -79,6 +83,7 @@ def siliconflow(
                 yield chunk.take()
         # An empty last chunk still carries every table's columns, so a new account gets them.
         last = chunk.take() if chunk.rows or not stats.batches else {}
+        stats.warnings += stats.columns.warnings
         # Where the next sync goes on travels in the same load package as the pages it follows
         # from, so a package loaded after a kill brings its own.
         yield last | {SYNC_STATE: stats.state_table()}

@@ -19,9 +19,11 @@ import numpy as np
 import pyarrow as pa
 from requests.exceptions import HTTPError, RequestException
 
+from pipelines.vocabulary import KNOWN_STATUSES
+
 from .client import BatchApi
 from .rows import ExtraColumns, check_batches
-from .settings import CONNECT_RUN, KNOWN_STATUSES, PARALLEL_REQUESTS
+from .settings import CONNECT_RUN, PARALLEL_REQUESTS
 
 BatchPages = Generator[list[dict], None, Any]
 

@@ -10,8 +10,7 @@ import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from pipelines.errors import ApiError
-
-from .settings import (
+from pipelines.vocabulary import (
     BATCHES,
     CHILD_FIELDS,
     ERRORS,

@@ -1,12 +1,10 @@
-"""One incremental sync: lock the database, plan from what it holds, run dlt, record history."""
+"""One sync: lock the database, plan from what it holds, extract, load, record."""
 
-import fcntl
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -15,12 +13,14 @@ import dlt
 import duckdb
 import pyarrow as pa
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+from dlt.sources import DltSource
 
-from pipelines import database, warehouse
 from pipelines.config import SourceConfig, resolve_source_config
-from pipelines.errors import ConfigError, DatabaseBusy, SfBatchesError, find_error
-from pipelines.siliconflow import Deadline, ReadStats, siliconflow
-from pipelines.siliconflow.settings import DATASET_NAME
+from pipelines.errors import DatabaseBusy, SfBatchesError, find_error
+from pipelines.siliconflow import Deadline, ReadStats, SyncPlan, siliconflow
+from pipelines.vocabulary import DATASET
+
+from . import database, history, plan
 
 PIPELINE_NAME = "sfbatches"
 
@@ -29,9 +29,10 @@ DLT_SETTINGS = {
     # Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load
     # id tells a batch's current child rows from stale ones, and when a status was observed.
     "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true",
-    # DuckDB writes one table at a time anyway; parallel load jobs only add up their memory (at
-    # 1M batches they ran DuckDB out of its cap now and then).
+    # DuckDB writes one table at a time anyway; parallel load jobs only add up their memory.
     "LOAD__WORKERS": "1",
+    # A loaded job's file is of no use: a cron job must not pile them up.
+    "LOAD__DELETE_COMPLETED_JOBS": "true",
 }
 
 
@@ -46,11 +47,16 @@ class SyncResult:
 
     def summary(self) -> str:
         kind = "full" if self.full else "incremental"
+        stats = self.stats
         return (
-            f"sfbatches: {kind} sync of {self.db_path.name}: {self.stats.batches:,} batches read "
-            f"({self.new:,} new, {self.changed:,} changed) from {self.stats.pages:,} pages "
-            f"and {self.stats.lookups:,} lookups in {self.seconds:.1f} s"
+            f"sfbatches: {kind} sync of {self.db_path.name}: {stats.batches:,} batches read "
+            f"({self.new:,} new, {self.changed:,} changed) from {_count(stats.pages, 'page')} "
+            f"and {_count(stats.lookups, 'lookup')} in {self.seconds:.1f} s"
         )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def run_sync(
@@ -65,48 +71,15 @@ def run_sync(
     config = config or resolve_source_config()
     deadline = Deadline(config.sync_timeout_s)
     database.check_is_duckdb(db_path)
-    with database_lock(db_path):
-        pipeline = open_pipeline(db_path, progress)
-        leftovers = finish_pending_loads(pipeline, db_path)
+    with database.sync_lock(db_path):
         stats = ReadStats()
-        if leftovers is Leftovers.UNLOADABLE:
-            stats.warn(
-                "a killed sync left data dlt could not load; it was discarded and every page is "
-                "read again"
-            )
-            pipeline = open_pipeline(db_path, progress, fresh=True)
-        plan = warehouse.read_plan(db_path, full=full_refresh or leftovers is Leftovers.UNLOADABLE)
-        source = siliconflow(
-            api_key=config.api_key,
-            base_url=config.base_url,
-            page_size=config.page_size,
-            plan=plan,
-            retry=config.retry,
-            stats=stats,
-            sweep_pages=config.sweep_pages,
-            deadline=deadline,
-            key_source=config.key_source,
-        )
-        _guard(lambda: pipeline.extract(source))
-        _guard(pipeline.normalize)
-        stats.warnings += stats.columns.warnings
+        pipeline, sync_plan = prepare(db_path, full_refresh, progress, stats)
+        extract(pipeline, source(config, sync_plan, stats, deadline))
         deadline.check()
-        # Arrow's allocator keeps what the chunks used for reuse; DuckDB is about to take its
-        # 64 MB, so hand it back first (30 MB off a 1M-batch sync's peak).
-        pa.default_memory_pool().release_unused()
-        # One connection for the load and the bookkeeping after it, rather than one per table
-        # job, each closed with a checkpoint. Opened only now, so readers (notebooks, the DuckDB
-        # shell) are shut out for the load alone, not for the whole download.
-        with database.connect(db_path, config=database.sync_config(db_path)) as con:
-            warehouse.widen_columns(con, stats.columns.widened)
-            _guard(lambda: pipeline.load(credentials=load_credentials(con)))
-            # Rows the load merged stay in memory until a checkpoint; at 1M batches they left
-            # the bookkeeping's join over the history too little of the 64 MB.
-            con.execute("checkpoint")
-            new, changed = warehouse.record_observations(con)
+        new, changed = load_and_record(pipeline, db_path, stats)
     return SyncResult(
         db_path=db_path,
-        full=plan.is_full,
+        full=sync_plan.is_full,
         stats=stats,
         new=new,
         changed=changed,
@@ -114,32 +87,58 @@ def run_sync(
     )
 
 
-@contextmanager
-def database_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[None]:
-    """One sync per database: wait up to `timeout_s` for another one to finish, then give up."""
-    timeout_s = database.LOCK_WAIT_S if timeout_s is None else timeout_s
-    lock_path = db_path.with_name(db_path.name + ".lock")
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(lock_path, "a")  # noqa: SIM115 - held open while the sync runs
-    except OSError as error:
-        raise ConfigError(
-            f"cannot write {lock_path} ({error.strerror}): choose a --db in a folder you can write"
-        ) from None
-    with lock_file:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DatabaseBusy(
-                        f"another sync is using {db_path} (waited {timeout_s:.0f} s): "
-                        "let it finish, or check for a stuck sfbatches process"
-                    ) from None
-                time.sleep(0.2)
-        yield
+def prepare(
+    db_path: Path, full_refresh: bool, progress: bool, stats: ReadStats
+) -> tuple[dlt.Pipeline, SyncPlan]:
+    """The pipeline, once a killed sync's leftovers are loaded, and what the warehouse holds."""
+    pipeline = open_pipeline(db_path, progress)
+    if finish_pending_loads(pipeline, db_path) is Leftovers.UNLOADABLE:
+        stats.warn(
+            "a killed sync left data dlt could not load; it was discarded and every page is "
+            "read again"
+        )
+        pipeline = open_pipeline(db_path, progress, fresh=True)
+        full_refresh = True
+    return pipeline, plan.read_plan(db_path, full=full_refresh)
+
+
+def source(
+    config: SourceConfig, sync_plan: SyncPlan, stats: ReadStats, deadline: Deadline
+) -> DltSource:
+    return siliconflow(
+        api_key=config.api_key,
+        base_url=config.base_url,
+        page_size=config.page_size,
+        plan=sync_plan,
+        retry=config.retry,
+        stats=stats,
+        sweep_pages=config.sweep_pages,
+        deadline=deadline,
+        key_source=config.key_source,
+    )
+
+
+def extract(pipeline: dlt.Pipeline, batches: DltSource) -> None:
+    """Read the API into a load package; the database is not opened meanwhile, so notebooks
+    and DuckDB shells are shut out for the load alone, not for the whole download."""
+    _guard(lambda: pipeline.extract(batches))
+    _guard(pipeline.normalize)
+    # Arrow's allocator keeps what the chunks used for reuse; DuckDB is about to take its
+    # memory, so hand it back first.
+    pa.default_memory_pool().release_unused()
+
+
+def load_and_record(pipeline: dlt.Pipeline, db_path: Path, stats: ReadStats) -> tuple[int, int]:
+    """Load the package and do the bookkeeping on one connection; return (new, changed)."""
+    with database.connect(db_path, config=database.sync_config(db_path)) as con:
+        history.widen_columns(con, stats.columns.widened)
+        _guard(lambda: pipeline.load(credentials=load_credentials(con)))
+        # Rows the load merged stay in memory until a checkpoint; at 1M batches they left
+        # the bookkeeping's join over the history too little of DuckDB's memory.
+        con.execute("checkpoint")
+        new, changed = history.record_observations(con)
+    drop_loaded_packages(pipeline)
+    return new, changed
 
 
 def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pipeline:
@@ -157,7 +156,7 @@ def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pip
         destination=dlt.destinations.duckdb(
             credentials=DuckDbCredentials(str(db_path), global_config=database.sync_config(db_path))
         ),
-        dataset_name=DATASET_NAME,
+        dataset_name=DATASET,
         progress=dlt.progress.log(log_period=2.0, logger=sys.stderr) if progress else None,
     )
 
@@ -172,6 +171,12 @@ def load_credentials(con: duckdb.DuckDBPyConnection) -> DuckDbCredentials:
     return DuckDbCredentials(con, local_config={"schema": f"{database.ATTACHED_AS}.main"})
 
 
+def drop_loaded_packages(pipeline: dlt.Pipeline) -> None:
+    """Delete the load packages dlt keeps after loading them: under cron they pile up."""
+    for load_id in pipeline.list_completed_load_packages():
+        shutil.rmtree(pipeline.get_load_package_info(load_id).package_path, ignore_errors=True)
+
+
 class Leftovers(Enum):
     """What a killed sync left in dlt's working folder, and what became of it."""
 
@@ -181,7 +186,11 @@ class Leftovers(Enum):
 
 
 def finish_pending_loads(pipeline: dlt.Pipeline, db_path: Path) -> Leftovers:
-    """Load what a killed sync left behind, before planning, so this run still extracts."""
+    """Load what a killed sync left behind, before planning, so this run still extracts.
+
+    A package holds the pages it read and where the next sync goes on (its walk's floor, the
+    sweep's cursor), so loading it keeps both consistent.
+    """
     if not pipeline.has_pending_data:
         return Leftovers.NONE
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import platformdirs
+from filelock import FileLock, Timeout
 
 from pipelines.errors import ConfigError, DatabaseBusy
 
@@ -96,6 +97,47 @@ def busy_message(db_path: Path | str = "the database") -> str:
         f"{db_path} is locked by another process (a running sync, or a notebook or DuckDB "
         "shell holding it open): close it or wait, then run again"
     )
+
+
+@contextmanager
+def sync_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[None]:
+    """One sync per database: wait up to `timeout_s` for another one to finish, then give up.
+
+    A lock file beside the database, held through the whole sync: DuckDB's own lock covers only
+    the moments a connection is open, and the download runs without one.
+    """
+    timeout_s = LOCK_WAIT_S if timeout_s is None else timeout_s
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    lock = FileLock(lock_path, timeout=timeout_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DatabaseBusy(
+            f"another sync is using {db_path} (waited {timeout_s:.0f} s): "
+            "let it finish, or check for a stuck sfbatches process"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write {lock_path} ({error.strerror}): choose a --db in a folder you can write"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def open_database(
+    db_path: str | Path, read_only: bool = False, wait_s: float | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Connect to an existing DuckDB file, waiting a little while another process holds it.
+
+    Raises ConfigError when the file does not exist and DatabaseBusy when it stays locked.
+    """
+    if str(db_path) != ":memory:" and not Path(db_path).exists():
+        raise ConfigError(f"database {db_path} not found: run `sfbatches sync` first")
+    with connect(db_path, read_only=read_only, wait_s=wait_s) as con:
+        yield con
 
 
 def open_failure(db_path: Path | str, error: duckdb.Error, read_only: bool) -> ConfigError:

@@ -16,8 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.ticker import NullFormatter, PercentFormatter
 
-from pipelines.database import DEFAULT_DB
-from pipelines.models import open_database
+from pipelines.warehouse.database import DEFAULT_DB, open_database
 
 DEMO_DB = "demo.duckdb"
 HOUR_S = 3600.0

@@ -4,41 +4,25 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
-from pipelines.database import connect
-from pipelines.errors import SfBatchesError
+from pipelines.errors import ModelError
+from pipelines.vocabulary import ANALYTICS, BATCHES, DATASET
+from pipelines.warehouse.database import open_database
 
-SCHEMA = "analytics"
-# = siliconflow.settings.DATASET_NAME, spelled out: importing that package would load dlt
-SOURCE_SCHEMA = "siliconflow"
+SCHEMA = ANALYTICS
+SOURCE_SCHEMA = DATASET
 # folders under sql/ build in this order; a dependency can still pull a file earlier
-LAYERS = ("staging", "marts")
+LAYERS = ("seeds", "staging", "intermediate", "marts")
 
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _DEFINITION = re.compile(rf"\bcreate\s+or\s+replace\s+view\s+{SCHEMA}\.(\w+)", re.IGNORECASE)
 _REFERENCE = re.compile(rf"\b{SCHEMA}\.(\w+)", re.IGNORECASE)
 _SOURCE = re.compile(rf"\b{SOURCE_SCHEMA}\.(\w+)", re.IGNORECASE)
 _ERROR_LINE = re.compile(r"^LINE (\d+):", re.MULTILINE)
-
-
-class ModelError(SfBatchesError):
-    """A model could not be built; the message says where and what to do.
-
-    `path` and `line` locate the failing SQL file when there is one.
-    """
-
-    exit_code = 2
-
-    def __init__(self, message: str, path: str | None = None, line: int | None = None):
-        super().__init__(message)
-        self.path = path
-        self.line = line
 
 
 @dataclass(frozen=True)
@@ -55,15 +39,12 @@ class Model:
 
 
 def default_sql_dir() -> Path:
-    """The sql/ folder: inside the package if shipped there, else beside it in a checkout."""
-    package = Path(__file__).resolve().parent
+    """The SQL models: `pipelines/sql` in an installed wheel, else the checkout's sql/."""
+    package = Path(__file__).resolve().parents[1]
     for candidate in (package / "sql", package.parent / "sql"):
         if candidate.is_dir():
             return candidate
-    raise ModelError(
-        f"SQL models not found in {package.parent / 'sql'}: "
-        "install sfbatches from a checkout with `pip install -e .`"
-    )
+    raise ModelError(f"the SQL models are missing from {package}: reinstall sfbatches")
 
 
 def build_models(con: duckdb.DuckDBPyConnection, *, sql_dir: Path | None = None) -> list[str]:
@@ -89,20 +70,6 @@ def build_models_at(db_path: str | Path, *, sql_dir: Path | None = None) -> list
     """Open the DuckDB file at `db_path`, build the models, close it."""
     with open_database(db_path) as con:
         return build_models(con, sql_dir=sql_dir)
-
-
-@contextmanager
-def open_database(
-    db_path: str | Path, read_only: bool = False, wait_s: float | None = None
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Connect to an existing DuckDB file, waiting a little while another process holds it.
-
-    Raises ModelError when the file does not exist and DatabaseBusy when it stays locked.
-    """
-    if str(db_path) != ":memory:" and not Path(db_path).exists():
-        raise ModelError(f"database {db_path} not found: run `sfbatches sync` first")
-    with connect(db_path, read_only=read_only, wait_s=wait_s) as con:
-        yield con
 
 
 def discover_models(sql_dir: Path) -> list[Model]:
@@ -181,7 +148,7 @@ def check_sources(con: duckdb.DuckDBPyConnection, models: list[Model]) -> None:
         [SOURCE_SCHEMA],
     ).fetchall()
     present = {name for (name,) in rows}
-    if "batches" not in present:
+    if BATCHES not in present:
         raise ModelError("no synced data: run `sfbatches sync` first")
     for model in models:
         missing = sorted(model.sources - present)

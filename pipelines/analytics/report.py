@@ -9,8 +9,8 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.errors import SfBatchesError
-from pipelines.models import open_database
+from pipelines.errors import ReportError
+from pipelines.warehouse.database import open_database
 
 WIDTH = 80
 OPEN_SHOWN = 5
@@ -73,12 +73,6 @@ _OPEN = """
     from analytics.open_batches
     order by created_at, batch_id
 """
-
-
-class ReportError(SfBatchesError):
-    """The report cannot be made; the message says what to do."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+"""The domain's words, in one place: schemas, tables, fields and statuses. Imports nothing, so
+the source, the warehouse, the SQL runner, the report and the bench can all share it."""
+
+DATASET = "siliconflow"  # the schema dlt loads into
+ANALYTICS = "analytics"  # the schema of the SQL views
+
+BATCHES = "batches"
+REQUEST_COUNTS = "batch_request_counts"
+METADATA = "batch_metadata"
+ERRORS = "batch_errors"
+STATUS_HISTORY = "batch_status_history"
+CHILD_TABLES = (REQUEST_COUNTS, METADATA, ERRORS)
+# One row: the floor a broken walk left and the sweep's cursor, for the next sync.
+SYNC_STATE = "_sfbatches_state"
+# One row per key in each table; children are also replaced as a whole per `batch_id`.
+PRIMARY_KEYS = {
+    BATCHES: ("id",),
+    REQUEST_COUNTS: ("batch_id",),
+    METADATA: ("batch_id", "key"),
+    ERRORS: ("batch_id", "position"),
+}
+
+STRING_FIELDS = (
+    "id",
+    "object",
+    "endpoint",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "file_name",
+)
+TIMESTAMP_FIELDS = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+# Nested fields with a table of their own; every other field becomes a column of `batches`.
+CHILD_FIELDS = frozenset({"request_counts", "metadata", "errors"})
+
+# Statuses in the order a batch lives through them (SiliconFlow's `in_queue`, OpenAI's
+# `validating`). Compared in lower case: other OpenAI-compatible providers shout. Any other
+# status is stored as sent and counted as open.
+LIFECYCLE = (
+    "in_queue",
+    "validating",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "failed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+KNOWN_STATUSES = frozenset(LIFECYCLE)
+
+
+def sql_list(values: frozenset[str] | tuple[str, ...]) -> str:
+    """`'a', 'b'`: a status list for SQL text, sorted so that it reads the same every time."""
+    return ", ".join(f"'{value}'" for value in sorted(values))

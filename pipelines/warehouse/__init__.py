@@ -1,0 +1,1 @@
+"""Load: the DuckDB file, one sync run, and the bookkeeping around each load."""
