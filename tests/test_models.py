@@ -12,8 +12,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.analytics.models import build_models, build_models_at
+from pipelines import cli
+from pipelines.analytics.models import (
+    build_models,
+    build_models_at,
+    default_sql_dir,
+    discover_models,
+)
 from pipelines.errors import ConfigError, DatabaseBusy, ModelError
+from pipelines.simulator import Simulator, World
 from pipelines.warehouse.database import open_database
 
 CHAT = "/v1/chat/completions"
@@ -296,6 +303,45 @@ def test_batch_turnaround_seconds_are_double(synced):
     assert types["created_at"] == types["ended_at"] == "TIMESTAMP WITH TIME ZONE"
 
 
+# --- int_batch_lifecycle ----------------------------------------------------------------
+
+LIFECYCLE_COLUMNS = [
+    "is_terminal",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "ended_at",
+]
+EXPECTED_LIFECYCLE = {
+    "b_done_a": (True, utc("03-10 22:10"), utc("03-10 23:50"), utc("03-11 00:20"),
+                 None, None, None, None, utc("03-11 00:20")),
+    "b_failed": (True, None, None, None, utc("03-11 00:01"), None, None, None,
+                 utc("03-11 00:01")),
+    "b_expired": (True, utc("03-09 10:00"), None, None, None, utc("03-10 08:00"), None, None,
+                  utc("03-10 08:00")),
+    # cancelling is on the way to cancelled, not an end
+    "b_cancelling": (False, utc("03-11 20:30"), None, None, None, None, utc("03-11 21:00"),
+                     None, None),
+    "b_cancelled": (True, utc("03-10 05:10"), None, None, None, None, utc("03-10 06:00"),
+                    utc("03-10 06:05"), utc("03-10 06:05")),
+    "b_finalizing": (False, utc("03-11 06:10"), utc("03-11 23:00"), None, None, None, None,
+                     None, None),
+    "b_validating": (False, None, None, None, None, None, None, None, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("batch_id", sorted(EXPECTED_LIFECYCLE))
+def test_batch_lifecycle_carries_every_event_and_when_a_terminal_batch_ended(synced, batch_id):
+    (actual,) = rows(
+        synced, f"select * from analytics.int_batch_lifecycle where batch_id = '{batch_id}'"
+    )
+    assert_row(actual, dict(zip(LIFECYCLE_COLUMNS, EXPECTED_LIFECYCLE[batch_id], strict=True)))
+
+
 # --- daily_turnaround -------------------------------------------------------------------
 
 DAILY_TURNAROUND_COLUMNS = [
@@ -496,24 +542,35 @@ def test_only_in_flight_batches_have_no_turnaround_and_no_throughput(con):
     assert con.execute("select count(*) from analytics.open_batches").fetchone() == (2,)
 
 
-def test_columns_dlt_never_created_read_as_null(con):
-    # a sync that has only seen queued batches: no column for events that never happened
+def test_events_no_batch_has_reached_read_as_null(con):
+    # the sync creates every column from the first sync on, so an account whose only batch is
+    # queued has empty columns (not missing ones) for the events still to come
+    create_tables(con)
     con.execute(
-        "create schema siliconflow;"
-        "create table siliconflow.batches (id varchar, endpoint varchar, status varchar,"
-        " completion_window varchar, created_at timestamptz, _dlt_id varchar);"
-        "create table siliconflow.batch_request_counts (batch_id varchar, total bigint);"
-        "create table siliconflow.batch_status_history (batch_id varchar,"
-        " observed_at timestamptz, status varchar);"
-        "insert into siliconflow.batches values ('q', '/v1/chat/completions', 'in_queue',"
-        " '24h', '2025-03-11 10:00:00+00', 'x');"
-        "insert into siliconflow.batch_request_counts values ('q', 5)"
+        "insert into siliconflow.batches (id, endpoint, status, completion_window, created_at)"
+        " values ('q', '/v1/chat/completions', 'in_queue', '24h', '2025-03-11 10:00:00+00');"
+        "insert into siliconflow.batch_request_counts (batch_id, total) values ('q', 5)"
     )
     build_models(con)
     (row,) = rows(con, "select * from analytics.open_batches")
     assert_row(row, {"batch_id": "q", "requests_total": 5, "requests_completed": None})
     (row,) = rows(con, "select * from analytics.batch_turnaround")
     assert_row(row, {"ended_at": None, "queue_seconds": None, "met_window": None})
+
+
+def test_a_first_sync_of_an_empty_account_builds_every_view_empty(tmp_path, monkeypatch):
+    # the tables exactly as the sync creates them when the API lists no batch at all: the
+    # staging models read them as they are, with nothing supplying missing columns
+    db_path = tmp_path / "empty.duckdb"
+    with Simulator(World(batches=0, seed=1, now=1_764_000_000)) as sim:
+        monkeypatch.setenv("SOURCES__SILICONFLOW__BASE_URL", sim.base_url)
+        monkeypatch.setenv("SILICONFLOW_API_KEY", sim.api_key)
+        assert cli.main(["sync", "--db", str(db_path), "--no-models"]) == 0
+    assert "int_batch_lifecycle" in build_models_at(db_path)
+    with duckdb.connect(str(db_path), read_only=True) as connection:
+        for view in ["int_batch_lifecycle", *ALL_VIEWS]:
+            count = connection.execute(f"select count(*) from analytics.{view}").fetchone()
+            assert count == (0,), view
 
 
 @pytest.mark.parametrize(
@@ -545,12 +602,13 @@ def test_completion_window_is_parsed_to_seconds(con, window, seconds):
 # --- the runner -------------------------------------------------------------------------
 
 
-def test_build_models_builds_staging_then_marts_in_dependency_order(con):
+def test_build_models_builds_staging_then_intermediate_then_marts_in_dependency_order(con):
     create_tables(con)
     assert build_models(con) == [
         "stg_batch_request_counts",
         "stg_batch_status_history",
         "stg_batches",
+        "int_batch_lifecycle",
         "batch_turnaround",
         "daily_throughput",
         "daily_turnaround",
@@ -558,6 +616,15 @@ def test_build_models_builds_staging_then_marts_in_dependency_order(con):
         "open_batches",
         "status_counts",
     ]
+
+
+def test_marts_read_batches_through_the_lifecycle_model_not_staging():
+    models = discover_models(default_sql_dir())
+    marts = [model for model in models if model.label.startswith("sql/marts/")]
+    assert {model.name for model in marts} >= set(ALL_VIEWS)
+    for model in marts:
+        assert not model.depends_on & {"stg_batches", "stg_batch_request_counts"}, model.label
+        assert not model.sources, f"{model.label} reads synced tables directly"
 
 
 def test_build_models_can_run_again(synced):

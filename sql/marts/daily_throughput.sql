@@ -3,30 +3,22 @@ create or replace view analytics.daily_throughput as
 
 with
 
-turnaround as (
+lifecycle as (
 
-    select * from analytics.batch_turnaround
-
-),
-
-batches as (
-
-    select * from analytics.stg_batches
+    select * from analytics.int_batch_lifecycle
 
 ),
 
 completed as (
 
     select
-        cast(timezone('UTC', batches.completed_at) as date) as completed_date,
-        turnaround.endpoint,
-        turnaround.requests_completed,
-        turnaround.requests_failed,
-        turnaround.requests_per_second
-    from turnaround
-    inner join batches
-        on turnaround.batch_id = batches.batch_id
-    where turnaround.status = 'completed'
+        cast(timezone('UTC', completed_at) as date) as completed_date,
+        endpoint,
+        requests_completed,
+        requests_failed,
+        requests_per_second
+    from lifecycle
+    where status = 'completed'
 
 ),
 

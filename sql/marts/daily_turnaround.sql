@@ -3,35 +3,27 @@ create or replace view analytics.daily_turnaround as
 
 with
 
-turnaround as (
+lifecycle as (
 
-    select * from analytics.batch_turnaround
-
-),
-
-batches as (
-
-    select * from analytics.stg_batches
+    select * from analytics.int_batch_lifecycle
 
 ),
 
 dated as (
 
     select
-        cast(timezone('UTC', turnaround.created_at) as date) as created_date,
-        turnaround.endpoint,
-        turnaround.status,
-        batches.is_terminal,
+        cast(timezone('UTC', created_at) as date) as created_date,
+        endpoint,
+        status,
+        is_terminal,
         -- null unless the batch started, so the quantiles below skip the others
-        turnaround.queue_seconds,
+        queue_seconds,
         case
-            when turnaround.status = 'completed'
-                then turnaround.turnaround_seconds
+            when status = 'completed'
+                then turnaround_seconds
         end as completed_turnaround_seconds,
-        turnaround.met_window
-    from turnaround
-    inner join batches
-        on turnaround.batch_id = batches.batch_id
+        met_window
+    from lifecycle
 
 ),
 

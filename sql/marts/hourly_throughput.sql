@@ -3,15 +3,9 @@ create or replace view analytics.hourly_throughput as
 
 with
 
-turnaround as (
+lifecycle as (
 
-    select * from analytics.batch_turnaround
-
-),
-
-batches as (
-
-    select * from analytics.stg_batches
+    select * from analytics.int_batch_lifecycle
 
 ),
 
@@ -19,14 +13,12 @@ completed as (
 
     select
         -- the hour is cut in UTC, then kept as an instant (timestamptz)
-        timezone('UTC', date_trunc('hour', timezone('UTC', batches.completed_at))) as hour,
-        turnaround.endpoint,
-        turnaround.requests_completed,
-        turnaround.requests_failed
-    from turnaround
-    inner join batches
-        on turnaround.batch_id = batches.batch_id
-    where turnaround.status = 'completed'
+        timezone('UTC', date_trunc('hour', timezone('UTC', completed_at))) as hour,
+        endpoint,
+        requests_completed,
+        requests_failed
+    from lifecycle
+    where status = 'completed'
 
 ),
 

@@ -3,15 +3,9 @@ create or replace view analytics.open_batches as
 
 with
 
-batches as (
+lifecycle as (
 
-    select * from analytics.stg_batches
-
-),
-
-request_counts as (
-
-    select * from analytics.stg_batch_request_counts
+    select * from analytics.int_batch_lifecycle
 
 ),
 
@@ -23,7 +17,7 @@ status_history as (
 
 in_flight as (
 
-    select * from batches
+    select * from lifecycle
     where not is_terminal
 
 ),
@@ -49,20 +43,18 @@ counted as (
         epoch(now()) - epoch(in_flight.created_at) as age_seconds,
         -- the last observation, else (no history yet) the counts on the batch itself
         coalesce(
-            latest_observations.requests_total, request_counts.requests_total
+            latest_observations.requests_total, in_flight.requests_total
         ) as requests_total,
         coalesce(
-            latest_observations.requests_completed, request_counts.requests_completed
+            latest_observations.requests_completed, in_flight.requests_completed
         ) as requests_completed,
         coalesce(
-            latest_observations.requests_failed, request_counts.requests_failed
+            latest_observations.requests_failed, in_flight.requests_failed
         ) as requests_failed,
         latest_observations.observed_at as last_observed_at
     from in_flight
     left join latest_observations
         on in_flight.batch_id = latest_observations.batch_id
-    left join request_counts
-        on in_flight.batch_id = request_counts.batch_id
 
 ),
 

@@ -3,9 +3,9 @@ create or replace view analytics.status_counts as
 
 with
 
-batches as (
+lifecycle as (
 
-    select * from analytics.stg_batches
+    select * from analytics.int_batch_lifecycle
 
 ),
 
@@ -14,7 +14,7 @@ final as (
     select
         status,
         count(*) as batches
-    from batches
+    from lifecycle
     group by status
 
 )

@@ -3,24 +3,8 @@ create or replace view analytics.stg_batch_status_history as
 
 with
 
--- counts stay null while a batch reports none, so their columns may be missing
-expected_columns as (
-
-    select
-        null::varchar as batch_id,
-        null::timestamptz as observed_at,
-        null::varchar as status,
-        null::bigint as requests_total,
-        null::bigint as requests_completed,
-        null::bigint as requests_failed
-    where false
-
-),
-
 source as (
 
-    select * from expected_columns
-    union all by name
     select * from siliconflow.batch_status_history
 
 ),
