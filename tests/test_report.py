@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -12,7 +12,9 @@ import pytest
 from pipelines.analytics.models import build_models
 from pipelines.analytics.report import (
     ReportError,
+    counted,
     duration,
+    rate,
     render_report,
     render_report_at,
     status_lines,
@@ -25,7 +27,8 @@ LONG_ID = "batch_" + "x" * 40
 TABLES = """
 create schema siliconflow;
 create table siliconflow.batches (
-    id varchar, object varchar, endpoint varchar, completion_window varchar, status varchar,
+    id varchar, object varchar, endpoint varchar, input_file_id varchar, output_file_id varchar,
+    error_file_id varchar, file_name varchar, completion_window varchar, status varchar,
     created_at timestamptz, in_progress_at timestamptz, expires_at timestamptz,
     finalizing_at timestamptz, completed_at timestamptz, failed_at timestamptz,
     expired_at timestamptz, cancelling_at timestamptz, cancelled_at timestamptz,
@@ -38,7 +41,22 @@ create table siliconflow.batch_status_history (
     batch_id varchar, observed_at timestamptz, status varchar, requests_total bigint,
     requests_completed bigint, requests_failed bigint
 );
+-- dlt's own record of each load package, as every dlt warehouse has it
+create table siliconflow._dlt_loads (
+    load_id varchar, schema_name varchar, status bigint, inserted_at timestamptz,
+    schema_version_hash varchar
+);
 """
+# the table a later sync records each run in (SPEC 3), made by hand where a test needs it
+SYNC_RUNS = """
+create table siliconflow.sync_runs (
+    run_id varchar, started_at timestamptz, finished_at timestamptz, kind varchar,
+    outcome varchar, exit_code integer, message varchar, batches_read bigint,
+    batches_new bigint, batches_changed bigint, pages bigint, lookups bigint,
+    files_loaded bigint, request_lines bigint, warnings bigint
+);
+"""
+NEVER_SYNCED = "Data never synced: no successful sync is recorded in this database"
 
 COLUMNS = (
     "id, status, created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at"
@@ -81,6 +99,37 @@ def literal(moment: str | None) -> str | None:
     return f"2025-{moment}{seconds}+00:00"
 
 
+def add_batches(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
+    """Insert (id, status, created, in progress, expires, finalizing, completed, failed) rows."""
+    for batch_id, status, *moments in rows:
+        con.execute(
+            f"insert into siliconflow.batches ({COLUMNS}, endpoint, completion_window) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, '/v1/chat/completions', '24h')",
+            [batch_id, status, *(literal(moment) for moment in moments)],
+        )
+
+
+def add_load(con: duckdb.DuckDBPyConnection, inserted_at: datetime, status: int = 0) -> None:
+    """One dlt load package; status 0 = loaded."""
+    con.execute(
+        "insert into siliconflow._dlt_loads values (?, 'siliconflow', ?, ?, 'hash')",
+        [str(inserted_at.timestamp()), status, inserted_at],
+    )
+
+
+def add_sync_run(con: duckdb.DuckDBPyConnection, finished_at: datetime, outcome: str) -> None:
+    con.execute(
+        "insert into siliconflow.sync_runs (run_id, started_at, finished_at, kind, outcome) "
+        "values (?, ?, ?, 'incremental', ?)",
+        [
+            f"run-{finished_at.isoformat()}",
+            finished_at - timedelta(minutes=1),
+            finished_at,
+            outcome,
+        ],
+    )
+
+
 @pytest.fixture
 def con() -> Iterator[duckdb.DuckDBPyConnection]:
     connection = duckdb.connect()
@@ -92,15 +141,12 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
 
 @pytest.fixture
 def warehouse(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    for batch_id, status, *moments in BATCHES:
-        con.execute(
-            f"insert into siliconflow.batches ({COLUMNS}, endpoint, completion_window) "
-            "values (?, ?, ?, ?, ?, ?, ?, ?, '/v1/chat/completions', '24h')",
-            [batch_id, status, *(literal(moment) for moment in moments)],
-        )
+    add_batches(con, BATCHES)
     con.executemany(
         "insert into siliconflow.batch_request_counts values (?, ?, ?, ?)", REQUEST_COUNTS
     )
+    # synced 12 minutes before NOW
+    add_load(con, datetime(2025, 3, 13, 11, 48, tzinfo=UTC))
     build_models(con)
     return con
 
@@ -108,20 +154,27 @@ def warehouse(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 def test_report_summarises_the_last_days(warehouse):
     assert render_report(warehouse, days=7, now=NOW).splitlines() == [
         "sfbatches report: last 7 days, 2025-03-07 to 2025-03-13 (UTC)",
+        "Data as of 2025-03-13 11:48 UTC (last sync 12 min ago)",
         "",
-        "Created     8 batches",
+        "Created in these days    8 batches",
         "  in_queue 1, validating 1, in_progress 1, finalizing 1, completed 2, failed 1,",
         "  cancelling 1",
         # turnarounds 2400 and 4800: p90 = 2400 + 0.9 * 2400 = 4560 s
-        "Turnaround  p50 1h00m  p90 1h16m  (2 completed)",
+        "  Turnaround  p50 1h00m  p90 1h16m  (2 completed)",
         # queues 30, 60, 300, 600, 1800: p90 = 600 + 0.6 * 1200 = 1320 s
-        "Queue wait  p50 5m00s  p90 22m00s  (5 started)",
-        "Window met  2 of 3 ended batches (66.7%)",
-        # 100 / 4600 failed; 4500 requests over 6.5 days = 561600 s
-        "Completed   2 batches: 4,500 requests done, 100 failed (2.17%)",
-        "Speed       0.75 req/s per batch (p50), 0.00801 req/s over these days",
+        "  Queue wait  p50 5m00s  p90 22m00s  (5 started)",
+        # r1 and r2 completed before expires_at, r3 failed
+        "  Window met  2 of 3 ended batches (66.7%) completed by expires_at;",
+        "              failed, expired and cancelled ones count as missed",
         "",
-        "Open        6 batches, longest open first",
+        # 100 / 4600 failed
+        "Completed in these days  2 batches",
+        "  Requests    4,500 done, 100 failed (2.17%)",
+        # r1 1 req/s, r2 0.5 req/s: median 0.75 req/s = 45 req/min; 4500 requests over
+        # 6.5 days = 561600 s = 156 h: 28.85 req/h
+        "  Speed       45 req/min per batch (p50), 28.8 req/h over these days",
+        "",
+        "Open now                 6 batches, longest open first",
         "  batch_xxxxxxxxxxxxxxxxxxxxxxx...  in_progress    7d00h  25% (250/1,000)",
         "  o5                                cancelling     5h00m  no counts yet",
         "  o4                                finalizing     4h00m  100% (20/20)",
@@ -133,17 +186,18 @@ def test_report_summarises_the_last_days(warehouse):
 def test_report_of_one_day_without_completions(warehouse):
     lines = render_report(warehouse, days=1, now=NOW).splitlines()
     assert lines[0] == "sfbatches report: last 1 day, 2025-03-13 to 2025-03-13 (UTC)"
-    assert "Created     5 batches" in lines
-    assert "Turnaround  p50 -  p90 -  (0 completed)" in lines
-    assert "Window met  0 of 0 ended batches" in lines
-    assert "Completed   no batches in these days" in lines
+    assert "Created in these days    5 batches" in lines
+    assert "  Turnaround  p50 -  p90 -  (0 completed)" in lines
+    assert "  Window met  0 of 0 ended batches completed by expires_at;" in lines
+    assert "Completed in these days  none" in lines
 
 
 def test_report_of_days_without_batches_still_lists_open_ones(warehouse):
     later = datetime(2025, 6, 1, tzinfo=UTC)
     lines = render_report(warehouse, days=3, now=later).splitlines()
-    assert "Created     no batches in these days" in lines
-    assert "Open        6 batches, longest open first" in lines
+    assert "Created in these days    none" in lines
+    assert "Completed in these days  none" in lines
+    assert "Open now                 6 batches, longest open first" in lines
 
 
 @pytest.mark.parametrize("days", [1, 7, 30, 365])
@@ -160,7 +214,16 @@ def test_a_naive_now_is_taken_as_utc(warehouse):
 
 def test_an_empty_warehouse_says_no_batches_yet(con):
     build_models(con)
-    assert render_report(con, now=NOW) == "sfbatches report: no batches yet\n"
+    assert render_report(con, now=NOW) == f"sfbatches report: no batches yet\n{NEVER_SYNCED}\n"
+
+
+def test_an_empty_warehouse_still_says_when_it_was_synced(con):
+    add_load(con, datetime(2025, 3, 13, 9, 0, tzinfo=UTC))
+    build_models(con)
+    assert render_report(con, now=NOW).splitlines() == [
+        "sfbatches report: no batches yet",
+        "Data as of 2025-03-13 09:00 UTC (last sync 3 h ago)",
+    ]
 
 
 def test_report_before_the_models_are_built_says_to_build_them(con):
@@ -178,7 +241,14 @@ def test_render_report_at_reads_the_file(tmp_path: Path):
     with duckdb.connect(str(db_path)) as connection:
         connection.execute(TABLES)
         build_models(connection)
-    assert render_report_at(db_path, now=NOW) == "sfbatches report: no batches yet\n"
+    expected = f"sfbatches report: no batches yet\n{NEVER_SYNCED}\n"
+    assert render_report_at(db_path, now=NOW) == expected
+    # a file's catalog is named after it, not "memory": its sync record is still found
+    with duckdb.connect(str(db_path)) as connection:
+        add_load(connection, datetime(2025, 3, 11, 9, 30, tzinfo=UTC))
+    assert render_report_at(db_path, now=NOW).splitlines()[1] == (
+        "Data as of 2025-03-11 09:30 UTC (last sync 2 days ago)"
+    )
     with pytest.raises(ConfigError, match="not found: run `sfbatches sync` first"):
         render_report_at(tmp_path / "missing.duckdb")
 
@@ -213,3 +283,206 @@ def test_status_counts_wrap_without_splitting_a_status_from_its_count():
         "  in_queue 10, in_progress 39, completed 1,098, failed 58, expired 40,",
         "  cancelled 60, paused 1",
     ]
+
+
+# --- how fresh the data is ------------------------------------------------------------------
+
+
+def at(hour: int, minute: int = 0, day: int = 13) -> datetime:
+    return datetime(2025, 3, day, hour, minute, tzinfo=UTC)
+
+
+def freshness(con: duckdb.DuckDBPyConnection) -> str:
+    return render_report(con, days=7, now=NOW).splitlines()[1]
+
+
+def test_freshness_is_the_newest_load_dlt_finished(warehouse):
+    warehouse.execute("delete from siliconflow._dlt_loads")
+    add_load(warehouse, at(9, 30))
+    add_load(warehouse, at(10, 15))
+    add_load(warehouse, at(11, 50), status=1)  # a package dlt did not finish loading
+    # 12:00 - 10:15 = 1 h 45 min, said in whole hours
+    assert freshness(warehouse) == "Data as of 2025-03-13 10:15 UTC (last sync 1 h ago)"
+
+
+def test_freshness_prefers_the_newest_successful_sync_run(warehouse):
+    warehouse.execute(SYNC_RUNS)
+    add_sync_run(warehouse, at(10, 20), "ok")
+    add_sync_run(warehouse, at(11, 20), "ok")
+    add_sync_run(warehouse, at(11, 55), "failed")
+    # dlt's newest load (11:48, from the fixture) is not the sync that finished
+    assert freshness(warehouse) == "Data as of 2025-03-13 11:20 UTC (last sync 40 min ago)"
+
+
+def test_sync_runs_without_a_successful_run_fall_back_to_dlt_loads(warehouse):
+    warehouse.execute(SYNC_RUNS)
+    assert freshness(warehouse) == "Data as of 2025-03-13 11:48 UTC (last sync 12 min ago)"
+    add_sync_run(warehouse, at(11, 55), "failed")
+    assert freshness(warehouse) == "Data as of 2025-03-13 11:48 UTC (last sync 12 min ago)"
+
+
+def test_a_warehouse_without_a_successful_sync_says_it_was_never_synced(warehouse):
+    warehouse.execute("delete from siliconflow._dlt_loads")
+    assert freshness(warehouse) == NEVER_SYNCED
+    add_load(warehouse, at(11, 50), status=1)
+    warehouse.execute(SYNC_RUNS)
+    add_sync_run(warehouse, at(11, 55), "failed")
+    assert freshness(warehouse) == NEVER_SYNCED
+    warehouse.execute("drop table siliconflow._dlt_loads")
+    warehouse.execute("drop table siliconflow.sync_runs")
+    assert freshness(warehouse) == NEVER_SYNCED
+
+
+@pytest.mark.parametrize(
+    ("synced_at", "text"),
+    [
+        (NOW - timedelta(seconds=30), "2025-03-13 11:59 UTC (last sync just now)"),
+        (NOW - timedelta(minutes=12), "2025-03-13 11:48 UTC (last sync 12 min ago)"),
+        (NOW - timedelta(minutes=59, seconds=59), "2025-03-13 11:00 UTC (last sync 59 min ago)"),
+        (NOW - timedelta(hours=3), "2025-03-13 09:00 UTC (last sync 3 h ago)"),
+        (NOW - timedelta(hours=47), "2025-03-11 13:00 UTC (last sync 47 h ago)"),
+        (NOW - timedelta(hours=48), "2025-03-11 12:00 UTC (last sync 2 days ago)"),
+        (NOW - timedelta(days=10, hours=5), "2025-03-03 07:00 UTC (last sync 10 days ago)"),
+        (NOW + timedelta(hours=2), "2025-03-13 14:00 UTC (last sync 2 h after the report's time)"),
+    ],
+)
+def test_the_age_of_the_last_sync_reads_in_plain_words(warehouse, synced_at, text):
+    warehouse.execute("delete from siliconflow._dlt_loads")
+    add_load(warehouse, synced_at)
+    assert freshness(warehouse) == f"Data as of {text}"
+
+
+# --- what each count counts -----------------------------------------------------------------
+
+
+def test_sections_say_what_they_count_and_line_up(warehouse):
+    text = render_report(warehouse, days=7, now=NOW)
+    assert [line for line in text.splitlines()[2:] if line and not line.startswith(" ")] == [
+        "Created in these days    8 batches",
+        "Completed in these days  2 batches",
+        "Open now                 6 batches, longest open first",
+    ]
+
+
+def test_window_met_counts_failed_expired_cancelled_and_late_batches_as_missed(con):
+    add_batches(
+        con,
+        [
+            # completed before expires_at: the only one that met its window
+            ("ok", "completed", "03-12 00:00", "03-12 00:10", "03-13 00:00", "03-12 01:00",
+             "03-12 01:10", None),
+            # completed 40 minutes after expires_at
+            ("late", "completed", "03-11 00:00", "03-11 00:10", "03-12 00:00", "03-12 00:30",
+             "03-12 00:40", None),
+            ("failed", "failed", "03-12 01:00", None, "03-13 01:00", None, None, "03-12 01:05"),
+            ("expired", "expired", "03-11 06:00", None, "03-12 06:00", None, None, None),
+            ("cancelled", "cancelled", "03-12 02:00", None, "03-13 02:00", None, None, None),
+            # not ended: counted in neither number
+            ("open", "in_progress", "03-13 08:00", "03-13 08:05", "03-14 08:00", None, None,
+             None),
+        ],
+    )  # fmt: skip
+    con.execute("update siliconflow.batches set expired_at = expires_at where id = 'expired'")
+    con.execute(
+        "update siliconflow.batches set cancelled_at = '2025-03-12 02:30+00' where id = 'cancelled'"
+    )
+    build_models(con)
+    lines = render_report(con, days=7, now=NOW).splitlines()
+    at_window = lines.index("  Window met  1 of 5 ended batches (20.0%) completed by expires_at;")
+    assert (
+        lines[at_window + 1] == "              failed, expired and cancelled ones count as missed"
+    )
+
+
+# --- one of a kind, and slow ----------------------------------------------------------------
+
+
+@pytest.fixture
+def one_of_each(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """One batch created and completed today, slowly, and one open since before the window."""
+    add_batches(
+        con,
+        [
+            # 10 requests in 3600 s of processing: 10 req/h
+            ("slow", "completed", "03-13 00:00", "03-13 01:00", "03-14 00:00", "03-13 02:00",
+             "03-13 02:10", None),
+            ("old", "in_progress", "03-01 12:00", "03-01 13:00", "03-02 12:00", None, None, None),
+        ],
+    )  # fmt: skip
+    con.executemany(
+        "insert into siliconflow.batch_request_counts values (?, ?, ?, ?)",
+        [("slow", 10, 10, 0), ("old", 4, 1, 0)],
+    )
+    add_load(con, at(11, 59))
+    build_models(con)
+    return con
+
+
+def test_one_of_each_reads_in_the_singular(one_of_each):
+    assert render_report(one_of_each, days=1, now=NOW).splitlines() == [
+        "sfbatches report: last 1 day, 2025-03-13 to 2025-03-13 (UTC)",
+        "Data as of 2025-03-13 11:59 UTC (last sync 1 min ago)",
+        "",
+        "Created in these days    1 batch",
+        "  completed 1",
+        "  Turnaround  p50 2h10m  p90 2h10m  (1 completed)",
+        "  Queue wait  p50 1h00m  p90 1h00m  (1 started)",
+        "  Window met  1 of 1 ended batch (100.0%) completed by expires_at;",
+        "              failed, expired and cancelled ones count as missed",
+        "",
+        "Completed in these days  1 batch",
+        "  Requests    10 done, 0 failed (0.00%)",
+        # 10 requests over the 12 hours of the day so far: 0.8333 req/h
+        "  Speed       10 req/h per batch (p50), 0.833 req/h over these days",
+        "",
+        "Open now                 1 batch",
+        # open since 03-01 12:00, 12 days before NOW
+        "  old  in_progress   12d00h  25% (1/4)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("count", "noun", "text"),
+    [
+        (1, "batch", "1 batch"),
+        (2, "batch", "2 batches"),
+        (0, "batch", "0 batches"),
+        (1_123, "batch", "1,123 batches"),
+        (1, "page", "1 page"),
+        (2, "page", "2 pages"),
+        (1, "day", "1 day"),
+        (7, "day", "7 days"),
+        (3, "entry", "3 entries"),
+        (1, "ended batch", "1 ended batch"),
+        (5, "ended batch", "5 ended batches"),
+    ],
+)
+def test_counts_put_their_noun_in_the_right_number(count, noun, text):
+    assert counted(count, noun) == text
+
+
+def test_an_irregular_plural_can_be_given():
+    assert counted(1, "child", "children") == "1 child"
+    assert counted(2, "child", "children") == "2 children"
+
+
+@pytest.mark.parametrize(
+    ("per_second", "text"),
+    [
+        (None, "-"),
+        (1234.4, "1,234 req/s"),
+        (2.5, "2.5 req/s"),
+        (1.0, "1 req/s"),
+        # below 1 req/s: per minute, 0.75 * 60
+        (0.75, "45 req/min"),
+        (0.02, "1.2 req/min"),
+        # below 1 req/min too: per hour, 0.0162 * 3600 = 58.32
+        (0.0162, "58.3 req/h"),
+        (0.0001, "0.36 req/h"),
+        (0.0, "0 req/h"),
+        # one request in about 31 years
+        (1e-9, "<0.001 req/h"),
+    ],
+)
+def test_low_rates_read_per_minute_or_per_hour(per_second, text):
+    assert rate(per_second) == text

@@ -10,11 +10,18 @@ from pathlib import Path
 import duckdb
 
 from pipelines.errors import ReportError
+from pipelines.vocabulary import DATASET
 from pipelines.warehouse.database import open_database
 
 WIDTH = 80
 OPEN_SHOWN = 5
 ID_WIDTH = 32
+# the columns where figures start: after "Completed in these days  " on a section's first
+# line, after "  Turnaround  " on a detail line under it
+SECTION_COLUMN = 25
+DETAIL_COLUMN = 14
+# a rate below 1 in one unit moves to the next, so that it reads as a plain number
+RATE_UNITS = ((1.0, "req/s"), (60.0, "req/min"), (3600.0, "req/h"))
 # statuses in the order a batch lives through them; others follow alphabetically
 LIFECYCLE = (
     "in_queue",
@@ -61,6 +68,20 @@ _COMPLETED = """
     from analytics.batch_turnaround
     where status = 'completed'
         and cast(timezone('UTC', ended_at) as date) between ? and ?
+"""
+
+# Where the time of the last successful sync is kept, best first: our own record of each
+# sync, then dlt's record of each load package (status 0 = loaded).
+_LAST_SYNC = (
+    ("sync_runs", f"select max(epoch(finished_at)) from {DATASET}.sync_runs where outcome = 'ok'"),
+    ("_dlt_loads", f"select max(epoch(inserted_at)) from {DATASET}._dlt_loads where status = 0"),
+)
+
+_TABLES = f"""
+    select table_name
+    from information_schema.tables
+    where table_catalog = current_database()
+        and table_schema = '{DATASET}'
 """
 
 _OPEN = """
@@ -114,15 +135,53 @@ def render_report_at(db_path: str | Path, days: int = 7, now: datetime | None = 
 def report_lines(con: duckdb.DuckDBPyConnection, window: Window, days: int) -> list[str]:
     """Every line of the report, in order."""
     (total,) = fetch_one(con, "select coalesce(sum(batches), 0) from analytics.status_counts")
+    freshness = freshness_line(last_sync(con), window.now)
     if not total:
-        return ["sfbatches report: no batches yet"]
+        return ["sfbatches report: no batches yet", freshness]
     span = f"{window.first.isoformat()} to {window.last.isoformat()}"
-    plural = "day" if days == 1 else "days"
-    lines = [f"sfbatches report: last {days} {plural}, {span} (UTC)", ""]
+    lines = [f"sfbatches report: last {counted(days, 'day')}, {span} (UTC)", freshness, ""]
     lines += created_lines(con, window)
-    lines += completed_lines(con, window)
+    lines += ["", *completed_lines(con, window)]
     lines += ["", *open_lines(con, window.now)]
     return lines
+
+
+def last_sync(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """When the newest successful sync finished, from the best record this database has."""
+    tables = {name for (name,) in con.execute(_TABLES).fetchall()}
+    for table, sql in _LAST_SYNC:
+        if table in tables:
+            (epoch,) = fetch_one(con, sql)
+            if epoch is not None:
+                return datetime.fromtimestamp(epoch, UTC)
+    return None
+
+
+def freshness_line(synced_at: datetime | None, now: datetime) -> str:
+    """'Data as of 2025-03-13 11:48 UTC (last sync 12 min ago)', or that there was none."""
+    if synced_at is None:
+        return "Data never synced: no successful sync is recorded in this database"
+    return f"Data as of {synced_at:%Y-%m-%d %H:%M} UTC (last sync {ago(now - synced_at)})"
+
+
+def ago(age: timedelta) -> str:
+    """An age in plain words: 'just now', '12 min ago', '3 h ago', '2 days ago'."""
+    seconds = age.total_seconds()
+    if abs(seconds) < 60:
+        return "just now"
+    if seconds < 0:
+        # the sync's clock runs ahead of the report's (or `now` was set in the past)
+        return f"{elapsed(-seconds)} after the report's time"
+    return f"{elapsed(seconds)} ago"
+
+
+def elapsed(seconds: float) -> str:
+    """A span of at least a minute, rounded down to one plain unit: 12 min, 3 h, 2 days."""
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)} h"
+    return counted(int(seconds // 86400), "day")
 
 
 def created_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
@@ -131,15 +190,29 @@ def created_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     counts = dict(con.execute(_STATUSES, days).fetchall())
     created = sum(counts.values())
     if not created:
-        return ["Created     no batches in these days"]
+        return [section("Created in these days", "none")]
     done, t50, t90, started, q50, q90, met, ended = fetch_one(con, _CREATED, days)
     return [
-        f"Created     {created:,} {batches(created)}",
+        section("Created in these days", counted(created, "batch")),
         *status_lines(counts),
-        f"Turnaround  p50 {duration(t50)}  p90 {duration(t90)}  ({done:,} completed)",
-        f"Queue wait  p50 {duration(q50)}  p90 {duration(q90)}  ({started:,} started)",
-        f"Window met  {met:,} of {ended:,} ended {batches(ended)}{percent_in(met, ended, 1)}",
+        detail("Turnaround", f"p50 {duration(t50)}  p90 {duration(t90)}  ({done:,} completed)"),
+        detail("Queue wait", f"p50 {duration(q50)}  p90 {duration(q90)}  ({started:,} started)"),
+        *window_met_lines(met, ended),
     ]
+
+
+def window_met_lines(met: int, ended: int) -> list[str]:
+    """How many ended batches met their window, then the rule that decides it (SPEC 4)."""
+    first = detail("Window met", "")
+    indent = " " * len(first)
+    text = f"{met:,} of {counted(ended, 'ended batch')}{percent_in(met, ended, 1)}"
+    lines = textwrap.wrap(
+        f"{text} completed by expires_at;",
+        WIDTH,
+        initial_indent=first,
+        subsequent_indent=indent,
+    )
+    return [*lines, f"{indent}failed, expired and cancelled ones count as missed"]
 
 
 def status_lines(counts: dict[str, int]) -> list[str]:
@@ -155,16 +228,17 @@ def completed_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]
     """Requests done and failed, and speed, for batches completed in the window."""
     count, done, failed, batch_rps = fetch_one(con, _COMPLETED, [window.first, window.last])
     if not count:
-        return ["Completed   no batches in these days"]
+        return [section("Completed in these days", "none")]
     if done is None:
         requests = "no request counts"
     else:
         failed = failed or 0
-        requests = f"{done:,} requests done, {failed:,} failed{percent_in(failed, done + failed)}"
+        requests = f"{done:,} done, {failed:,} failed{percent_in(failed, done + failed)}"
     average = None if done is None else done / window.seconds
     return [
-        f"Completed   {count:,} {batches(count)}: {requests}",
-        f"Speed       {rate(batch_rps)} per batch (p50), {rate(average)} over these days",
+        section("Completed in these days", counted(count, "batch")),
+        detail("Requests", requests),
+        detail("Speed", f"{rate(batch_rps)} per batch (p50), {rate(average)} over these days"),
     ]
 
 
@@ -172,8 +246,9 @@ def open_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:
     """How many batches are open, and the ones open longest with age and progress."""
     rows = con.execute(_OPEN).fetchall()
     if not rows:
-        return ["Open        none"]
-    lines = [f"Open        {len(rows):,} {batches(len(rows))}, longest open first"]
+        return [section("Open now", "none")]
+    heading = counted(len(rows), "batch") + (", longest open first" if len(rows) > 1 else "")
+    lines = [section("Open now", heading)]
     shown = rows[:OPEN_SHOWN]
     id_width = min(max(len(row[0]) for row in shown), ID_WIDTH)
     for batch_id, status, created_epoch, total, completed in shown:
@@ -223,8 +298,32 @@ def by_lifecycle(statuses: dict[str, int]) -> list[str]:
     return known + sorted((status for status in statuses if status not in LIFECYCLE), key=str)
 
 
-def batches(count: int) -> str:
-    return "batch" if count == 1 else "batches"
+def section(label: str, text: str) -> str:
+    """A section's first line: what it counts, then the figures, aligned with the others."""
+    return f"{label:<{SECTION_COLUMN - 2}}  {text}"
+
+
+def detail(label: str, text: str) -> str:
+    """A line under a section: indented, its figures aligned with the other details."""
+    return f"  {label:<{DETAIL_COLUMN - 4}}  {text}"
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """'1 batch', '2 batches', '1,123 pages': the count, then the noun in the right number.
+
+    The plural is made the regular English way unless given (`plural`); in a phrase like
+    'ended batch' the last word takes it.
+    """
+    return f"{count:,} {noun if count == 1 else plural or plural_of(noun)}"
+
+
+def plural_of(noun: str) -> str:
+    """batch -> batches, page -> pages, entry -> entries, day -> days."""
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u", ""):
+        return noun[:-1] + "ies"
+    return noun + "s"
 
 
 def percent_in(part: int, whole: int, digits: int = 2) -> str:
@@ -250,11 +349,23 @@ def duration(seconds: float | None) -> str:
 
 
 def rate(per_second: float | None) -> str:
-    """Requests per second with about three significant digits."""
+    """Requests per second, minute or hour, whichever is the first to reach 1: 2.5 req/s,
+    45 req/min, 28.8 req/h; about three significant digits."""
     if per_second is None:
-        return "- req/s"
-    if per_second >= 100:
-        return f"{per_second:,.0f} req/s"
-    if per_second >= 1:
-        return f"{per_second:.1f} req/s"
-    return f"{per_second:.3g} req/s"
+        return "-"
+    seconds, unit = next(
+        ((seconds, unit) for seconds, unit in RATE_UNITS if per_second * seconds >= 1),
+        RATE_UNITS[-1],
+    )
+    return f"{figure(per_second * seconds)} {unit}"
+
+
+def figure(value: float) -> str:
+    """About three significant digits, thousands separated, never in e-notation."""
+    if value >= 99.95:
+        return f"{value:,.0f}"
+    if value == 0:
+        return "0"
+    if value < 0.001:
+        return "<0.001"
+    return f"{value:.3g}"
