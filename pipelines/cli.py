@@ -99,22 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--days", type=_positive, default=7, help="look back N days (7)")
 
     demo = command("demo", cmd_demo, "simulator + sync + models + report, no API key needed")
-    _db_option(demo, default=DEMO_DB)
-    demo.add_argument("--batches", type=_positive, default=DEMO_BATCHES)
+    demo.add_argument(
+        "--db",
+        default=DEMO_DB,
+        help=f"DuckDB file for the demo (default: {DEMO_DB}); a database an earlier demo left "
+        "there is replaced, any other file is refused",
+    )
+    _batches_option(demo)
 
     simulate = command("simulate", cmd_simulate, "serve the API simulator until stopped")
-    simulate.add_argument("--port", type=_port, default=8800)
-    simulate.add_argument("--batches", type=_positive, default=DEMO_BATCHES)
-    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--port", type=_port, default=8800, help="port on 127.0.0.1 (8800)")
+    _batches_option(simulate)
+    simulate.add_argument("--seed", type=int, default=7, help="the simulated world's seed (7)")
     simulate.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
     return parser
 
 
-def _db_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+def _db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--db",
-        default=default,
-        help="DuckDB file (default: $SFBATCHES_DB, else siliconflow.duckdb)",
+        "--db", help="DuckDB file (default: $SFBATCHES_DB, else siliconflow.duckdb)"
+    )
+
+
+def _batches_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batches",
+        type=_positive,
+        default=DEMO_BATCHES,
+        help=f"batches in the simulated account ({DEMO_BATCHES:,})",
     )
 
 
@@ -187,12 +199,15 @@ def _report(db_path: Path, days: int) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.config import SourceConfig
     from pipelines.simulator import Simulator, World
+    from pipelines.warehouse.database import mark_as_demo, remove_demo_database
 
     db_path = Path(args.db)
+    remove_demo_database(db_path)
     with Simulator(World(batches=args.batches)) as simulator:
         print(f"sfbatches: demo simulator with {args.batches:,} batches at {simulator.base_url}")
         config = SourceConfig(api_key=simulator.api_key, base_url=simulator.base_url)
         _sync_and_build(db_path, config, full_refresh=False, models=True)
+    mark_as_demo(db_path)
     print()
     print(_report(db_path, days=7))
     return 0

@@ -19,6 +19,14 @@ class ApiError(SfBatchesError):
     exit_code = 4
 
 
+class SyncTimeout(ApiError):
+    """The sync ran past its deadline; nothing it read is loaded."""
+
+
+class RateLimited(ApiError):
+    """The API asked to wait longer than the retries may wait."""
+
+
 class DatabaseBusy(SfBatchesError):
     exit_code = 5
 

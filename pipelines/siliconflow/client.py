@@ -32,7 +32,7 @@ from requests.exceptions import JSONDecodeError as RequestsJSONDecodeError
 from requests.utils import get_environ_proxies
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from pipelines.errors import ApiError, AuthError, SfBatchesError
+from pipelines.errors import ApiError, AuthError, RateLimited, SfBatchesError, SyncTimeout
 
 from .settings import BATCHES_PATH, FIRST_TRANSIENT_CODE, PARALLEL_REQUESTS, SUCCESS_CODES
 
@@ -48,14 +48,6 @@ class RetryPolicy:
     backoff_factor: float = 1.0
     max_delay_s: float = 60.0
     timeout_s: float = 60.0
-
-
-class SyncTimeout(ApiError):
-    """The sync ran past its deadline; nothing it read is loaded."""
-
-
-class RateLimited(ApiError):
-    """The API asked to wait longer than the retries may wait."""
 
 
 class Deadline:

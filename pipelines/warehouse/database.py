@@ -4,6 +4,7 @@ and the scratch folder dlt works in beside it."""
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import platformdirs
 from filelock import FileLock, Timeout
 
 from pipelines.errors import ConfigError, DatabaseBusy
+from pipelines.vocabulary import DATASET
 
 DEFAULT_DB = "siliconflow.duckdb"
 # How long to wait for a lock held by another process before exit 5 (cron runs overlap rarely).
@@ -25,7 +27,7 @@ DUCKDB_MAGIC = b"DUCK"
 # DuckDB would take most of the machine's memory for a merge or a window over the history; a
 # cron job should stay small. With dlt loading one job at a time (sync.py) and no
 # deduplicating window in its merges (siliconflow/__init__.py), 64 MB carries a full refresh
-# of 1M batches; what does not fit goes to a temporary folder beside the database.
+# of 1M batches; what does not fit spills into dlt's work folder.
 MEMORY_LIMIT = "64MB"
 # Every sfbatches connection that writes keeps the tables in row groups of this many rows. At
 # DuckDB's default (122,880) a full sync of 100k batches fills no row group, so DuckDB logs every
@@ -35,6 +37,12 @@ MEMORY_LIMIT = "64MB"
 ROW_GROUP_SIZE = 16_384
 # Only an attached database takes a row group size; a writer attaches it under this name.
 ATTACHED_AS = "warehouse"
+# New files are written in the storage format of DuckDB 1.0, which every DuckDB since reads:
+# the DuckDB users already have (pip's duckdb-cli 1.5, notebooks) cannot open DuckDB 2.0's own.
+# A file made by an earlier sfbatches keeps its format (DuckDB cannot lower it).
+STORAGE_VERSION = "v1.0.0"
+# A table only `sfbatches demo` creates: a database holding it may be replaced by the next demo.
+DEMO_MARK = "_sfbatches_demo"
 # Characters dlt and DuckDB read as templates, globs, quotes or hive partitions in a file path.
 PLAIN_PATH = re.compile(r"[\w/. +@,:~-]+")
 
@@ -192,9 +200,12 @@ def _open(
     if read_only or path == ":memory:":
         return duckdb.connect(path, read_only=read_only, config=config)
     make_room_for_wal(Path(db_path))
+    options = f"row_group_size {ROW_GROUP_SIZE}"
+    if not Path(db_path).exists():
+        options += f", storage_version '{STORAGE_VERSION}'"
     con = duckdb.connect(config=config)
     try:
-        con.execute(f"attach ? as {ATTACHED_AS} (row_group_size {ROW_GROUP_SIZE})", [path])
+        con.execute(f"attach ? as {ATTACHED_AS} ({options})", [path])
         con.execute(f"use {ATTACHED_AS}")
     except BaseException:
         con.close()
@@ -231,3 +242,28 @@ def _writable(folder: Path) -> bool:
     except OSError:
         return False
     return os.access(folder, os.W_OK)
+
+
+def remove_demo_database(db_path: Path) -> None:
+    """Delete the database an earlier demo left at `db_path`, so each demo starts empty; any
+    other file there is refused, never replaced."""
+    if not db_path.exists():
+        return
+    with connect(db_path, read_only=True) as con:
+        (is_demo,) = con.execute(
+            "select count(*) > 0 from duckdb_tables() where schema_name = ? and table_name = ?",
+            [DATASET, DEMO_MARK],
+        ).fetchone()
+    if not is_demo:
+        raise ConfigError(
+            f"{db_path} is not a demo database, and a demo starts from an empty one: "
+            "choose another --db"
+        )
+    db_path.unlink()
+    db_path.with_name(f"{db_path.name}.wal").unlink(missing_ok=True)
+    shutil.rmtree(work_dir(db_path), ignore_errors=True)
+
+
+def mark_as_demo(db_path: Path) -> None:
+    with connect(db_path) as con:
+        con.execute(f"create table if not exists {DATASET}.{DEMO_MARK} as select now() as made_at")

@@ -1,0 +1,152 @@
+"""sfbatches as an operator installs and runs it: a wheel in a fresh venv, from any folder,
+under cron for days, and a warehouse that the DuckDB users already have can open."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import REPO, run_process
+
+DUCKDB_1X = Path(sys.executable).with_name("duckdb")  # pip's duckdb-cli 1.5, a dev extra
+
+
+def files_beside(db_path: Path) -> list[str]:
+    return sorted(path.name for path in db_path.parent.iterdir())
+
+
+def files_under(folder: Path) -> int:
+    return sum(1 for path in folder.rglob("*") if path.is_file())
+
+
+def test_a_dozen_cron_syncs_leave_no_pile_of_files(simulator, tmp_path, run, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    db_path = tmp_path / "data" / "sf.duckdb"
+    counts = []
+    for _ in range(12):
+        simulator.world.advance(300)
+        assert run("sync", "--db", str(db_path)).code == 0
+        counts.append((files_beside(db_path), files_under(tmp_path / "cache")))
+
+    assert all(names == ["sf.duckdb", "sf.duckdb.lock"] for names, _ in counts), counts
+    work_files = [files for _, files in counts]
+    assert max(work_files[2:]) == min(work_files[2:]), f"dlt's files grow: {work_files}"
+
+
+def test_the_warehouse_opens_in_duckdb_1x(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path)).code == 0
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        wanted = con.execute(
+            "select (select count(*) from siliconflow.batches), "
+            "(select count(*) from analytics.batch_turnaround)"
+        ).fetchone()
+
+    done = subprocess.run(
+        [
+            str(DUCKDB_1X),
+            "-readonly",
+            "-csv",
+            "-noheader",
+            str(db_path),
+            "-c",
+            "select (select count(*) from siliconflow.batches), "
+            "(select count(*) from analytics.batch_turnaround), version()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    batches, turnaround, version = done.stdout.strip().split(",")
+    assert version.startswith("v1.")
+    assert (int(batches), int(turnaround)) == wanted == (len(simulator.world.visible()),) * 2
+
+
+def test_demo_starts_from_an_empty_database_every_time(tmp_path):
+    db_path = tmp_path / "demo.duckdb"
+    first = run_process("demo", "--db", str(db_path), "--batches", "300")
+    second = run_process("demo", "--db", str(db_path), "--batches", "300")
+
+    assert first.code == second.code == 0, second.err
+    assert "full sync" in second.out and second.err == ""
+    assert (
+        second.out.split("batches read")[0].split()[-1]
+        == (first.out.split("batches read")[0].split()[-1])
+    )
+
+
+def test_demo_refuses_to_replace_a_database_that_is_not_a_demo(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path)).code == 0
+    before = db_path.read_bytes()
+
+    outcome = run("demo", "--db", str(db_path), "--batches", "100")
+
+    assert outcome.code == 2 and "not a demo database" in outcome.err
+    assert db_path.read_bytes() == before
+
+
+def test_help_tells_the_defaults_of_each_command():
+    demo = run_process("demo", "--help")
+    sync = run_process("sync", "--help")
+
+    assert "demo.duckdb" in demo.out and "siliconflow.duckdb" in sync.out
+
+
+@pytest.fixture(scope="module")
+def installed_tool(tmp_path_factory) -> Path:
+    """`pip install` of the wheel built from this checkout, into a venv of its own."""
+    root = tmp_path_factory.mktemp("tool")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(root)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = root.glob("sfbatches-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=300)
+    pip = [str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, str(wheel)], check=True, timeout=1200)
+    shutil.rmtree(REPO / "build", ignore_errors=True)
+    return root / "venv" / "bin" / "sfbatches"
+
+
+def test_the_wheel_runs_the_demo_from_any_folder(installed_tool, tmp_path):
+    elsewhere = tmp_path / "somewhere else"
+    elsewhere.mkdir()
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def tool(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(installed_tool), *args],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    demo = tool("demo", "--batches", "400")
+    models = tool("models", "--db", "demo.duckdb")
+    report = tool("report", "--db", "demo.duckdb")
+
+    assert demo.returncode == 0, demo.stderr
+    assert "models built" in demo.stdout and "Created" in demo.stdout
+    assert models.returncode == 0 and report.returncode == 0, models.stderr + report.stderr
+    assert (elsewhere / "demo.duckdb").is_file()
+    where = subprocess.run(
+        [
+            str(installed_tool.with_name("python")),
+            "-c",
+            "import pipelines; print(pipelines.__file__)",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert str(REPO) not in where.stdout, "the tool must run from the wheel, not the checkout"
