@@ -39,9 +39,11 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/sqlfluff lint sql/
 
+# SFBATCHES_DB only when DB is given (`make notebooks DB=…`): unset, the notebooks may fall back
+# to demo.duckdb. JupyterLab refuses to run as root (containers) without --allow-root.
 notebooks: install
 	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
-	SFBATCHES_DB=$(DB) $(BIN)/jupyter lab notebooks/
+	$(if $(filter-out file,$(origin DB)),SFBATCHES_DB=$(DB) )$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root )notebooks/
 
 clean:
 	rm -rf $(VENV) demo.duckdb demo.duckdb.* .demo.duckdb.dlt .pytest_cache .ruff_cache

@@ -6,33 +6,51 @@ Needs the `notebooks` (or `dev`) extra for matplotlib. Nothing in the package im
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.ticker import NullFormatter, PercentFormatter
+from matplotlib.axis import Axis
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import text_to_path
+from matplotlib.ticker import FuncFormatter, Locator, NullFormatter, PercentFormatter
 
 from pipelines.warehouse.database import DEFAULT_DB, open_database
 
 DEMO_DB = "demo.duckdb"
 HOUR_S = 3600.0
-# ticks for durations in hours on a log axis: 1 s .. 14 d
+# Tick candidates for durations in hours on a log axis, the most telling first: an axis shows
+# those that fit in this order, and a later one only where it leaves every label room.
 DURATION_TICKS_H = {
+    1 / 60: "1 min",
+    1: "1 h",
+    24: "24 h",
     1 / 3600: "1 s",
     10 / 3600: "10 s",
-    1 / 60: "1 min",
     10 / 60: "10 min",
-    0.5: "30 min",
-    1: "1 h",
     6: "6 h",
-    24: "24 h",
     72: "3 d",
     336: "14 d",
+    0.5: "30 min",
+    30 / 3600: "30 s",
+    3: "3 h",
+    12: "12 h",
+    168: "7 d",
+    5 / 60: "5 min",
+    2: "2 h",
+    48: "2 d",
+    5 / 3600: "5 s",
+    2 / 60: "2 min",
+    720: "30 d",
 }
+# space between two tick labels, in multiples of the label font size
+TICK_GAP_EM = 1.0
+PARTIAL_LABEL = "today (partial)"
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -50,15 +68,25 @@ def repo_root(start: Path | None = None) -> Path:
 def database_path(env: Mapping[str, str] | None = None, root: Path | None = None) -> Path:
     """`$SFBATCHES_DB`, else siliconflow.duckdb; relative paths are taken from the repo root.
 
-    When that file does not exist but demo.duckdb does, says so and returns demo.duckdb.
+    A file SFBATCHES_DB names must exist. Only when it is not set and siliconflow.duckdb does
+    not exist either does this say so and return demo.duckdb, if that exists.
     """
     env = os.environ if env is None else env
     root = root or repo_root()
-    wanted = root / (env.get("SFBATCHES_DB") or DEFAULT_DB)
-    if wanted.exists():
+    named = env.get("SFBATCHES_DB")
+    if named:
+        wanted = root / named
+        if wanted.is_file():
+            return wanted
+        raise FileNotFoundError(
+            f"no database at {wanted} (named by SFBATCHES_DB): run `sfbatches sync --db {wanted}` "
+            "to create it, or unset SFBATCHES_DB to see the demo database"
+        )
+    wanted = root / DEFAULT_DB
+    if wanted.is_file():
         return wanted
     demo = root / DEMO_DB
-    if demo.exists():
+    if demo.is_file():
         print(f"Note: {shown(wanted, root)} not found; showing the demo database {DEMO_DB}.")
         print("Set SFBATCHES_DB (or run `make sync`) to look at your own batches.")
         return demo
@@ -79,12 +107,28 @@ def shown(path: Path, root: Path | None = None) -> str:
 def load(db_path: Path, queries: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     """Run each query on a read-only connection in UTC and close it before returning.
 
-    A notebook holds no connection afterwards, so it never blocks the next sync.
+    A notebook holds no connection afterwards, so it never blocks the next sync. Says so when
+    the database holds no batches yet; the frames are then empty and the charts stay blank.
     """
     with open_database(db_path, read_only=True) as con:
         con.execute("set TimeZone = 'UTC'")
+        [(has_views,)] = con.execute(
+            "select count(*) > 0 from information_schema.tables "
+            "where table_schema = 'analytics' and table_name = 'batch_turnaround'"
+        ).fetchall()
+        if not has_views:
+            raise LookupError(
+                f"{shown(db_path)} has no analytics views: run `sfbatches sync --db {db_path}` "
+                "(or `sfbatches models` if it already holds batches)"
+            )
+        [(batch_count,)] = con.execute("select count(*) from analytics.batch_turnaround").fetchall()
         frames = {name: con.sql(sql).df() for name, sql in queries.items()}
     print(f"Read {shown(db_path)} (read-only, times in UTC); connection closed.")
+    if not batch_count:
+        print(
+            f"No batches in {shown(db_path)} yet: the charts below stay empty until "
+            f"`sfbatches sync --db {shown(db_path)}` finds some."
+        )
     return frames
 
 
@@ -140,19 +184,102 @@ def date_axis(ax: Axes, label: str, max_ticks: int = 10, min_days: float = 2) ->
         ax.set_xlim(low - 1, high + 1)
 
 
+def utc_today() -> date:
+    """The current day in UTC, the day whose numbers are still coming in."""
+    return datetime.now(UTC).date()
+
+
+def partial_days(days: Iterable[object], today: date | None = None) -> list[date]:
+    """The days among `days` (dates, datetimes or strings) that have not ended yet in UTC:
+    today, and any later one. A per-day chart marks them, as their numbers still grow."""
+    today = today or utc_today()
+    dates = {utc_date(value) for value in days if pd.notna(value)}
+    return sorted(day for day in dates if day >= today)
+
+
+def utc_date(value: object) -> date:
+    """The UTC day of a date, a datetime (a naive one is taken as UTC) or an ISO string."""
+    stamp = pd.Timestamp(value)
+    return (stamp.tz_convert("UTC") if stamp.tzinfo else stamp).date()
+
+
+def mark_partial_days(ax: Axes, days: Iterable[object], align: str = "center") -> list[date]:
+    """Hatch each of `days` that is not over yet on a per-day chart, with the legend label
+    'today (partial)'; returns those days. `align` is how the chart places a day: "center" for
+    points and centred bars, "edge" for bars that start at the day (`bar(align="edge")`)."""
+    partial = partial_days(days)
+    for index, day in enumerate(partial):
+        start = date2num(datetime(day.year, day.month, day.day)) - (0.5 if align == "center" else 0)
+        ax.axvspan(
+            start,
+            start + 1,
+            facecolor=(1, 1, 1, 0.5),
+            edgecolor="0.55",
+            hatch="///",
+            linewidth=0,
+            zorder=2.5,  # over bars and lines: the day reads faded, not missing
+            label=PARTIAL_LABEL if index == 0 else "_nolegend_",
+        )
+    return partial
+
+
+class DurationLocator(Locator):
+    """Major ticks from DURATION_TICKS_H inside the view, as many as fit without labels touching.
+
+    It measures at draw time, on the final size of the axes, so labels never overlap however
+    wide the figure or the range of the data.
+    """
+
+    def __call__(self) -> list[float]:
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin: float, vmax: float) -> list[float]:
+        low, high = sorted((vmin, vmax))
+        inside = [tick for tick in DURATION_TICKS_H if low <= tick <= high]
+        axis = self.axis
+        if axis is None or len(inside) < 2:
+            return sorted(inside)
+        scale = axis.get_transform().transform
+        start, end = scale([low, high])
+        pixels = axis.axes.bbox.width if axis.axis_name == "x" else axis.axes.bbox.height
+        per_unit = pixels / (end - start) if end > start else 0.0
+        font = axis.get_major_ticks(1)[0].label1.get_fontproperties()
+        gap = TICK_GAP_EM * font.get_size_in_points() * axis.figure.dpi / 72
+        kept: dict[float, tuple[float, float]] = {}  # tick: (pixels from start, half its label)
+        for tick in inside:
+            position = (scale([tick])[0] - start) * per_unit
+            half = label_extent(axis, DURATION_TICKS_H[tick], font) / 2
+            if all(abs(position - at) >= half + reach + gap for at, reach in kept.values()):
+                kept[tick] = (position, half)
+        return sorted(kept)
+
+
+def label_extent(axis: Axis, text: str, font: FontProperties) -> float:
+    """How far a horizontal tick label reaches along `axis`, in pixels."""
+    width, height, _ = text_to_path.get_text_width_height_descent(text, font, ismath=False)
+    return (width if axis.axis_name == "x" else height) * axis.figure.dpi / 72
+
+
+def duration_label(value_h: float, _position: int | None = None) -> str:
+    """The label of a DURATION_TICKS_H tick ('' for any other value)."""
+    for tick, label in DURATION_TICKS_H.items():
+        if np.isclose(value_h, tick, rtol=1e-9, atol=0):
+            return label
+    return ""
+
+
 def hours_axis(ax: Axes, label: str, axis: str = "y") -> None:
-    """Log scale for durations given in hours, ticked at 1 s, 10 s, 1 min ... 14 d."""
+    """Log scale for durations given in hours, ticked 1 s, 1 min, 1 h, 24 h ... as room allows."""
     if axis == "y":
         ax.set_yscale("log")
-        ax.set_ylabel(label)
-        target, (low, high) = ax.yaxis, ax.get_ylim()
+        target = ax.yaxis
     else:
         ax.set_xscale("log")
-        ax.set_xlabel(label)
-        target, (low, high) = ax.xaxis, ax.get_xlim()
-    ticks = [tick for tick in DURATION_TICKS_H if low <= tick <= high] or list(DURATION_TICKS_H)
-    target.set_ticks(ticks, labels=[DURATION_TICKS_H[tick] for tick in ticks])
+        target = ax.xaxis
+    target.set_major_locator(DurationLocator())
+    target.set_major_formatter(FuncFormatter(duration_label))
     target.set_minor_formatter(NullFormatter())
+    target.set_label_text(label)
 
 
 def percent_axis(ax: Axes, label: str) -> None:
