@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.errors import ReportError
-from pipelines.vocabulary import DATASET
+from pipelines.vocabulary import DATASET, LIFECYCLE
 from pipelines.warehouse.database import open_database
 
 WIDTH = 80
@@ -22,18 +22,6 @@ SECTION_COLUMN = 25
 DETAIL_COLUMN = 14
 # a rate below 1 in one unit moves to the next, so that it reads as a plain number
 RATE_UNITS = ((1.0, "req/s"), (60.0, "req/min"), (3600.0, "req/h"))
-# statuses in the order a batch lives through them; others follow alphabetically
-LIFECYCLE = (
-    "in_queue",
-    "validating",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "failed",
-    "expired",
-    "cancelling",
-    "cancelled",
-)
 
 _CREATED = """
     select
