@@ -870,6 +870,127 @@ def test_repeat_serves_a_batch_again_right_after_another(sim, api):
     assert listed == [*truth[:30], truth[2], *truth[30:]]
 
 
+# --- answers served again from the cache ---------------------------------------------------
+
+
+def fresh_body(sim: Simulator, target: str) -> bytes:
+    """What `sim` answers to GET `target` now, rendered anew by a simulator without a cache."""
+    uncached = Simulator(sim.world, cache_bytes=0)
+    uncached.faults = sim.faults
+    reply = uncached.respond("GET", target, {"Authorization": f"Bearer {sim.api_key}"}, b"")
+    assert reply is not None and reply.status == 200
+    return reply.body
+
+
+@pytest.mark.parametrize("path", ["/batches?limit=10&after={after}", "/batches/{after}"])
+def test_an_answer_asked_again_comes_byte_identical_from_the_cache(sim, api, path):
+    url = sim.base_url + path.format(after=sim.world.visible_ids()[9])
+    first = api.get(url, timeout=5)
+    second = api.get(url, timeout=5)
+
+    assert second.status_code == 200 and second.content == first.content
+    assert sim.cache_hits == 1
+    assert first.headers["x-siliconcloud-trace-id"] != second.headers["x-siliconcloud-trace-id"]
+    state = requests.get(f"http://127.0.0.1:{sim.port}/_sim/state", timeout=5).json()
+    assert state["cache_hits"] == 1 and state["cache_bytes"] > len(first.content)
+
+
+def test_latency_and_error_rate_leave_cached_answers_in_place(sim, api):
+    list_batches(api, sim, limit=10)
+    sim.faults.latency_ms = 1
+    sim.faults.error_rate = 0.0
+    list_batches(api, sim, limit=10)
+
+    assert sim.cache_hits == 1
+
+
+def cancel_an_open_batch(sim: Simulator, truth: list[str]) -> None:
+    open_batch = next(b for b in map(sim.world.get, truth[10:20]) if b["status"] not in TERMINAL)
+    sim.world.cancel(open_batch["id"])
+
+
+def set_faults(make_settings: Any) -> Any:
+    """A change that applies the fault settings `make_settings(truth)` returns."""
+    return lambda sim, truth: sim.faults.update(make_settings(truth))
+
+
+CHANGES = {
+    "advance": lambda sim, truth: sim.world.advance(HOUR),
+    "set_metadata": lambda sim, truth: sim.world.set_metadata(truth[12], {"new": "yes"}),
+    "cancel": cancel_an_open_batch,
+    "extra_fields": set_faults(lambda truth: {"extra_fields": {"priority": 5}}),
+    "extra_fields edited in place": lambda sim, truth: sim.faults.extra_fields.update(p=1),
+    "overrides": set_faults(lambda truth: {"overrides": {truth[12]: {"status": "COMPLETED"}}}),
+    "pin_to_top": set_faults(lambda truth: {"pin_to_top": [truth[15]]}),
+    "repeat": set_faults(lambda truth: {"repeat": {truth[40]: truth[12]}}),
+    "ignore_after": set_faults(lambda truth: {"ignore_after": True}),
+    "single_page": set_faults(lambda truth: {"single_page": True}),
+    "omit_last_id": set_faults(lambda truth: {"omit_last_id": True}),
+    "oldest_first": set_faults(lambda truth: {"oldest_first": True}),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_any_change_to_the_world_or_a_setting_is_seen_by_the_next_answer(sim, api, change):
+    truth = sim.world.visible_ids()
+    target = f"/v1/batches?limit=10&after={truth[9]}"
+    url = f"http://127.0.0.1:{sim.port}{target}"
+    before = api.get(url, timeout=5).content
+    CHANGES[change](sim, truth)
+    after = api.get(url, timeout=5).content
+
+    assert after != before and after == fresh_body(sim, target)
+    assert sim.cache_hits == 0
+    assert api.get(url, timeout=5).content == after and sim.cache_hits == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 503},
+        {"kind": "bad_json"},
+        {"kind": "malformed"},
+        {"kind": "end_early"},
+        {"kind": "skip", "count": 5},
+        {"kind": "echo_cursor"},
+    ],
+)
+def test_a_queued_fault_still_fires_on_a_cached_page_and_is_not_kept(sim, api, fault):
+    url = f"{sim.base_url}/batches?limit=10&after={sim.world.visible_ids()[9]}"
+    cached = api.get(url, timeout=5).content
+    sim.faults.queue(**fault)
+    faulty = api.get(url, timeout=5)
+
+    assert faulty.content != cached and sim.faults.pending() == 0
+    assert sim.cache_hits == 0
+    assert api.get(url, timeout=5).content == cached and sim.cache_hits == 1
+
+
+@pytest.mark.parametrize("kind", ["slow", "trickle"])
+def test_a_late_answer_to_a_cached_page_is_rendered_anew(sim, api, kind):
+    url = f"{sim.base_url}/batches?limit=10"
+    cached = api.get(url, timeout=5).content
+    sim.faults.queue(kind=kind, seconds=0.001)
+
+    assert api.get(url, timeout=5).content == cached and sim.cache_hits == 0
+
+
+def test_the_cache_stays_within_its_bytes_dropping_the_least_recently_used():
+    world = World(batches=2000, seed=7, now=NOW)
+    with requests.Session() as api, Simulator(world, cache_bytes=0) as uncached:
+        api.headers["Authorization"] = f"Bearer {uncached.api_key}"
+        page_bytes = len(list_batches(api, uncached, limit=100).content)
+        bound = page_bytes * 5 // 2  # room for two pages
+        with Simulator(world, cache_bytes=bound) as sim:
+            pages = fetch_pages(api, sim, 100)
+            assert [batch for page in pages for batch in page["data"]] == world.visible()
+            assert len(sim.cache) == 2 and sim.cache.bytes <= bound
+
+            list_batches(api, sim, limit=100, after=pages[-2]["last_id"])  # the last: kept
+            list_batches(api, sim, limit=100)  # the first: dropped long ago
+            assert sim.cache_hits == 1 and sim.cache.bytes <= bound
+
+
 # --- control API for out-of-process users --------------------------------------------------
 
 

@@ -9,8 +9,8 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from http.client import responses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +43,14 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 TRICKLE_BYTES = 16
 RANDOM_ERRORS = (429, 500, 503, 504)
+TIMING_SETTINGS = frozenset({"error_rate", "latency_ms"})  # whether and when, not what
 POLL_SECONDS = 0.01  # stop() waits up to one poll; tests start and stop a server each
+# Bodies of answers kept for asking again (AnswerCache). A page of 100 batches is about 63 KB, so
+# the default holds every page of a 300,000-batch world; `sfbatches simulate` takes another bound
+# in MB from CACHE_MB_ENV (the bench sizes it to its world).
+CACHE_BYTES = 200 * 1024 * 1024
+CACHE_MB_ENV = "SFBATCHES_SIMULATOR_CACHE_MB"
+CACHE_ENTRY_BYTES = 256  # what one entry costs beyond its body: key, node, bytes header
 PROXY_PAGE = (
     "<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
     "<body><h1>Checking your browser before accessing api.siliconflow.cn</h1></body></html>"
@@ -239,9 +246,12 @@ class Faults:
     -> fields set on that batch only; its place in the listing stays), `pin_to_top` (these ids
     listed first, in this order, and nowhere else; cursors stay consistent), `repeat` (batch id
     -> the id after which it is served again, so it is listed twice; last_id ignores it).
+
+    `shape()` says what the settings make answers hold, for the server's cache of answers.
     """
 
     # Each setting's type, also its cleared value when called without an argument.
+    # All but TIMING_SETTINGS change what an answer holds.
     SETTINGS: ClassVar[dict[str, Callable[..., Any]]] = {
         "error_rate": float,
         "latency_ms": float,
@@ -264,8 +274,10 @@ class Faults:
     overrides: dict[str, dict[str, Any]]
     pin_to_top: list[str]
     repeat: dict[str, str]
+    version: int  # moves whenever a setting that shapes answers is assigned
 
     def __init__(self, seed: int = 7) -> None:
+        self.version = 0
         self._lock = threading.Lock()
         self._queue: deque[Fault | None] = deque()
         self._rng = random.Random(seed)
@@ -329,6 +341,21 @@ class Faults:
         for name, kind in self.SETTINGS.items():
             setattr(self, name, kind())
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in self.SETTINGS and name not in TIMING_SETTINGS:
+            super().__setattr__("version", self.version + 1)
+
+    def shape(self) -> tuple[int, str]:
+        """What the settings make an answer hold now; equal shapes give equal answers.
+
+        `version` moves with every setting assigned (also back to an earlier value, so a
+        setting changed while an answer was being rendered is never mistaken for no change);
+        the repr catches a dict or list setting edited in place.
+        """
+        containers = (self.extra_fields, self.overrides, self.pin_to_top, self.repeat)
+        return self.version, repr(containers)
+
     def update(self, settings: Mapping[str, Any]) -> None:
         """Apply a JSON-like dict: any of SETTINGS, `queue` (one or a list of queue() kwargs)
         and `reset: true`. Unknown names raise ValueError, so typos are not silently ignored."""
@@ -356,6 +383,59 @@ class Faults:
         return state
 
 
+# --- answers served before -------------------------------------------------------------------
+
+
+class AnswerCache:
+    """Bodies of fault-free answers, kept for one state of the world and its settings at a time.
+
+    Rendering a page re-derives every batch on it, which would make the simulator, not the
+    client, the slow side of a benchmark. A body is filed under its request's key within a
+    `state` (what the answer depends on besides the request); filing one under another state
+    empties the cache first. The least recently used bodies go once all exceed `max_bytes`.
+    """
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self.bytes = 0
+        self._state: Hashable = None
+        self._bodies: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def get(self, state: Hashable, key: Hashable) -> bytes | None:
+        with self._lock:
+            body = self._bodies.get(key) if state == self._state else None
+            if body is None:
+                self.misses += 1
+                return None
+            self._bodies.move_to_end(key)
+            self.hits += 1
+            return body
+
+    def put(self, state: Hashable, key: Hashable, body: bytes) -> None:
+        if len(body) + CACHE_ENTRY_BYTES > self.max_bytes:
+            return
+        with self._lock:
+            if state != self._state:
+                self._bodies.clear()
+                self.bytes = 0
+                self._state = state
+            self._drop(self._bodies.pop(key, None))
+            self._bodies[key] = body
+            self.bytes += len(body) + CACHE_ENTRY_BYTES
+            while self.bytes > self.max_bytes:
+                self._drop(self._bodies.popitem(last=False)[1])
+
+    def _drop(self, body: bytes | None) -> None:
+        if body is not None:
+            self.bytes -= len(body) + CACHE_ENTRY_BYTES
+
+
 # --- the API ----------------------------------------------------------------------------------
 
 
@@ -371,12 +451,14 @@ class Simulator:
         default_limit: int = 20,
         max_limit: int = 100,
         host: str = "127.0.0.1",
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.world = world if world is not None else World()
         self.api_key = api_key
         self.default_limit = default_limit
         self.max_limit = max_limit
         self.faults = Faults()
+        self.cache = AnswerCache(cache_bytes)
         self.requests: list[Request] = []
         self.connections = 0
         self._address = (host, port)
@@ -444,6 +526,11 @@ class Simulator:
         with self._log_lock:
             self.requests.clear()
 
+    @property
+    def cache_hits(self) -> int:
+        """How many answers were served from the cache of answers."""
+        return self.cache.hits
+
     # --- answering ------------------------------------------------------------------------
 
     def respond(
@@ -495,6 +582,8 @@ class Simulator:
         self, query: dict[str, str], batch_id: str | None, fault: Fault | None = None
     ) -> Reply:
         """What was asked for; `fault` may reshape a page, break one batch or trickle it out."""
+        if fault is None:
+            return self._cached_answer(query, batch_id)
         payload = self._list(query, fault) if batch_id is None else self._get(batch_id)
         if isinstance(payload, Reply):
             return payload
@@ -504,6 +593,27 @@ class Simulator:
             items[len(items) // 2].pop("id", None)
         reply = json_reply(200, payload, ((TRACE_HEADER, os.urandom(16).hex()),))
         return reply._replace(trickle_s=fault.seconds) if kind == "trickle" else reply
+
+    def _cached_answer(self, query: dict[str, str], batch_id: str | None) -> Reply:
+        """A fault-free answer, its body from the cache when this state answered it before."""
+        state = self._serving_state()
+        key = (batch_id,) if batch_id is not None else (query.get("limit"), query.get("after"))
+        body = self.cache.get(state, key)
+        if body is None:
+            payload = self._list(query) if batch_id is None else self._get(batch_id)
+            if isinstance(payload, Reply):
+                return payload
+            body = to_json(payload)
+            # Something changed while it was rendered: it may belong to neither state.
+            if self._serving_state() == state:
+                self.cache.put(state, key, body)
+        return Reply(200, body, JSON, ((TRACE_HEADER, os.urandom(16).hex()),))
+
+    def _serving_state(self) -> tuple[Any, ...]:
+        """Everything a fault-free answer depends on besides the request itself."""
+        world = self.world
+        limits = (self.default_limit, self.max_limit)
+        return world, world.now, world.version, self.faults.shape(), limits
 
     def _list(self, query: dict[str, str], fault: Fault | None = None) -> dict[str, Any] | Reply:
         limit = self._limit(query.get("limit"))
@@ -641,6 +751,9 @@ class Simulator:
             "batches": world.size,
             "visible": world.visible_count(),
             "requests": len(self.requests),
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+            "cache_bytes": self.cache.bytes,
         }
 
 
@@ -738,10 +851,17 @@ def serve(
     api_key: str | None = None,
     latency_ms: float = 0,
     host: str = "127.0.0.1",
+    cache_mb: float | None = None,
 ) -> None:
-    """Serve a fresh world until Ctrl-C; the clock stands still unless POST /_sim/advance."""
+    """Serve a fresh world until Ctrl-C; the clock stands still unless POST /_sim/advance.
+
+    The cache of answers holds up to `cache_mb`, else $SFBATCHES_SIMULATOR_CACHE_MB, else 200 MB.
+    """
+    cache_bytes = _cache_bytes(cache_mb)
     world = World(batches=batches, seed=seed)
-    simulator = Simulator(world, port=port, api_key=api_key or DEFAULT_API_KEY, host=host)
+    simulator = Simulator(
+        world, port=port, api_key=api_key or DEFAULT_API_KEY, host=host, cache_bytes=cache_bytes
+    )
     simulator.faults.latency_ms = latency_ms
     with simulator:
         print(
@@ -754,3 +874,15 @@ def serve(
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+def _cache_bytes(cache_mb: float | None) -> int:
+    if cache_mb is None:
+        raw = os.environ.get(CACHE_MB_ENV, "").strip()
+        if not raw:
+            return CACHE_BYTES
+        try:
+            cache_mb = float(raw)
+        except ValueError:
+            raise ValueError(f"{CACHE_MB_ENV} must be a number of MB, not {raw!r}") from None
+    return max(0, int(cache_mb * 1024 * 1024))

@@ -133,7 +133,12 @@ class Plan(NamedTuple):
 
 
 class World:
-    """Batches created over [now - history_days, now + future_days], observed at `now`."""
+    """Batches created over [now - history_days, now + future_days], observed at `now`.
+
+    `version` counts the changes made to it (advance, set_metadata, cancel), each counted once
+    the change is in place: an answer rendered at one (now, version) stays right while neither
+    moves, so the server may keep it.
+    """
 
     def __init__(
         self,
@@ -146,6 +151,7 @@ class World:
         self.now = int(time.time()) if now is None else int(now)
         self.seed = seed
         self.size = batches
+        self.version = 0
         self._lock = threading.Lock()
         self._id_salt = _salt(seed)
         rnd = random.Random(seed)
@@ -169,6 +175,7 @@ class World:
             raise ValueError("the clock only moves forward")
         with self._lock:
             self.now += int(seconds)
+            self.version += 1
 
     def visible_count(self) -> int:
         return bisect_right(self._created, self.now)
@@ -226,7 +233,9 @@ class World:
     def set_metadata(self, batch_id: str, metadata: dict[str, str] | None) -> None:
         """Replace a batch's metadata from now on (also before it was created)."""
         key = self._key(batch_id)
-        self._metadata[key] = None if metadata is None else dict(metadata)
+        with self._lock:
+            self._metadata[key] = None if metadata is None else dict(metadata)
+            self.version += 1
 
     def cancel(self, batch_id: str) -> None:
         """Cancel an open batch now; it is cancelled a few minutes later. Ended ones stay."""
@@ -238,6 +247,7 @@ class World:
             if _status_at(timeline, t, plan.queue_status) in TERMINAL | {"cancelling"}:
                 return
             self._cancelled[key] = _cancelled_now(timeline, t, 60 + key % 240)
+            self.version += 1
 
     # --- ids ------------------------------------------------------------------------------
 
