@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from dlt.common import jsonpath
 from dlt.sources.helpers.requests import Client
 from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
@@ -293,7 +294,11 @@ class BatchApi:
         )
         session.trust_env = False
         self.client = RESTClient(
-            base_url=base_url, auth=BearerTokenAuth(api_key), session=session, data_selector="data"
+            base_url=base_url,
+            auth=BearerTokenAuth(api_key),
+            session=session,
+            # compiled once: dlt compiles a selector given as text again for every page
+            data_selector=jsonpath.compile_path("data"),
         )
         self.hooks = {"response": [self.check]}
 

@@ -10,7 +10,7 @@ syncs whatever happened.
 
 import hashlib
 import itertools
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +43,10 @@ class HeldIds:
     def __len__(self) -> int:
         return len(self.digests)
 
-    def flags(self, batch_ids: Iterable[str]) -> list[bool]:
-        wanted = np.fromiter((id_digest(i) for i in batch_ids), np.uint64)
-        if not len(self.digests) or not len(wanted):
-            return [False] * len(wanted)
+    def flags(self, batch_ids: list[str]) -> list[bool]:
+        if not len(self.digests) or not batch_ids:
+            return [False] * len(batch_ids)
+        wanted = np.fromiter((id_digest(i) for i in batch_ids), np.uint64, len(batch_ids))
         at = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
         return (self.digests[at] == wanted).tolist()
 
@@ -203,7 +203,7 @@ class TopWalk:
         self.stats.read(page)
         self.longest_page = max(self.longest_page, len(page))
         self._check_order(page)
-        for batch, held in zip(page, self.plan.held.flags(b["id"] for b in page), strict=True):
+        for batch, held in zip(page, self.plan.held.flags([b["id"] for b in page]), strict=True):
             self._step(batch, held)
         if page:
             self.oldest = page[-1]

@@ -21,8 +21,8 @@ DEFAULT_SYNC_TIMEOUT_S = 900.0
 
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
 # per-item cost vanishes, small enough to keep memory flat.
-CHUNK_ROWS = 2_000
-# Pages downloaded ahead of the one being converted (a chunk's worth at the default page size):
+CHUNK_ROWS = 10_000
+# Pages downloaded ahead of the one being converted:
 # enough that the download goes on while dlt writes a chunk.
 PREFETCH_PAGES = 20
 
