@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DB ?= siliconflow.duckdb
 
-.PHONY: install demo test sync models report bench lint notebooks clean
+.PHONY: install browser demo test sync models report bench lint notebooks clean
 
 install: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/sfbatches demo --db demo.duckdb
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# The HTML report's tests look at the page in Debian's Chromium: installed (as root) if missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ test "$$(id -u)" = 0 && apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	echo "make: chromium and chromium-driver are missing (install them as root): the HTML report tests will fail"
 
 sync: install
 	$(BIN)/sfbatches sync --db $(DB)

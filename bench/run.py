@@ -24,12 +24,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,12 +44,22 @@ DEFAULT_BATCHES = 100_000
 MAX_BATCHES = 1_000_000
 PAGE_SIZE = 100
 SEED = 7
-FALLBACK_API_KEY = "sk-sim-test"  # pipelines.simulator.DEFAULT_API_KEY, if the banner lacks it
-START_TIMEOUT_S = 300.0
+FALLBACK_API_KEY = "sk-sim-test"  # pipelines.simulator.DEFAULT_API_KEY, when run by hand
 MB = 1024 * 1024
 # The simulator's cache must hold every answer of a run: the listing takes ~630 bytes a batch,
 # the incremental sync's re-read pages a little more.
 CACHE_BYTES_PER_BATCH = 1024
+CACHE_BYTES_FLOOR = 200 * 1024 * 1024
+# Result files: RESULT_FILES output files of RESULT_LINES lines of about LINE_BYTES (a chat
+# completion's line), in a world of RESULT_WORLD batches whose other files are one line each;
+# then one file of about 1 GB.
+RESULT_WORLD = 60
+RESULT_FILES = 24
+RESULT_LINES = 20_000
+LINE_BYTES = 1_200
+BIG_FILE_LINES = 500_000
+BIG_LINE_BYTES = 2_000
+FILE_DOWNLOADS = 8  # as many at a time as the sync downloads
 
 # Targets from the performance issue, as (limit, unit) checked against one run's figures.
 FULL_RATIO_AT_ZERO = 1.5
@@ -59,6 +68,7 @@ RSS_LIMIT_MB = 300.0
 INCREMENTAL_LIST_REQUESTS = 3
 INCREMENTAL_WALL_S = 3.0
 MODELS_WALL_S = 1.0
+RESULTS_RATIO = 1.5
 
 # Runs argv[2:], waits for it with os.wait4 and writes its wall time, peak RSS and exit code
 # as JSON to argv[1]. Kept tiny: a child's ru_maxrss never starts below its parent's peak.
@@ -78,7 +88,7 @@ SUMMARY = re.compile(
     r"sync of .*?: (?P<batches>[\d,]+) batches read .*? from (?P<pages>[\d,]+) pages "
     r"and (?P<lookups>[\d,]+) lookups"
 )
-BANNER = re.compile(r"simulator: (?P<url>\S+) api key (?P<key>\S+)")
+REQUEST_LINES = re.compile(r"\((?P<lines>[\d,]+) request lines?\)")
 
 
 @dataclass
@@ -111,6 +121,7 @@ class Check:
 @dataclass
 class LatencyRun:
     latency_ms: float
+    name: str = ""  # a run of its own (result files), not one of the latencies
     open_batches: int = 0
     steps: list[Measure] = field(default_factory=list)
     warmup_s: float = 0.0  # the unmeasured warm-up, at 0 ms
@@ -148,66 +159,45 @@ class Server:
         return int(state["cache_hits"]), int(state["cache_misses"])
 
     def set_latency(self, latency_ms: float) -> None:
+        self.control("faults", json.dumps({"latency_ms": latency_ms}).encode())
+
+    def enlarge(self, batch_id: str, lines: int, pad_bytes: int) -> None:
+        """Make the batch's output file hold `lines` lines of about `pad_bytes` bytes each."""
+        query = urllib.parse.urlencode(
+            {"batch_id": batch_id, "lines": lines, "pad_bytes": pad_bytes}
+        )
+        self.control(f"enlarge?{query}", b"")
+
+    def control(self, path: str, body: bytes) -> None:
         root = self.base_url.rsplit("/v1", 1)[0]
-        body = json.dumps({"latency_ms": latency_ms}).encode()
         request = urllib.request.Request(
-            f"{root}/_sim/faults", data=body, method="POST", headers={"Content-Type": "json"}
+            f"{root}/_sim/{path}", data=body, method="POST", headers={"Content-Type": "json"}
         )
         with urllib.request.urlopen(request, timeout=30):
             pass
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    def completed_with_output(self, count: int) -> list[str]:
+        """Ids of `count` completed batches with an output file, from the listing."""
+        request = urllib.request.Request(
+            f"{self.base_url}/batches?limit=100",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            page = json.load(response)["data"]
+        done = [b["id"] for b in page if b["status"] == "completed" and b["output_file_id"]]
+        if len(done) < count:
+            raise SystemExit(f"bench: only {len(done)} completed batches to give result files")
+        return done[:count]
 
 
 @contextmanager
-def simulator(batches: int, workdir: Path) -> Iterator[Server]:
-    """`sfbatches simulate` on a free port, answering with its key before this yields."""
-    from pipelines.simulator.server import CACHE_BYTES, CACHE_MB_ENV
+def simulator(*args: str, cache_mb: float) -> Iterator[Server]:
+    """`sfbatches simulate ARGS` in its own process, answering before this yields."""
+    from pipelines.simulator.process import served_elsewhere
+    from pipelines.simulator.server import CACHE_MB_ENV
 
-    port = free_port()
-    argv = [sys.executable, "-m", "pipelines", "simulate", "--port", str(port)]
-    argv += ["--batches", str(batches), "--seed", str(SEED)]
-    cache_mb = max(CACHE_BYTES, batches * CACHE_BYTES_PER_BATCH) / MB
-    env = {**os.environ, CACHE_MB_ENV: f"{cache_mb:.0f}"}
-    process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        banner = process.stdout.readline() if process.stdout else ""
-        match = BANNER.search(banner)
-        base_url = match["url"] if match else f"http://127.0.0.1:{port}/v1"
-        server = Server(process, base_url, match["key"] if match else FALLBACK_API_KEY)
-        wait_until_answering(server)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until_answering(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    request = urllib.request.Request(
-        f"{server.base_url}/batches?limit=1",
-        headers={"Authorization": f"Bearer {server.api_key}"},
-    )
-    while True:
-        if server.process.poll() is not None:
-            raise SystemExit(f"bench: the simulator exited with code {server.process.returncode}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("bench: the simulator did not answer in time")
-        time.sleep(0.1)
+    with served_elsewhere(*args, env={CACHE_MB_ENV: f"{cache_mb:.0f}"}) as served:
+        yield Server(served.process, served.base_url, served.api_key)
 
 
 # --- running one measured step ------------------------------------------------------------------
@@ -281,6 +271,11 @@ def sfbatches(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines", *args]
 
 
+def sync_batches(db: Path) -> list[str]:
+    """The batches only: result files are measured on their own (`run_results`)."""
+    return sfbatches("sync", "--no-models", "--no-results", "--db", str(db))
+
+
 def parse_sync(step: Measure, text: str) -> None:
     match = SUMMARY.search(text)
     if match:
@@ -320,9 +315,9 @@ def run_latency(server: Server, latency_ms: float, skip_peer: bool, root: Path) 
         return measured
 
     bare = step("bare fetch", this_script("--step", "bare", "--base-url", url), parse_json_line)
-    full = step("sync (full)", sfbatches("sync", "--no-models", "--db", str(db)), parse_sync)
+    full = step("sync (full)", sync_batches(db), parse_sync)
     run.open_batches = count_open(db, server, workdir)
-    step("sync (incremental)", sfbatches("sync", "--no-models", "--db", str(db)), parse_sync)
+    step("sync (incremental)", sync_batches(db), parse_sync)
     step("models", sfbatches("models", "--db", str(db)), lambda *_: None, rows=full.rows)
     if not skip_peer:
         peer_db = workdir / "peer.duckdb"
@@ -349,8 +344,8 @@ def warm_up(server: Server, run: LatencyRun, workdir: Path) -> None:
     _, misses_before = server.cache_counts()
     steps = (
         ("bare fetch", this_script("--step", "bare", "--base-url", server.base_url)),
-        ("sync (full)", sfbatches("sync", "--no-models", "--db", scratch)),
-        ("sync (incremental)", sfbatches("sync", "--no-models", "--db", scratch)),
+        ("sync (full)", sync_batches(Path(scratch))),
+        ("sync (incremental)", sync_batches(Path(scratch))),
     )
     for name, argv in steps:
         print(f"bench: {run.latency_ms:g} ms: warm-up: {name} ...", file=sys.stderr, flush=True)
@@ -370,6 +365,120 @@ def count_open(db: Path, server: Server, workdir: Path) -> int:
     probe = Measure("open", 0, 0, 0, 0)
     parse_json_line(probe, text)
     return probe.rows if not figures["exit_code"] else 0
+
+
+# --- result files -----------------------------------------------------------------------------
+
+
+def run_results(root: Path) -> LatencyRun:
+    """Result files: RESULT_FILES files of RESULT_LINES lines next to downloading the same
+    files and reading them with DuckDB's read_json; then one file of about 1 GB."""
+    run = LatencyRun(0.0, name="result files")
+    workdir = Path(tempfile.mkdtemp(prefix="results-", dir=root))
+    world = ("--batches", str(RESULT_WORLD), "--seed", str(SEED), "--max-requests", "1")
+    with simulator(*world, cache_mb=1) as server:
+        for batch_id in server.completed_with_output(RESULT_FILES):
+            server.enlarge(batch_id, RESULT_LINES, LINE_BYTES)
+        baseline = results_step(
+            run,
+            server,
+            workdir,
+            "download + read_json",
+            this_script("--step", "files", "--base-url", server.base_url),
+            parse_json_line,
+        )
+        ours = results_step(
+            run,
+            server,
+            workdir,
+            "sync with result files",
+            sfbatches("sync", "--no-models", "--db", str(workdir / "files.duckdb")),
+            parse_request_lines,
+        )
+    for measured in (baseline, ours):
+        measured.ratio = measured.wall_s / baseline.wall_s if baseline.wall_s else None
+    with simulator(*world, cache_mb=1) as server:
+        (big,) = server.completed_with_output(1)
+        server.enlarge(big, BIG_FILE_LINES, BIG_LINE_BYTES)
+        results_step(
+            run,
+            server,
+            workdir,
+            "sync, one 1 GB file",
+            sfbatches("sync", "--no-models", "--db", str(workdir / "big.duckdb")),
+            parse_request_lines,
+        )
+    shutil.rmtree(workdir, ignore_errors=True)
+    return run
+
+
+def results_step(
+    run: LatencyRun, server: Server, workdir: Path, name: str, argv: list[str], parse: Any
+) -> Measure:
+    print(f"bench: result files: {name} ...", file=sys.stderr, flush=True)
+    measured, text = run_step(name, argv, server, workdir)
+    parse(measured, text)
+    run.steps.append(measured)
+    return measured
+
+
+def parse_request_lines(step: Measure, text: str) -> None:
+    found = REQUEST_LINES.search(text)
+    if found:
+        step.rows = int(found["lines"].replace(",", ""))
+
+
+def download_and_read(base_url: str, api_key: str) -> dict[str, int]:
+    """The baseline: list the batches, download every result file they name (as many at a time
+    as the sync does) and count the lines DuckDB's read_json reads from them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import duckdb
+    import requests
+
+    session = requests.Session()
+    named = [
+        (batch[kind], kind)
+        for batch in every_batch(session, base_url, api_key)
+        for kind in ("output_file_id", "error_file_id")
+        if batch.get(kind) and batch["status"] in TERMINAL_STATUSES
+    ]
+    folder = Path(tempfile.mkdtemp(prefix="baseline-"))
+
+    def fetch(index_ref: tuple[int, tuple[str, str]]) -> Path | None:
+        index, (ref, _) = index_ref
+        signed = ref.startswith("http")
+        url = ref if signed else f"{base_url}/files/{ref}/content"
+        headers = {} if signed else {"Authorization": f"Bearer {api_key}"}
+        with session.get(url, headers=headers, stream=True, timeout=600) as response:
+            if response.status_code != 200:
+                return None
+            path = folder / f"{index}.jsonl"
+            with path.open("wb") as out:
+                for chunk in response.iter_content(1 << 16):
+                    out.write(chunk)
+        return path
+
+    with ThreadPoolExecutor(FILE_DOWNLOADS) as pool:
+        paths = [str(path) for path in pool.map(fetch, enumerate(named)) if path]
+    ((rows,),) = duckdb.execute(
+        "select count(*) from read_json(?, format = 'newline_delimited', ignore_errors = true)",
+        [paths],
+    ).fetchall()
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"rows": int(rows), "files": len(paths)}
+
+
+def every_batch(session: Any, base_url: str, api_key: str) -> list[dict]:
+    batches: list[dict] = []
+    params: dict[str, Any] = {"limit": PAGE_SIZE}
+    headers = {"Authorization": f"Bearer {api_key}"}
+    while True:
+        page = session.get(f"{base_url}/batches", params=params, headers=headers).json()
+        batches += page["data"]
+        if not page.get("has_more") or not page["data"]:
+            return batches
+        params["after"] = page["data"][-1]["id"]
 
 
 # --- targets and printing -----------------------------------------------------------------------
@@ -410,6 +519,28 @@ def checks(run: LatencyRun) -> list[Check]:
     return found
 
 
+def results_checks(run: LatencyRun) -> list[Check]:
+    found: list[Check] = []
+    ours, big = run.get("sync with result files"), run.get("sync, one 1 GB file")
+    if ours and ours.ratio is not None:
+        found.append(
+            Check(
+                f"result files <= {RESULTS_RATIO}x download + read_json",
+                f"{ours.ratio:.2f}x, {ours.peak_rss_mb:.0f} MB",
+                ours.ratio <= RESULTS_RATIO and not ours.exit_code,
+            )
+        )
+    if big:
+        found.append(
+            Check(
+                f"one 1 GB result file: peak RSS <= {RSS_LIMIT_MB:.0f} MB",
+                f"{big.peak_rss_mb:.0f} MB",
+                big.peak_rss_mb <= RSS_LIMIT_MB and not big.exit_code,
+            )
+        )
+    return found
+
+
 def incremental_checks(step: Measure, open_batches: int, at: str) -> list[Check]:
     from pipelines.siliconflow.settings import DEFAULT_SWEEP_PAGES
 
@@ -434,20 +565,25 @@ def incremental_checks(step: Measure, open_batches: int, at: str) -> list[Check]
 
 
 def table(run: LatencyRun) -> str:
-    head = (
-        f"{'step':<22} {'wall s':>8} {'peak RSS MB':>12} {'rows':>9} {'rows/s':>10} "
-        f"{'x bare fetch':>13} {'requests':>9}"
-    )
+    if run.name:
+        return "\n".join([run.name, *step_rows(run.steps, "x baseline")])
     lines = [
         f"latency {run.latency_ms:g} ms per request",
         f"warm-up (bare fetch, full and no-op sync; not measured, 0 ms): {run.warmup_s:.2f} s, "
         f"{run.warmup_requests:,} requests, {run.warmup_rendered:,} rendered by the simulator",
         f"measured steps: {run.cached_answers:,} answers from the simulator's cache "
         f"({run.cache_mb:.0f} MB), {run.rendered_answers:,} rendered anew",
-        head,
-        "-" * len(head),
     ]
-    for m in run.steps:
+    return "\n".join([*lines, *step_rows(run.steps, "x bare fetch")])
+
+
+def step_rows(steps: list[Measure], ratio_name: str) -> list[str]:
+    head = (
+        f"{'step':<22} {'wall s':>8} {'peak RSS MB':>12} {'rows':>9} {'rows/s':>10} "
+        f"{ratio_name:>13} {'requests':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for m in steps:
         ratio = f"{m.ratio:.2f}x" if m.ratio is not None else "-"
         lines.append(
             f"{m.step:<22} {m.wall_s:>8.2f} {m.peak_rss_mb:>12.0f} {m.rows:>9,} "
@@ -455,7 +591,7 @@ def table(run: LatencyRun) -> str:
         )
         if m.error:
             lines.append(f"  ! exit {m.exit_code}: {m.error}")
-    return "\n".join(lines)
+    return lines
 
 
 def targets_block(found: list[Check]) -> str:
@@ -548,6 +684,8 @@ def child_step(args: argparse.Namespace) -> int:
     api_key = os.environ.get("SILICONFLOW_API_KEY", FALLBACK_API_KEY)
     if args.step == "bare":
         figures = bare_fetch(args.base_url, api_key)
+    elif args.step == "files":
+        figures = download_and_read(args.base_url, api_key)
     elif args.step == "peer":
         figures = peer_sync(args.base_url, api_key, Path(args.db))
     else:
@@ -572,8 +710,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave out dlt's rest_api peer (slow and several GB of RSS at 100,000+ batches)",
     )
+    parser.add_argument(
+        "--skip-results", action="store_true", help="leave out the result files' run"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--step", choices=("bare", "peer", "open"), help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=("bare", "peer", "open", "files"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -608,16 +749,22 @@ def bench(args: argparse.Namespace) -> int:
     try:
         floor = rss_floor(root)
         print(f"bench: starting the simulator with {args.batches:,} batches", file=sys.stderr)
-        with simulator(args.batches, root) as server:
+        cache_mb = max(CACHE_BYTES_FLOOR, args.batches * CACHE_BYTES_PER_BATCH) / MB
+        with simulator(
+            "--batches", str(args.batches), "--seed", str(SEED), cache_mb=cache_mb
+        ) as server:
             for latency_ms in args.latencies:
                 runs.append(run_latency(server, latency_ms, args.skip_peer, root))
+        results = None if args.skip_results else run_results(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report(args, runs, floor)
+    report(args, runs, floor, results)
     return 0
 
 
-def report(args: argparse.Namespace, runs: list[LatencyRun], floor: float) -> None:
+def report(
+    args: argparse.Namespace, runs: list[LatencyRun], floor: float, results: LatencyRun | None
+) -> None:
     print(
         f"\nsfbatches bench: {args.batches:,} batches, page size {PAGE_SIZE}, simulator in its "
         f"own process; peak RSS of a bare `python -c pass` measured the same way: {floor:.0f} MB"
@@ -627,6 +774,11 @@ def report(args: argparse.Namespace, runs: list[LatencyRun], floor: float) -> No
         print()
         print(table(run))
         found += checks(run)
+    if results is not None:
+        print()
+        print(table(results))
+        found += results_checks(results)
+        runs = [*runs, results]
     print()
     print(targets_block(found))
     if args.batches != DEFAULT_BATCHES:

@@ -2,21 +2,35 @@
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from pipelines.errors import ConfigError, SfBatchesError
+from pipelines.errors import ConfigError, exit_code_of, one_line
+from pipelines.vocabulary import ALERT_DEFAULTS
 
 if TYPE_CHECKING:
     from pipelines.config import SourceConfig
 
 DEMO_DB = "demo.duckdb"
-DEMO_BATCHES = 5_000
+PROBLEMS_FOUND = 6  # `check`'s exit code when a rule trips
+# check's limit flags: flag, the alerts.* name it overrides, what it limits
+CHECK_LIMITS = (
+    ("--max-sync-age", "max_sync_age_hours", "hours since the last successful sync"),
+    ("--max-queue", "max_queue_hours", "hours a batch may wait in the queue"),
+    ("--max-finalizing", "max_finalizing_hours", "hours a batch may be finalizing"),
+    ("--max-failure-rate", "max_failure_rate", "share of requests failed in the last 24 h"),
+)
+DEMO_BATCHES = 2_000
+# Requests a simulated batch holds at most: real batches hold up to 50,000 (OpenAI) or 5,000
+# (SiliconFlow), but the demo's result files should download in seconds.
+DEMO_REQUESTS = 200
 
 
 def entry_point() -> NoReturn:
@@ -35,27 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.command(args)
-    except SfBatchesError as error:
-        return _fail(str(error), error.exit_code, args.verbose)
-    except KeyboardInterrupt:
-        return _fail("interrupted; the database keeps its last complete sync", 130, args.verbose)
     except BrokenPipeError:
         return _reader_gone()
-    except OSError as error:
-        if error.filename is None:
-            raise
-        return _fail(
-            f"cannot use {error.filename}: {error.strerror}; check the path and its permissions",
-            2,
-            args.verbose,
-        )
-    except Exception as error:
-        return _fail(
-            f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            " (rerun with --verbose for details, and report it)",
-            1,
-            args.verbose,
-        )
+    except (Exception, KeyboardInterrupt) as error:
+        return _fail(one_line(error), exit_code_of(error), args.verbose)
 
 
 def _reader_gone() -> int:
@@ -91,12 +88,45 @@ def build_parser() -> argparse.ArgumentParser:
     _db_option(sync)
     sync.add_argument("--full-refresh", action="store_true", help="re-read every batch")
     sync.add_argument("--no-models", action="store_true", help="skip rebuilding the SQL models")
+    sync.add_argument(
+        "--no-results", action="store_true", help="skip downloading the result files this time"
+    )
 
     _db_option(command("models", cmd_models, "(re)build the SQL models"))
 
     report = command("report", cmd_report, "print the throughput and turnaround summary")
     _db_option(report)
     report.add_argument("--days", type=_positive, default=7, help="look back N days (7)")
+    report.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write the report as one self-contained web page with charts to FILE instead",
+    )
+
+    check = command(
+        "check",
+        cmd_check,
+        "health of the account and of the warehouse: exit 0 when healthy, 6 on problems",
+    )
+    _db_option(check)
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument(
+        "--prometheus",
+        type=Path,
+        metavar="FILE",
+        help="also write the figures behind the rules to FILE (node_exporter's textfile format)",
+    )
+    for flag, name, limits in CHECK_LIMITS:
+        rate = name == "max_failure_rate"
+        check.add_argument(
+            flag,
+            dest=name,
+            type=_rate if rate else _hours,
+            metavar="R" if rate else "H",
+            help=f"{limits} (default: alerts.{name} in .dlt/config.toml, "
+            f"else {ALERT_DEFAULTS[name]:g})",
+        )
 
     demo = command("demo", cmd_demo, "simulator + sync + models + report, no API key needed")
     demo.add_argument(
@@ -111,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", type=_port, default=8800, help="port on 127.0.0.1 (8800)")
     _batches_option(simulate)
     simulate.add_argument("--seed", type=int, default=7, help="the simulated world's seed (7)")
+    simulate.add_argument(
+        "--max-requests",
+        type=_positive,
+        default=DEMO_REQUESTS,
+        help=f"most requests a simulated batch holds ({DEMO_REQUESTS})",
+    )
     simulate.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
     return parser
 
@@ -128,6 +164,27 @@ def _batches_option(parser: argparse.ArgumentParser) -> None:
         default=DEMO_BATCHES,
         help=f"batches in the simulated account ({DEMO_BATCHES:,})",
     )
+
+
+def _hours(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be hours of 0 or more, not {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, not {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
 def _positive(text: str) -> int:
@@ -149,6 +206,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from pipelines.warehouse.database import resolve_db_path
 
     config = resolve_source_config()
+    if args.no_results:
+        config = replace(config, results=False)
     _sync_and_build(resolve_db_path(args.db), config, args.full_refresh, not args.no_models)
     return 0
 
@@ -161,7 +220,7 @@ def _sync_and_build(
     result = run_sync(
         db_path, full_refresh=full_refresh, config=config, progress=sys.stderr.isatty()
     )
-    for warning in result.stats.warnings:
+    for warning in result.warnings:
         print(f"sfbatches: warning: {warning}", file=sys.stderr)
     line = result.summary()
     if models:
@@ -186,7 +245,16 @@ def _build_models(db_path: Path) -> list[str]:
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.warehouse.database import resolve_db_path
 
-    print(_report(resolve_db_path(args.db), args.days))
+    db_path = resolve_db_path(args.db)
+    if args.html is None:
+        print(_report(db_path, args.days))
+        return 0
+    from pipelines.analytics.dashboard import render_html_at
+    from pipelines.analytics.publish import HTML_MARK, refuse_if_not_ours, write_ours
+    from pipelines.config import resolve_limits
+
+    refuse_if_not_ours(args.html, HTML_MARK)
+    write_ours(args.html, render_html_at(db_path, resolve_limits({}), args.days), HTML_MARK)
     return 0
 
 
@@ -196,14 +264,32 @@ def _report(db_path: Path, days: int) -> str:
     return render_report_at(db_path, days)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pipelines.analytics.check import check_at, figures, problem_counts
+    from pipelines.analytics.publish import PROMETHEUS_MARK, prometheus_text, write_ours
+    from pipelines.config import resolve_limits
+    from pipelines.warehouse.database import resolve_db_path
+
+    limits = resolve_limits({name: getattr(args, name) for _, name, _ in CHECK_LIMITS})
+    health = check_at(resolve_db_path(args.db), limits)
+    if args.prometheus:
+        text = prometheus_text(figures(health), problem_counts(health))
+        write_ours(args.prometheus, text, PROMETHEUS_MARK)
+    if args.json:
+        print(json.dumps(health.as_json(), indent=2))
+    else:
+        print("\n".join(health.lines()))
+    return 0 if health.ok else PROBLEMS_FOUND
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.config import SourceConfig
-    from pipelines.simulator import Simulator, World
+    from pipelines.simulator.process import served_elsewhere
     from pipelines.warehouse.database import mark_as_demo, remove_demo_database
 
     db_path = Path(args.db)
     remove_demo_database(db_path)
-    with Simulator(World(batches=args.batches)) as simulator:
+    with served_elsewhere("--batches", str(args.batches)) as simulator:
         print(f"sfbatches: demo simulator with {args.batches:,} batches at {simulator.base_url}")
         config = SourceConfig(api_key=simulator.api_key, base_url=simulator.base_url)
         _sync_and_build(db_path, config, full_refresh=False, models=True)
@@ -217,7 +303,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from pipelines.simulator import serve
 
     try:
-        serve(port=args.port, batches=args.batches, seed=args.seed, latency_ms=args.latency_ms)
+        serve(
+            port=args.port,
+            batches=args.batches,
+            seed=args.seed,
+            latency_ms=args.latency_ms,
+            max_requests=args.max_requests,
+        )
     except OSError as error:
         reason = "is in use" if error.errno == errno.EADDRINUSE else f"failed: {error.strerror}"
         raise ConfigError(f"port {args.port} {reason}: choose another with --port") from None

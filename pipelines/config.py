@@ -1,12 +1,15 @@
 """Settings from dlt's providers (.dlt/*.toml, environment), checked before anything runs."""
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import dlt
 
+from pipelines.analytics.check import Limits
 from pipelines.errors import ConfigError
 from pipelines.siliconflow import RetryPolicy
 from pipelines.siliconflow.settings import (
@@ -32,6 +35,8 @@ class SourceConfig:
     sweep_pages: int = DEFAULT_SWEEP_PAGES
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
     key_source: str = "the caller"
+    results: bool = True
+    archive_dir: Path | None = None
 
     def __repr__(self) -> str:
         # Never let the key reach a log line or traceback through this object.
@@ -46,14 +51,35 @@ def resolve_source_config() -> SourceConfig:
         base_url=checked_base_url(str(_setting("sources.siliconflow.base_url", DEFAULT_BASE_URL))),
         page_size=_whole_number("sources.siliconflow.page_size", DEFAULT_PAGE_SIZE),
         sweep_pages=_whole_number("sources.siliconflow.sweep_pages", DEFAULT_SWEEP_PAGES, 0),
-        sync_timeout_s=_seconds("sources.siliconflow.sync_timeout", DEFAULT_SYNC_TIMEOUT_S, 1),
+        sync_timeout_s=_number("sources.siliconflow.sync_timeout", DEFAULT_SYNC_TIMEOUT_S, 1),
+        results=_yes_or_no("sources.siliconflow.results", True),
+        archive_dir=_folder("sources.siliconflow.archive_dir"),
         retry=RetryPolicy(
             max_attempts=_whole_number("runtime.request_max_attempts", RetryPolicy.max_attempts),
-            backoff_factor=_seconds("runtime.request_backoff_factor", RetryPolicy.backoff_factor),
-            max_delay_s=_seconds("runtime.request_max_retry_delay", RetryPolicy.max_delay_s),
-            timeout_s=_seconds("runtime.request_timeout", RetryPolicy.timeout_s),
+            backoff_factor=_number("runtime.request_backoff_factor", RetryPolicy.backoff_factor),
+            max_delay_s=_number("runtime.request_max_retry_delay", RetryPolicy.max_delay_s),
+            timeout_s=_number("runtime.request_timeout", RetryPolicy.timeout_s),
         ),
     )
+
+
+def resolve_limits(flags: dict[str, float | None]) -> Limits:
+    """`sfbatches check`'s limits: each from its flag, else `alerts.<name>`, else the default."""
+    defaults = Limits()
+    values = {}
+    for name in Limits.__dataclass_fields__:
+        flag = flags.get(name)
+        if flag is not None:
+            values[name] = flag
+            continue
+        rate = name == "max_failure_rate"
+        values[name] = _number(
+            f"alerts.{name}",
+            getattr(defaults, name),
+            most=1 if rate else math.inf,
+            unit="failed requests per request" if rate else "hours",
+        )
+    return Limits(**values)
 
 
 def resolve_api_key() -> tuple[str, str]:
@@ -98,6 +124,25 @@ def _setting(key: str, default: object) -> object:
     return default if value is None else value
 
 
+def _yes_or_no(key: str, default: bool) -> bool:
+    value = _setting(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false, not {value!r}")
+
+
+def _folder(key: str) -> Path | None:
+    value = _setting(key, None)
+    if value is None or not str(value).strip():
+        return None
+    return Path(str(value).strip()).expanduser()
+
+
 def _whole_number(key: str, default: int, least: int = 1) -> int:
     value = _setting(key, default)
     try:
@@ -109,12 +154,15 @@ def _whole_number(key: str, default: int, least: int = 1) -> int:
     return number
 
 
-def _seconds(key: str, default: float, least: float = 0) -> float:
+def _number(
+    key: str, default: float, least: float = 0, most: float = math.inf, unit: str = "seconds"
+) -> float:
     value = _setting(key, default)
     try:
         number = float(str(value))
     except ValueError:
-        number = least - 1
-    if not number >= least:
-        raise ConfigError(f"{key} must be a number of seconds ({least:g} or more), not {value!r}")
+        number = math.nan
+    if not least <= number <= most:
+        span = f"{least:g} or more" if most == math.inf else f"{least:g} to {most:g}"
+        raise ConfigError(f"{key} must be a number of {unit} ({span}), not {value!r}")
     return number

@@ -54,3 +54,33 @@ def find_error(exc: BaseException) -> SfBatchesError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code the CLI gives for `error`."""
+    if isinstance(error, SfBatchesError):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return 2 if _is_file_error(error) else 1
+
+
+def one_line(error: BaseException) -> str:
+    """The line the CLI prints for `error` (without the `sfbatches: ` in front)."""
+    if isinstance(error, SfBatchesError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted; the database keeps its last complete sync"
+    if _is_file_error(error):
+        return f"cannot use {error.filename}: {error.strerror}; check the path and its permissions"
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return (
+        f"unexpected {type(error).__name__}: {first} "
+        "(rerun with --verbose for details, and report it)"
+    )
+
+
+def _is_file_error(error: BaseException) -> bool:
+    """A file or folder the user named could not be used (a path, a permission, a full disk)."""
+    return isinstance(error, OSError) and getattr(error, "filename", None) is not None

@@ -10,6 +10,13 @@ METADATA = "batch_metadata"
 ERRORS = "batch_errors"
 STATUS_HISTORY = "batch_status_history"
 CHILD_TABLES = (REQUEST_COUNTS, METADATA, ERRORS)
+# Result files: one row per file a sync tried, one row per line of each loaded file.
+BATCH_FILES = "batch_files"
+BATCH_REQUESTS = "batch_requests"
+FILE_KINDS = ("output", "error")  # a batch's output_file_id, error_file_id
+LOADED, GONE, FAILED = "loaded", "gone", "failed"  # a file's state
+# One row per sync that got the database, written at its end, ok or failed.
+SYNC_RUNS = "sync_runs"
 # One row: the floor a broken walk left and the sweep's cursor, for the next sync.
 SYNC_STATE = "_sfbatches_state"
 # One row per key in each table; children are also replaced as a whole per `batch_id`.
@@ -18,6 +25,16 @@ PRIMARY_KEYS = {
     REQUEST_COUNTS: ("batch_id",),
     METADATA: ("batch_id", "key"),
     ERRORS: ("batch_id", "position"),
+    BATCH_FILES: ("batch_id", "kind"),
+    BATCH_REQUESTS: ("batch_id", "kind", "line"),
+}
+
+# `sfbatches check`'s limits when neither a flag nor `alerts.<name>` sets them (SPEC §2).
+ALERT_DEFAULTS = {
+    "max_sync_age_hours": 1.0,
+    "max_queue_hours": 12.0,
+    "max_finalizing_hours": 2.0,
+    "max_failure_rate": 0.1,
 }
 
 STRING_FIELDS = (

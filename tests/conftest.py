@@ -27,6 +27,9 @@ def no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "3")
     monkeypatch.setenv("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.01")
     monkeypatch.setenv("RUNTIME__REQUEST_MAX_RETRY_DELAY", "0.05")
+    # Result files are what tests/test_results.py is about; elsewhere they would only slow a
+    # sync down (the default world's batches run up to 50,000 requests each).
+    monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "false")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from truth import RESULT_TABLES_DDL
 
 from pipelines import cli
 from pipelines.analytics.models import (
@@ -150,7 +151,7 @@ def literal(moment: str | None) -> str | None:
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(TABLES)
+    con.execute(TABLES + RESULT_TABLES_DDL)
 
 
 def load_batches(con: duckdb.DuckDBPyConnection) -> None:
@@ -605,7 +606,10 @@ def test_completion_window_is_parsed_to_seconds(con, window, seconds):
 def test_build_models_builds_staging_then_intermediate_then_marts_in_dependency_order(con):
     create_tables(con)
     assert build_models(con) == [
+        "seed_model_prices",
+        "stg_batch_files",
         "stg_batch_request_counts",
+        "stg_batch_requests",
         "stg_batch_status_history",
         "stg_batches",
         "int_batch_lifecycle",
@@ -613,6 +617,10 @@ def test_build_models_builds_staging_then_intermediate_then_marts_in_dependency_
         "daily_throughput",
         "daily_turnaround",
         "hourly_throughput",
+        "model_prices",
+        # batch_usage reads model_prices, and daily_usage batch_usage
+        "batch_usage",
+        "daily_usage",
         "open_batches",
         "status_counts",
     ]
@@ -642,7 +650,7 @@ def test_build_models_without_synced_tables_says_to_sync_first(con):
 
 def test_build_models_names_a_missing_child_table(con):
     con.execute("create schema siliconflow; create table siliconflow.batches (id varchar)")
-    with pytest.raises(ModelError, match=r"siliconflow\.batch_request_counts, which is missing"):
+    with pytest.raises(ModelError, match=r"siliconflow\.batch_\w+, which is missing: run"):
         build_models(con)
 
 

@@ -5,32 +5,42 @@ import math
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, date, datetime
+from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, START
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import date2num
+from matplotlib.dates import date2num, num2date
 from matplotlib.figure import Figure
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
 from pipelines.analytics.notebooks import (
     DEMO_DB,
+    PARTIAL_LABEL,
+    UNKNOWN_COLOR,
+    UNKNOWN_MODEL,
+    count_label,
     database_path,
     duration,
     load,
+    model_colors,
     partial_days,
     repo_root,
 )
@@ -60,31 +70,65 @@ def _keep_and_show(*args, **kwargs):
 
 plt.show = _keep_and_show
 """
+# Batches of up to 60 requests: result files small enough to download in seconds.
 MONTH_OF_BATCHES = pytest.param(
-    lambda: World(batches=2000, seed=11, now=START), id="month-of-batches"
+    lambda: World(batches=2000, seed=11, now=START, max_requests=60), id="month-of-batches"
 )
+# a few minutes of history: batches queued or running, none ended, nothing completed
+NOTHING_ENDED_YET = pytest.param(
+    lambda: World(
+        batches=30, seed=3, now=START, history_days=0.002, future_days=0, max_requests=60
+    ),
+    id="nothing-ended-yet",
+)
+USAGE = REPO / "notebooks" / "usage.ipynb"
+NO_RESULT_FILES = "No result files loaded in"
 
 
-@pytest.fixture(
-    params=[
-        MONTH_OF_BATCHES,
-        # a few minutes of history: batches queued or running, none ended, nothing completed
-        pytest.param(
-            lambda: World(batches=30, seed=3, now=START, history_days=0.002, future_days=0),
-            id="nothing-ended-yet",
-        ),
-    ]
-)
+@pytest.fixture(params=[MONTH_OF_BATCHES, NOTHING_ENDED_YET])
 def world(request: pytest.FixtureRequest) -> World:
     return request.param()
 
 
 @pytest.fixture
-def synced_db(simulator, run, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Two syncs an hour apart, so open batches have a status history; SFBATCHES_DB names it."""
-    assert run("sync", "--db", str(db_path)).code == 0
-    simulator.world.advance(3600)
-    assert run("sync", "--db", str(db_path)).code == 0
+def load_results() -> bool:
+    """Whether the syncs download the batches' result files (conftest turns that off for other
+    tests); a test parametrizes it to False for a warehouse synced as `--no-results` does."""
+    return True
+
+
+@pytest.fixture(scope="session")
+def synced_warehouses() -> dict[tuple, Path]:
+    """The warehouses synced so far, by world and `load_results`: a world is synced once, and
+    each test reads its own copy."""
+    return {}
+
+
+@pytest.fixture
+def synced_db(
+    request: pytest.FixtureRequest,
+    world: World,
+    load_results: bool,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    synced_warehouses: dict[tuple, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """Two syncs an hour apart, so open batches have a status history, with result files unless
+    `load_results` is False; SFBATCHES_DB names it."""
+    key = (request.node.callspec.params["world"], load_results)  # the world's factory
+    if key not in synced_warehouses:
+        monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "true" if load_results else "false")
+        simulator = request.getfixturevalue("simulator")
+        run = request.getfixturevalue("run")
+        assert run("sync", "--db", str(db_path)).code == 0
+        simulator.world.advance(3600)
+        assert run("sync", "--db", str(db_path)).code == 0
+        kept = tmp_path_factory.mktemp("synced") / db_path.name
+        shutil.copyfile(db_path, kept)
+        synced_warehouses[key] = kept
+    else:
+        shutil.copyfile(synced_warehouses[key], db_path)
     monkeypatch.setenv("SFBATCHES_DB", str(db_path))
     return db_path
 
@@ -104,14 +148,19 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return KERNEL
 
 
+class Executed(NamedTuple):
+    printed: str  # what the cells printed
+    run_cell: Callable[[str], str]  # runs one more cell, returns what it printed
+    cells: list  # the notebook's cells with their outputs
+
+
 @pytest.fixture
-def run_notebook(kernel_name: str) -> Iterator[Callable[..., tuple[str, Callable]]]:
+def run_notebook(kernel_name: str) -> Iterator[Callable[..., Executed]]:
     """Run every cell of a notebook (after `first`, if given), failing on the first error, in a
-    kernel that stays up until the test ends. Returns what the cells printed and a way to run
-    one more cell."""
+    kernel that stays up until the test ends."""
     with ExitStack() as kernels:
 
-        def execute(path: Path, first: str = "") -> tuple[str, Callable[[str], str]]:
+        def execute(path: Path, first: str = "") -> Executed:
             notebook = nbformat.read(path, as_version=4)
             if first:
                 notebook.cells.insert(0, new_code_cell(first))
@@ -130,20 +179,27 @@ def run_notebook(kernel_name: str) -> Iterator[Callable[..., tuple[str, Callable
                 client.execute_cell(cell, len(notebook.cells) - 1)
                 return printed([cell])
 
-            return printed(notebook.cells), run_cell
+            return Executed(printed(notebook.cells), run_cell, notebook.cells)
 
         yield execute
 
 
-@pytest.fixture
-def shown_figures(run_notebook, tmp_path: Path) -> Callable[[Path], list[Figure]]:
-    """Run a notebook with today set to the simulator's day; return the figures it showed, drawn
-    on an Agg canvas as the inline backend draws them (and saved as PNG next to the test)."""
+class Shown(NamedTuple):
+    printed: str
+    figures: list[Figure]
+    tables: list[pd.DataFrame]  # each table displayed, its cells as the HTML shows them
 
-    def figures_of(path: Path) -> list[Figure]:
-        _, run_cell = run_notebook(path, KEEP_FIGURES.format(today=TODAY.isoformat()))
+
+@pytest.fixture
+def shown(run_notebook, tmp_path: Path) -> Callable[[Path], Shown]:
+    """Run a notebook with today set to the simulator's day; return what it printed, the
+    figures it showed, drawn on an Agg canvas as the inline backend draws them (and saved as
+    PNG next to the test), and the tables it displayed."""
+
+    def shown_by(path: Path) -> Shown:
+        executed = run_notebook(path, KEEP_FIGURES.format(today=TODAY.isoformat()))
         kept = tmp_path / f"{path.stem}-figures.pickle"
-        run_cell(
+        executed.run_cell(
             f"import pickle\nwith open({str(kept)!r}, 'wb') as out: pickle.dump(SHOWN_FIGURES, out)"
         )
         figures = pickle.loads(kept.read_bytes())
@@ -151,9 +207,46 @@ def shown_figures(run_notebook, tmp_path: Path) -> Callable[[Path], list[Figure]
             FigureCanvasAgg(figure)
             figure.canvas.draw()
             figure.savefig(tmp_path / f"{path.stem}-{index}.png")
-        return figures
+        return Shown(executed.printed, figures, displayed_tables(executed.cells))
 
-    return figures_of
+    return shown_by
+
+
+class TableCells(HTMLParser):
+    """The cells of each <table> in a page, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append("".join(self.cell).strip())
+            self.cell = None
+
+
+def displayed_tables(cells: list) -> list[pd.DataFrame]:
+    """Each DataFrame the cells displayed, as text read back from its HTML (index dropped)."""
+    parser = TableCells()
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            parser.feed(output.get("data", {}).get("text/html", ""))
+    return [
+        pd.DataFrame([row[1:] for row in rows[1:]], columns=rows[0][1:]) for rows in parser.tables
+    ]
 
 
 def printed(cells: list) -> str:
@@ -166,14 +259,18 @@ def printed(cells: list) -> str:
 
 
 def test_there_are_notebooks_to_run():
-    assert {path.name for path in NOTEBOOKS} >= {"turnaround.ipynb", "throughput.ipynb"}
+    assert {path.name for path in NOTEBOOKS} >= {
+        "turnaround.ipynb",
+        "throughput.ipynb",
+        "usage.ipynb",
+    }
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_top_to_bottom_and_leaves_the_database_unlocked(
     path: Path, synced_db: Path, run_notebook
 ):
-    output, run_cell = run_notebook(path)
+    output, run_cell, _ = run_notebook(path)
 
     assert run_cell("import sys; print(sys.executable)").strip() == sys.executable
     assert "connection closed" in output
@@ -265,7 +362,7 @@ def test_notebook_says_there_are_no_batches_yet_and_runs_on_an_empty_warehouse(
     with duckdb.connect(str(synced_db), read_only=True) as con:
         assert con.execute("select count(*) from siliconflow.batches").fetchall() == [(0,)]
 
-    output, _ = run_notebook(path)  # raises on the first cell that fails
+    output, _, _ = run_notebook(path)  # raises on the first cell that fails
 
     assert output.count(f"No batches in {synced_db} yet") == 1
     # said by the first cells, before any chart says it has nothing to plot
@@ -316,10 +413,10 @@ def overlapping_tick_labels(figure: Figure) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_histogram_and_axis_tick_labels_do_not_overlap(path: Path, synced_db: Path, shown_figures):
-    figures = shown_figures(path)
+def test_histogram_and_axis_tick_labels_do_not_overlap(path: Path, synced_db: Path, shown):
+    printed, figures, _ = shown(path)
 
-    assert figures
+    assert figures or NO_RESULT_FILES in printed
     for figure in figures:
         assert overlapping_tick_labels(figure) == []
     histograms = [ax for figure in figures for ax in figure.axes if ax.get_title() in HISTOGRAMS]
@@ -347,9 +444,20 @@ PER_DAY_CHARTS = {
         "Batches that did not complete, by day ended",
         "Requests per second, daily average by endpoint",
     },
+    "usage": {
+        "Prompt tokens, by day ended",
+        "Completion tokens, by day ended",
+        "Estimated cost, by day ended",
+    },
 }
-# charts on which today surely has data in the month of batches (created or completed today)
-TODAY_SURELY_PLOTTED = {"Turnaround, by day created", "Requests per second, daily average"}
+# charts on which today surely has data in the month of batches (created, completed or ended
+# today)
+TODAY_SURELY_PLOTTED = {
+    "Turnaround, by day created",
+    "Requests per second, daily average",
+    "Prompt tokens, by day ended",
+    "Estimated cost, by day ended",
+}
 
 
 def plotted_days(ax: Axes) -> dict[int, float]:
@@ -374,10 +482,10 @@ def marked_days(ax: Axes, places: dict[int, float]) -> set[int]:
 
 @pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_per_day_charts_mark_today_as_partial(path: Path, synced_db: Path, shown_figures):
+def test_per_day_charts_mark_today_as_partial(path: Path, synced_db: Path, shown):
     today = math.floor(date2num(datetime(TODAY.year, TODAY.month, TODAY.day)))
 
-    figures = shown_figures(path)
+    figures = shown(path).figures
 
     per_day = [
         ax
@@ -391,7 +499,7 @@ def test_per_day_charts_mark_today_as_partial(path: Path, synced_db: Path, shown
         assert marked_days(ax, places) == ({today} & places.keys()), ax.get_title()
         if today in places:
             legend = [text.get_text() for text in ax.get_legend().get_texts()]
-            assert "today (partial)" in legend, ax.get_title()
+            assert PARTIAL_LABEL in legend, ax.get_title()
         if ax.get_title() in TODAY_SURELY_PLOTTED:
             assert today in places, ax.get_title()
 
@@ -439,3 +547,321 @@ def test_make_notebooks_lets_jupyter_run_as_root_and_names_the_db_only_when_give
     named = jupyter_command("DB=mine.duckdb").split()
     assert named[0] == "SFBATCHES_DB=mine.duckdb"
     assert ("--allow-root" in named) == as_root
+
+
+# --- the usage notebook: what it shows is what the views hold ---------------------------------
+
+MODELS_TABLE = (
+    "model",
+    "batches",
+    "requests",
+    "requests_failed",
+    "prompt_tokens",
+    "completion_tokens",
+    "estimated_cost",
+    "currency",
+)
+REASONS_TABLE = ("error_code", "status", "failed_lines", "share_pct", "batches", "models")
+EXPENSIVE_TABLE = (
+    "batch_id",
+    "model",
+    "ended_utc",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "estimated_cost",
+    "currency",
+)
+SLOWEST_TABLE = (
+    "batch_id",
+    "model",
+    "ended_utc",
+    "requests",
+    "completion_tokens",
+    "processing_h",
+    "completion_tokens_per_second",
+)
+# Failed lines as SPEC 3 and 4 define them, read from the loaded lines themselves: error-file
+# lines, and output lines with an error code or a non-2xx status. They seldom name a model; the
+# batch's (batch_usage) stands in.
+FAILED_LINES = f"""
+    select
+        coalesce(requests.error_code, '(no code)') as error_code,
+        coalesce('HTTP ' || requests.status_code, 'no status') as status,
+        coalesce(requests.model, usage.model, '{UNKNOWN_MODEL}') as model,
+        requests.batch_id
+    from siliconflow.batch_requests as requests
+    left join analytics.batch_usage as usage
+        on requests.batch_id = usage.batch_id
+    where requests.kind = 'error'
+        or requests.error_code is not null
+        or requests.status_code not between 200 and 299
+"""
+
+
+def query(db_path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        con.execute("set TimeZone = 'UTC'")
+        return con.execute(sql).fetchall()
+
+
+def titled(figures: list[Figure], title: str) -> Axes:
+    [ax] = [ax for figure in figures for ax in figure.axes if ax.get_title() == title]
+    return ax
+
+
+def tick_labels(axis: Axis) -> dict[int, str]:
+    """Each major tick's label by its (rounded) place on the axis."""
+    return {
+        round(location): label.get_text()
+        for location, label in zip(axis.get_majorticklocs(), axis.get_ticklabels(), strict=True)
+    }
+
+
+def bar_segments(ax: Axes, horizontal: bool = False) -> dict[tuple[object, str], float]:
+    """Each non-empty segment of a stacked bar chart: (where it stands, its legend label) ->
+    its length. Where: the UTC day of a vertical bar, the tick label of a horizontal one."""
+    rows = tick_labels(ax.yaxis)
+    segments = {}
+    for container in ax.containers:
+        for bar in container:
+            if horizontal:
+                place, length = rows[round(bar.get_y() + bar.get_height() / 2)], bar.get_width()
+            else:
+                place = num2date(round(bar.get_x() + bar.get_width() / 2)).date()
+                length = bar.get_height()
+            if length:
+                segments[(place, container.get_label())] = length
+    return segments
+
+
+def legend_labels(ax: Axes) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def number(text: str) -> float | None:
+    """A number as a displayed table shows it; None for a missing value."""
+    return None if text in ("NaN", "None", "<NA>") else float(text.replace(",", ""))
+
+
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+def test_usage_charts_show_the_tokens_cost_speeds_and_failures_the_views_hold(
+    synced_db: Path, shown
+):
+    figures = shown(USAGE).figures
+
+    colors: dict[str, set] = defaultdict(set)
+    for title, column in (
+        ("Prompt tokens, by day ended", "prompt_tokens"),
+        ("Completion tokens, by day ended", "completion_tokens"),
+        ("Estimated cost, by day ended", "estimated_cost"),
+    ):
+        ax = titled(figures, title)
+        totals = query(
+            synced_db,
+            f"select usage_date, coalesce(model, '{UNKNOWN_MODEL}'), sum({column}) "
+            f"from analytics.daily_usage group by all having sum({column}) > 0",
+        )
+        assert bar_segments(ax) == pytest.approx({(day, m): total for day, m, total in totals})
+        # the legend lists the stack as it reads, top first, then the partial day
+        stack = [container.get_label() for container in ax.containers]
+        assert set(stack) == {model for _, model, _ in totals}
+        assert legend_labels(ax) == [*stack[::-1], PARTIAL_LABEL]
+        for container in ax.containers:
+            colors[container.get_label()] |= {bar.get_facecolor()[:3] for bar in container}
+    assert titled(figures, "Estimated cost, by day ended").get_ylabel() == "estimated cost (CNY)"
+
+    ax = titled(figures, "Completion tokens per second, by model")
+    assert ax.get_xscale() == "log"
+    speeds: dict[str, list[float]] = defaultdict(list)
+    for model, speed in query(
+        synced_db,
+        f"select coalesce(model, '{UNKNOWN_MODEL}'), completion_tokens_per_second "
+        "from analytics.batch_usage where completion_tokens_per_second > 0",
+    ):
+        speeds[model].append(speed)
+    rows = tick_labels(ax.yaxis)
+    plotted = {}
+    for points in ax.collections:  # a strip of points per model, along its box
+        offsets = np.asarray(points.get_offsets())
+        label = rows[round(offsets[:, 1].mean())]
+        model, count = re.fullmatch(r"(.+)  \(n=([\d,]+)\)", label).groups()
+        assert int(count.replace(",", "")) == len(offsets), label
+        plotted[model] = sorted(offsets[:, 0])
+        colors[model] |= {tuple(color[:3]) for color in points.get_facecolor()}
+    assert plotted.keys() == speeds.keys()
+    for model, values in speeds.items():
+        assert plotted[model] == pytest.approx(sorted(values)), model
+
+    ax = titled(figures, "Failed request lines, by reason and model")
+    failed = query(
+        synced_db, f"select error_code, status, model, count(*) from ({FAILED_LINES}) group by all"
+    )
+    # the month's lines fail for fewer reasons than the 10 the chart has room for
+    assert bar_segments(ax, horizontal=True) == {
+        (f"{code} ({status})", model): lines for code, status, model, lines in failed
+    }
+    per_reason: dict[str, int] = defaultdict(int)
+    for code, status, _, lines in failed:
+        per_reason[f"{code} ({status})"] += lines
+    top_down = [label for _, label in sorted(tick_labels(ax.yaxis).items(), reverse=True)]
+    assert [per_reason[label] for label in top_down] == sorted(per_reason.values(), reverse=True)
+
+    # a model has one colour on every chart
+    assert all(len(shades) == 1 for shades in colors.values()), colors
+
+
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+def test_usage_tables_and_totals_are_the_views_numbers(synced_db: Path, shown):
+    printed, _, tables = shown(USAGE)
+
+    tables = {tuple(table.columns): table for table in tables}
+    assert tables.keys() == {MODELS_TABLE, REASONS_TABLE, EXPENSIVE_TABLE, SLOWEST_TABLE}
+
+    per_model = query(
+        synced_db,
+        f"""
+        select
+            coalesce(model, '{UNKNOWN_MODEL}'), count(*), sum(requests), sum(requests_failed),
+            coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+            sum(estimated_cost), coalesce(any_value(currency), 'no price')
+        from analytics.batch_usage
+        group by all
+        """,
+    )
+    shown_models = {
+        row[0]: ([number(text) for text in row[1:6]], number(row[6]), row[7])
+        for row in tables[MODELS_TABLE].itertuples(index=False)
+    }
+    assert shown_models.keys() == {row[0] for row in per_model}
+    for model, *counts, cost, currency in per_model:
+        shown_counts, shown_cost, shown_currency = shown_models[model]
+        assert shown_counts == counts, model
+        assert shown_cost == (None if cost is None else pytest.approx(cost, abs=0.005)), model
+        assert shown_currency == currency, model
+    costs = [number(text) for text in tables[MODELS_TABLE].estimated_cost]
+    priced = [cost for cost in costs if cost is not None]
+    assert costs == sorted(priced, reverse=True) + [None] * (len(costs) - len(priced))
+
+    [(priced_batches, unpriced, batches, spent)] = query(
+        synced_db,
+        "select count(estimated_cost), count(*) - count(estimated_cost), count(*), "
+        "sum(estimated_cost) from analytics.batch_usage",
+    )
+    assert unpriced > 0  # the simulator's Kimi-K2 batches have no price
+    assert f"Estimated cost of the {priced_batches:,} priced batches: {spent:,.2f} CNY." in printed
+    assert (
+        f"{unpriced:,} of {batches:,} batches have no price (null cost), so the totals are "
+        "lower bounds." in printed
+    )
+
+    by_model = query(
+        synced_db, f"select error_code, status, model, count(*) from ({FAILED_LINES}) group by all"
+    )
+    by_reason = query(
+        synced_db,
+        "select error_code, status, count(*), count(distinct batch_id) "
+        f"from ({FAILED_LINES}) group by all",
+    )
+    all_failed = sum(lines for _, _, lines, _ in by_reason)
+    expected = {}
+    for code, status, lines, batches_hit in by_reason:
+        hits = sorted((-n, model) for c, s, model, n in by_model if (c, s) == (code, status))
+        models = ", ".join(f"{model} ({-n})" for n, model in hits)
+        share = round(100 * lines / all_failed, 1)
+        expected[(code, status)] = (lines, share, batches_hit, models)
+    reasons = tables[REASONS_TABLE]
+    assert {
+        (row.error_code, row.status): (
+            int(row.failed_lines),
+            float(row.share_pct),
+            int(row.batches),
+            row.models,
+        )
+        for row in reasons.itertuples(index=False)
+    } == expected
+    shown_lines = [int(lines) for lines in reasons.failed_lines]
+    assert shown_lines == sorted(shown_lines, reverse=True)
+
+    expensive = query(
+        synced_db,
+        "select batch_id, estimated_cost from analytics.batch_usage "
+        "where estimated_cost is not null order by estimated_cost desc, batch_id limit 10",
+    )
+    table = tables[EXPENSIVE_TABLE]
+    assert list(table.batch_id) == [batch_id for batch_id, _ in expensive]
+    assert [number(cost) for cost in table.estimated_cost] == pytest.approx(
+        [cost for _, cost in expensive], abs=5e-5
+    )
+
+    slowest = query(
+        synced_db,
+        "select batch_id, completion_tokens_per_second from analytics.batch_usage "
+        "where completion_tokens_per_second is not null "
+        "order by completion_tokens_per_second, batch_id limit 10",
+    )
+    table = tables[SLOWEST_TABLE]
+    assert list(table.batch_id) == [batch_id for batch_id, _ in slowest]
+    assert [number(speed) for speed in table.completion_tokens_per_second] == pytest.approx(
+        [speed for _, speed in slowest], rel=5e-3
+    )
+
+
+@pytest.mark.parametrize(
+    ("world", "load_results"),
+    [
+        pytest.param(*MONTH_OF_BATCHES.values, False, id="synced-with-no-results"),
+        pytest.param(*NOTHING_ENDED_YET.values, True, id="nothing-ended-yet"),
+    ],
+    indirect=["world"],
+)
+def test_usage_notebook_says_no_result_files_are_loaded_and_runs_to_the_end(
+    synced_db: Path, run_notebook
+):
+    [(batches, files_loaded)] = query(
+        synced_db,
+        "select (select count(*) from siliconflow.batches), "
+        "(select count(*) from siliconflow.batch_files where state = 'loaded')",
+    )
+    assert batches > 0
+    assert files_loaded == 0
+
+    output, _, cells = run_notebook(USAGE)  # raises on the first cell that fails
+
+    assert output.count(f"{NO_RESULT_FILES} {synced_db} yet") == 1
+    assert "--no-results" in output
+    assert output.index(NO_RESULT_FILES) < output.index("Nothing to plot yet")
+    assert "No batches in" not in output
+    assert "connection closed" in output
+    kinds = {
+        kind for cell in cells for out in cell.get("outputs", []) for kind in out.get("data", {})
+    }
+    assert not kinds & {"image/png", "text/html"}  # no chart, no table
+
+
+def test_load_says_what_to_do_when_the_usage_views_are_missing(tmp_path: Path):
+    older = tmp_path / "older.duckdb"
+    with duckdb.connect(str(older)) as con:
+        con.execute("create schema analytics")
+        con.execute("create table analytics.batch_turnaround (batch_id varchar)")
+
+    assert "one" in load(older, {"one": "select 1"})  # what the older notebooks need is there
+    with pytest.raises(LookupError, match=r"no analytics.batch_usage view .*`sfbatches models"):
+        load(older, {"one": "select 1"}, result_files=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(0, "0"), (0.25, "0.25"), (950, "950"), (12_000, "12k"), (1_500_000, "1.5M"), (2e9, "2B")],
+)
+def test_counts_read_in_thousands_millions_and_billions(value: float, text: str):
+    assert count_label(value) == text
+
+
+def test_each_model_keeps_its_colour_and_unknown_models_are_grey():
+    colors = model_colors(["b", "a", None, UNKNOWN_MODEL, "a"])
+
+    assert colors.keys() == {"a", "b", UNKNOWN_MODEL}
+    assert colors[UNKNOWN_MODEL] == UNKNOWN_COLOR
+    assert colors["a"] != colors["b"]
+    assert model_colors(["a", "b", "c"])["a"] == colors["a"]

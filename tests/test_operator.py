@@ -72,7 +72,9 @@ def test_demo_starts_from_an_empty_database_every_time(tmp_path):
     second = run_process("demo", "--db", str(db_path), "--batches", "300")
 
     assert first.code == second.code == 0, second.err
-    assert "full sync" in second.out and second.err == ""
+    assert "full sync" in second.out
+    # the demo's result files hold malformed lines on purpose: it shows how they are reported
+    assert all(line.startswith("sfbatches: warning: ") for line in second.err.splitlines())
     assert (
         second.out.split("batches read")[0].split()[-1]
         == (first.out.split("batches read")[0].split()[-1])

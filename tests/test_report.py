@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from truth import RESULT_TABLES_DDL
 
 from pipelines.analytics.models import build_models
 from pipelines.analytics.report import (
@@ -134,9 +135,34 @@ def add_sync_run(con: duckdb.DuckDBPyConnection, finished_at: datetime, outcome:
 def con() -> Iterator[duckdb.DuckDBPyConnection]:
     connection = duckdb.connect()
     connection.execute("set TimeZone = 'Asia/Shanghai'")
-    connection.execute(TABLES)
+    connection.execute(TABLES + RESULT_TABLES_DDL)
     yield connection
     connection.close()
+
+
+# r1's output file: three DeepSeek-V3 requests of 400,000 prompt and 100,000 completion tokens,
+# and an error file of one; r2's output: two requests of a model with no price
+FILES = [("r1", "output"), ("r1", "error"), ("r2", "output")]
+REQUESTS = [
+    ("r1", "output", 1, "deepseek-ai/DeepSeek-V3", 400_000, 100_000, None),
+    ("r1", "output", 2, "deepseek-ai/DeepSeek-V3", 400_000, 100_000, None),
+    ("r1", "output", 3, "deepseek-ai/DeepSeek-V3", 400_000, 100_000, None),
+    ("r1", "error", 1, None, None, None, "invalid_request"),
+    ("r2", "output", 1, "some/unpriced-model", 100, 100, None),
+    ("r2", "output", 2, "some/unpriced-model", 100, 100, None),
+]
+
+
+def add_results(con: duckdb.DuckDBPyConnection) -> None:
+    con.executemany(
+        "insert into siliconflow.batch_files (batch_id, kind, state) values (?, ?, 'loaded')",
+        FILES,
+    )
+    con.executemany(
+        "insert into siliconflow.batch_requests (batch_id, kind, line, model, prompt_tokens, "
+        "completion_tokens, error_code) values (?, ?, ?, ?, ?, ?, ?)",
+        REQUESTS,
+    )
 
 
 @pytest.fixture
@@ -145,6 +171,7 @@ def warehouse(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     con.executemany(
         "insert into siliconflow.batch_request_counts values (?, ?, ?, ?)", REQUEST_COUNTS
     )
+    add_results(con)
     # synced 12 minutes before NOW
     add_load(con, datetime(2025, 3, 13, 11, 48, tzinfo=UTC))
     build_models(con)
@@ -173,6 +200,17 @@ def test_report_summarises_the_last_days(warehouse):
         # r1 1 req/s, r2 0.5 req/s: median 0.75 req/s = 45 req/min; 4500 requests over
         # 6.5 days = 561600 s = 156 h: 28.85 req/h
         "  Speed       45 req/min per batch (p50), 28.8 req/h over these days",
+        "",
+        "Result files             2 ended batches loaded",
+        # 6 request lines, r1's error line failed
+        "  Requests    6 run, 1 failed (16.67%)",
+        # 1,200,200 prompt, 300,200 completion
+        "  Tokens      1.2M prompt, 300k completion",
+        # r1 300,000 tokens in 3600 s of processing = 83.33/s, r2 200 in 1800 s = 0.111/s:
+        # median 41.72; 300,200 over the 561,600 s of these days = 0.5345/s
+        "  Tokens/s    41.7 per batch (p50), 0.535 over these days (completion)",
+        # (1,200,000 x 1.00 + 300,000 x 4.00) / 1e6 CNY, at the shipped batch price
+        "  Cost        CNY 2.40 estimated; 1 batch of models without a price",
         "",
         "Open now                 6 batches, longest open first",
         "  batch_xxxxxxxxxxxxxxxxxxxxxxx...  in_progress    7d00h  25% (250/1,000)",
@@ -239,7 +277,7 @@ def test_report_refuses_less_than_a_day(warehouse):
 def test_render_report_at_reads_the_file(tmp_path: Path):
     db_path = tmp_path / "w.duckdb"
     with duckdb.connect(str(db_path)) as connection:
-        connection.execute(TABLES)
+        connection.execute(TABLES + RESULT_TABLES_DDL)
         build_models(connection)
     expected = f"sfbatches report: no batches yet\n{NEVER_SYNCED}\n"
     assert render_report_at(db_path, now=NOW) == expected
@@ -360,6 +398,7 @@ def test_sections_say_what_they_count_and_line_up(warehouse):
     assert [line for line in text.splitlines()[2:] if line and not line.startswith(" ")] == [
         "Created in these days    8 batches",
         "Completed in these days  2 batches",
+        "Result files             2 ended batches loaded",
         "Open now                 6 batches, longest open first",
     ]
 
@@ -434,6 +473,8 @@ def test_one_of_each_reads_in_the_singular(one_of_each):
         "  Requests    10 done, 0 failed (0.00%)",
         # 10 requests over the 12 hours of the day so far: 0.8333 req/h
         "  Speed       10 req/h per batch (p50), 0.833 req/h over these days",
+        "",
+        "Result files             none loaded for batches that ended in these days",
         "",
         "Open now                 1 batch",
         # open since 03-01 12:00, 12 days before NOW

@@ -430,6 +430,48 @@ def test_cancel_passes_through_cancelling_to_cancelled():
     assert world.get(ended["id"]) == ended
 
 
+def test_a_stuck_batch_stays_in_its_stage_whatever_it_was_drawn_to_do(sim, api):
+    world = sim.world
+    ended = [b for b in world.visible() if b["status"] == "completed"][:3]
+    queued, finalizing, running = (b["id"] for b in ended)
+    world.stick(queued, "queue", world.now)
+    world.stick(finalizing, "finalizing", world.now - 3 * HOUR)
+    control = f"http://127.0.0.1:{sim.port}/_sim/stick"
+    since = ended[2]["created_at"] + 60
+    answer = requests.post(
+        control, params={"batch_id": running, "stage": "in_progress", "since": since}, timeout=5
+    )
+    assert answer.status_code == 200
+    world.advance(40 * 24 * HOUR)  # past every window
+
+    waiting = api.get(f"{sim.base_url}/batches/{queued}").json()
+    assert waiting["status"] in ("validating", "in_queue")
+    assert [waiting[name] for name in TIMESTAMPS] == [None] * len(TIMESTAMPS)
+    assert waiting["output_file_id"] is None
+    final = world.get(finalizing)
+    assert (final["status"], final["finalizing_at"]) == ("finalizing", NOW - 3 * HOUR)
+    assert final["in_progress_at"] <= final["finalizing_at"]
+    assert (world.get(running)["status"], world.get(running)["in_progress_at"]) == (
+        "in_progress",
+        since,
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "since_offset", "says"),
+    [("expired", 0, "not 'expired'"), ("finalizing", -(10**9), "before it was created")],
+)
+def test_a_batch_cannot_be_stuck_in_a_final_stage_or_before_it_exists(
+    sim, stage, since_offset, says
+):
+    batch = sim.world.visible()[0]
+    with pytest.raises(ValueError, match=says):
+        sim.world.stick(batch["id"], stage, sim.world.now + since_offset)
+    control = f"http://127.0.0.1:{sim.port}/_sim/stick"
+    params = {"batch_id": batch["id"], "stage": stage, "since": sim.world.now + since_offset}
+    assert requests.post(control, params=params, timeout=5).status_code == 400
+
+
 def test_a_100k_world_builds():
     world = World(batches=100_000, seed=1)
 

@@ -148,3 +148,85 @@ def served(sim: Any) -> list[dict]:
             if not page["has_more"]:
                 return list(batches.values())
             params["after"] = page.get("last_id") or page["data"][-1]["id"]
+
+
+def _dig(value: Any, *path: Any) -> Any:
+    for step in path:
+        if isinstance(step, int):
+            value = value[step] if isinstance(value, list) and len(value) > step else None
+        else:
+            value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def request_row(batch_id: str, kind: str, line: int, raw: bytes) -> tuple | None:
+    """The `batch_requests` row SPEC asks for one line of a result file; None for a line that is
+    not a JSON object (a bad line)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    body = _dig(obj, "response", "body")
+    usage = _dig(body, "usage")
+    return (
+        batch_id,
+        kind,
+        line,
+        _text(obj.get("custom_id")),
+        _whole(_dig(obj, "response", "status_code")),
+        _text(_dig(obj, "response", "request_id")),
+        _text(_dig(body, "model")),
+        _text(_dig(body, "choices", 0, "finish_reason")),
+        _whole(_dig(usage, "prompt_tokens")),
+        _whole(_dig(usage, "completion_tokens")),
+        _whole(_dig(usage, "total_tokens")),
+        _whole(_dig(usage, "completion_tokens_details", "reasoning_tokens")),
+        _whole(_dig(usage, "prompt_tokens_details", "cached_tokens")),
+        _text(_dig(obj, "error", "code") or _dig(body, "error", "code")),
+        _text(_dig(obj, "error", "message") or _dig(body, "error", "message")),
+    )
+
+
+def expected_requests(files: Any) -> tuple[set[tuple], dict[tuple[str, str], int]]:
+    """Rows of every served (not gone) result file, and each file's count of bad lines."""
+    rows: set[tuple] = set()
+    bad: dict[tuple[str, str], int] = {}
+    for file in files:
+        if file.gone:
+            continue
+        key = (file.batch_id, file.kind)
+        bad[key] = 0
+        for line, raw in enumerate(b"".join(file.lines()).split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            row = request_row(file.batch_id, file.kind, line, raw)
+            if row is None:
+                bad[key] += 1
+            else:
+                rows.add(row)
+    return rows, bad
+
+
+# The result-file tables as a sync creates them, for tests that build a warehouse by hand.
+RESULT_TABLES_DDL = """
+create table siliconflow.batch_files (
+    batch_id varchar, kind varchar, file_id varchar, state varchar, bytes bigint, lines bigint,
+    bad_lines bigint, attempts bigint, loaded_at timestamptz, message varchar
+);
+create table siliconflow.batch_requests (
+    batch_id varchar, kind varchar, line bigint, custom_id varchar, status_code bigint,
+    request_id varchar, model varchar, finish_reason varchar, prompt_tokens bigint,
+    completion_tokens bigint, total_tokens bigint, reasoning_tokens bigint,
+    cached_tokens bigint, error_code varchar, error_message varchar
+);
+"""

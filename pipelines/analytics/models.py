@@ -1,4 +1,5 @@
-"""Build the analytics views: run every sql/**/*.sql file, dependencies first, all or nothing."""
+"""Build the analytics schema: every sql/**/*.sql view and sql/seeds/*.csv table, dependencies
+first, all or nothing."""
 
 from __future__ import annotations
 
@@ -73,8 +74,10 @@ def build_models_at(db_path: str | Path, *, sql_dir: Path | None = None) -> list
 
 
 def discover_models(sql_dir: Path) -> list[Model]:
-    """Read every .sql file under `sql_dir`; each must create the view named after it."""
+    """Read every .sql file under `sql_dir` (each must create the view named after it) and
+    every seed: a CSV under `sql_dir/seeds` that users edit, loaded as table `seed_<name>`."""
     models = [read_model(path, sql_dir) for path in sorted(sql_dir.rglob("*.sql"))]
+    models += [read_seed(path, sql_dir) for path in sorted((sql_dir / "seeds").glob("*.csv"))]
     if not models:
         raise ModelError(f"no .sql files found in {sql_dir}")
     seen: dict[str, str] = {}
@@ -109,6 +112,24 @@ def read_model(path: Path, sql_dir: Path) -> Model:
         depends_on=frozenset(_REFERENCE.findall(code)) - {path.stem},
         sources=frozenset(_SOURCE.findall(code)),
         rank=(layer, label),
+    )
+
+
+def read_seed(path: Path, sql_dir: Path) -> Model:
+    """A seed as a model: its CSV read as text, each column cast by the view that reads it."""
+    name = f"seed_{path.stem}"
+    quoted = str(path).replace("'", "''")
+    return Model(
+        name=name,
+        path=path,
+        label=path.relative_to(sql_dir.parent).as_posix(),
+        sql=(
+            f"create or replace table {SCHEMA}.{name} as "
+            f"select * from read_csv('{quoted}', header = true, all_varchar = true)"
+        ),
+        depends_on=frozenset(),
+        sources=frozenset(),
+        rank=(LAYERS.index("seeds"), path.name),
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import duckdb
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -18,7 +19,13 @@ from matplotlib.axis import Axis
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import text_to_path
-from matplotlib.ticker import FuncFormatter, Locator, NullFormatter, PercentFormatter
+from matplotlib.ticker import (
+    FuncFormatter,
+    Locator,
+    LogLocator,
+    NullFormatter,
+    PercentFormatter,
+)
 
 from pipelines.warehouse.database import DEFAULT_DB, open_database
 
@@ -51,6 +58,9 @@ DURATION_TICKS_H = {
 # space between two tick labels, in multiples of the label font size
 TICK_GAP_EM = 1.0
 PARTIAL_LABEL = "today (partial)"
+# what the notebooks call a batch (or a failed line) whose model no output line names
+UNKNOWN_MODEL = "(unknown model)"
+UNKNOWN_COLOR = "0.6"
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -104,24 +114,27 @@ def shown(path: Path, root: Path | None = None) -> str:
         return str(path)
 
 
-def load(db_path: Path, queries: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+def load(
+    db_path: Path, queries: Mapping[str, str], *, result_files: bool = False
+) -> dict[str, pd.DataFrame]:
     """Run each query on a read-only connection in UTC and close it before returning.
 
     A notebook holds no connection afterwards, so it never blocks the next sync. Says so when
     the database holds no batches yet; the frames are then empty and the charts stay blank.
+    With `result_files`, for a notebook built on the batches' result files, it also says so
+    when batches are there but none of their result files is loaded.
     """
     with open_database(db_path, read_only=True) as con:
         con.execute("set TimeZone = 'UTC'")
-        [(has_views,)] = con.execute(
-            "select count(*) > 0 from information_schema.tables "
-            "where table_schema = 'analytics' and table_name = 'batch_turnaround'"
-        ).fetchall()
-        if not has_views:
-            raise LookupError(
-                f"{shown(db_path)} has no analytics views: run `sfbatches sync --db {db_path}` "
-                "(or `sfbatches models` if it already holds batches)"
-            )
+        views = ("batch_turnaround", "batch_usage") if result_files else ("batch_turnaround",)
+        for view in views:
+            require_view(con, db_path, view)
         [(batch_count,)] = con.execute("select count(*) from analytics.batch_turnaround").fetchall()
+        files_loaded = 0
+        if result_files:
+            [(files_loaded,)] = con.execute(
+                "select count(*) from analytics.stg_batch_files where state = 'loaded'"
+            ).fetchall()
         frames = {name: con.sql(sql).df() for name, sql in queries.items()}
     print(f"Read {shown(db_path)} (read-only, times in UTC); connection closed.")
     if not batch_count:
@@ -129,7 +142,33 @@ def load(db_path: Path, queries: Mapping[str, str]) -> dict[str, pd.DataFrame]:
             f"No batches in {shown(db_path)} yet: the charts below stay empty until "
             f"`sfbatches sync --db {shown(db_path)}` finds some."
         )
+    elif result_files and not files_loaded:
+        print(
+            f"No result files loaded in {shown(db_path)} yet: the charts below stay empty until "
+            f"`sfbatches sync --db {shown(db_path)}` downloads some. A batch has them once it "
+            "ended; a sync skips them with --no-results or SOURCES__SILICONFLOW__RESULTS=false."
+        )
     return frames
+
+
+def require_view(con: duckdb.DuckDBPyConnection, db_path: Path, view: str) -> None:
+    """Stop with what to run when the database lacks `analytics.<view>`."""
+    [(has_view,)] = con.execute(
+        "select count(*) > 0 from information_schema.tables "
+        "where table_schema = 'analytics' and table_name = ?",
+        [view],
+    ).fetchall()
+    if has_view:
+        return
+    if view == "batch_turnaround":
+        raise LookupError(
+            f"{shown(db_path)} has no analytics views: run `sfbatches sync --db {db_path}` "
+            "(or `sfbatches models` if it already holds batches)"
+        )
+    raise LookupError(
+        f"{shown(db_path)} has no analytics.{view} view yet (an older sfbatches built its "
+        f"models): run `sfbatches models --db {db_path}`"
+    )
 
 
 def use_style() -> None:
@@ -323,3 +362,84 @@ def duration_histogram(
     hours_axis(ax, label, axis="x")
     ax.set_ylabel("batches")
     ax.legend()
+
+
+def model_colors(models: Iterable[object]) -> dict[str, object]:
+    """One colour per model name, so a model looks the same on every chart of a notebook:
+    the tab10 (then tab20) colours in name order, grey for UNKNOWN_MODEL."""
+    names = sorted({str(model) for model in models if pd.notna(model)} - {UNKNOWN_MODEL})
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
+    colors: dict[str, object] = {
+        name: palette[index % len(palette)] for index, name in enumerate(names)
+    }
+    colors[UNKNOWN_MODEL] = UNKNOWN_COLOR
+    return colors
+
+
+def stacked_bars(ax: Axes, table: pd.DataFrame, colors: Mapping[str, object]) -> list[str]:
+    """One bar per row of `table` (index: day), stacked from its columns (models), the largest
+    column at the bottom; columns with nothing in them are left out. Returns the columns drawn,
+    in stacking order, each labelled for the legend."""
+    totals = table.fillna(0).sum().sort_values(ascending=False, kind="stable")
+    drawn = [column for column, total in totals.items() if total > 0]
+    base = np.zeros(len(table))
+    for column in drawn:
+        values = table[column].fillna(0).to_numpy(dtype="float64")
+        color = colors.get(column, UNKNOWN_COLOR)
+        ax.bar(table.index, values, bottom=base, width=0.8, label=column, color=color)
+        base += values
+    return drawn
+
+
+def count_label(value: float, _position: int | None = None) -> str:
+    """A count as a short label: 950, 12k, 1.5M, 2B."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def count_axis(ax: Axes, label: str, axis: str = "y") -> None:
+    """Counts (tokens, lines) labelled 12k, 1.5M ... on `axis`, starting at 0."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(FuncFormatter(count_label))
+    target.set_label_text(label)
+    if axis == "y":
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_xlim(left=0)
+
+
+def rate_label(value: float, _position: int | None = None) -> str:
+    """A rate on a log axis as a plain number: 0.001, 0.1, 10, 1000."""
+    return f"{value:g}" if value < 1e5 else f"{value:.0e}"
+
+
+def log_axis(ax: Axes, label: str, axis: str = "x") -> None:
+    """Log scale for rates spanning decades, ticked at powers of ten with plain labels."""
+    if axis == "y":
+        ax.set_yscale("log")
+        target = ax.yaxis
+    else:
+        ax.set_xscale("log")
+        target = ax.xaxis
+    target.set_major_locator(LogLocator(base=10, numticks=12))
+    target.set_major_formatter(FuncFormatter(rate_label))
+    target.set_minor_formatter(NullFormatter())
+    target.set_label_text(label)
+
+
+def stack_legend(ax: Axes) -> None:
+    """A legend right of the axes listing a bar stack top to bottom, as it reads on the chart;
+    the partial-day entry, if any, comes last."""
+    handles, labels = ax.get_legend_handles_labels()
+    entries = list(zip(handles, labels, strict=True))
+    stack = [entry for entry in entries if entry[1] != PARTIAL_LABEL][::-1]
+    rest = [entry for entry in entries if entry[1] == PARTIAL_LABEL]
+    ordered = stack + rest
+    ax.legend(
+        [handle for handle, _ in ordered],
+        [label for _, label in ordered],
+        loc="upper left",
+        bbox_to_anchor=(1, 1),
+    )

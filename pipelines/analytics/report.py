@@ -23,7 +23,7 @@ DETAIL_COLUMN = 14
 # a rate below 1 in one unit moves to the next, so that it reads as a plain number
 RATE_UNITS = ((1.0, "req/s"), (60.0, "req/min"), (3600.0, "req/h"))
 
-_CREATED = """
+CREATED_SQL = """
     select
         count(*) filter (where status = 'completed'),
         quantile_cont(turnaround_seconds, 0.5) filter (where status = 'completed'),
@@ -38,7 +38,7 @@ _CREATED = """
     where cast(timezone('UTC', created_at) as date) between ? and ?
 """
 
-_STATUSES = """
+STATUSES_SQL = """
     select
         status,
         count(*)
@@ -47,7 +47,7 @@ _STATUSES = """
     group by status
 """
 
-_COMPLETED = """
+COMPLETED_SQL = """
     select
         count(*),
         sum(requests_completed),
@@ -65,7 +65,35 @@ _LAST_SYNC = (
     ("_dlt_loads", f"select max(epoch(inserted_at)) from {DATASET}._dlt_loads where status = 0"),
 )
 
-_TABLES = f"""
+USED_SQL = """
+    select
+        count(*),
+        sum(usage.requests),
+        sum(usage.requests_failed),
+        sum(usage.prompt_tokens),
+        sum(usage.completion_tokens),
+        median(usage.completion_tokens_per_second),
+        count(*) filter (where usage.estimated_cost is null)
+    from analytics.batch_usage as usage
+    inner join analytics.int_batch_lifecycle as lifecycle
+        on usage.batch_id = lifecycle.batch_id
+    where cast(timezone('UTC', lifecycle.ended_at) as date) between ? and ?
+"""
+
+COSTS_SQL = """
+    select
+        usage.currency,
+        sum(usage.estimated_cost)
+    from analytics.batch_usage as usage
+    inner join analytics.int_batch_lifecycle as lifecycle
+        on usage.batch_id = lifecycle.batch_id
+    where cast(timezone('UTC', lifecycle.ended_at) as date) between ? and ?
+        and usage.estimated_cost is not null
+    group by usage.currency
+    order by usage.currency
+"""
+
+TABLES_SQL = f"""
     select table_name
     from information_schema.tables
     where table_catalog = current_database()
@@ -92,6 +120,17 @@ class Window:
     last: date
     now: datetime
 
+    @classmethod
+    def ending(cls, now: datetime, days: int) -> Window:
+        if days < 1:
+            raise ValueError("days must be at least 1")
+        last = now.date()
+        return cls(first=last - timedelta(days=days - 1), last=last, now=now)
+
+    @property
+    def days(self) -> list[date]:
+        return [self.first + timedelta(days=n) for n in range((self.last - self.first).days + 1)]
+
     @property
     def seconds(self) -> float:
         start = datetime.combine(self.first, time(0), UTC)
@@ -102,11 +141,7 @@ def render_report(
     con: duckdb.DuckDBPyConnection, days: int = 7, now: datetime | None = None
 ) -> str:
     """The summary as text, no line over 80 characters; `now` defaults to the current time."""
-    if days < 1:
-        raise ValueError("days must be at least 1")
-    now = as_utc(now)
-    last = now.date()
-    window = Window(first=last - timedelta(days=days - 1), last=last, now=now)
+    window = Window.ending(as_utc(now), days)
     try:
         lines = report_lines(con, window, days)
     except duckdb.CatalogException as error:
@@ -130,13 +165,14 @@ def report_lines(con: duckdb.DuckDBPyConnection, window: Window, days: int) -> l
     lines = [f"sfbatches report: last {counted(days, 'day')}, {span} (UTC)", freshness, ""]
     lines += created_lines(con, window)
     lines += ["", *completed_lines(con, window)]
+    lines += ["", *usage_lines(con, window)]
     lines += ["", *open_lines(con, window.now)]
     return lines
 
 
 def last_sync(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """When the newest successful sync finished, from the best record this database has."""
-    tables = {name for (name,) in con.execute(_TABLES).fetchall()}
+    tables = {name for (name,) in con.execute(TABLES_SQL).fetchall()}
     for table, sql in _LAST_SYNC:
         if table in tables:
             (epoch,) = fetch_one(con, sql)
@@ -175,11 +211,11 @@ def elapsed(seconds: float) -> str:
 def created_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     """Statuses, turnaround, queue wait and window met for batches created in the window."""
     days = [window.first, window.last]
-    counts = dict(con.execute(_STATUSES, days).fetchall())
+    counts = dict(con.execute(STATUSES_SQL, days).fetchall())
     created = sum(counts.values())
     if not created:
         return [section("Created in these days", "none")]
-    done, t50, t90, started, q50, q90, met, ended = fetch_one(con, _CREATED, days)
+    done, t50, t90, started, q50, q90, met, ended = fetch_one(con, CREATED_SQL, days)
     return [
         section("Created in these days", counted(created, "batch")),
         *status_lines(counts),
@@ -214,7 +250,7 @@ def status_lines(counts: dict[str, int]) -> list[str]:
 
 def completed_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     """Requests done and failed, and speed, for batches completed in the window."""
-    count, done, failed, batch_rps = fetch_one(con, _COMPLETED, [window.first, window.last])
+    count, done, failed, batch_rps = fetch_one(con, COMPLETED_SQL, [window.first, window.last])
     if not count:
         return [section("Completed in these days", "none")]
     if done is None:
@@ -228,6 +264,45 @@ def completed_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]
         detail("Requests", requests),
         detail("Speed", f"{rate(batch_rps)} per batch (p50), {rate(average)} over these days"),
     ]
+
+
+def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
+    """What the result files of batches that ended in the window say: requests, tokens, token
+    speed and estimated cost."""
+    days = [window.first, window.last]
+    used = fetch_one(con, USED_SQL, days)
+    count, requests, failed, prompt, completion, batch_tps, unpriced = used
+    if not count:
+        return [section("Result files", "none loaded for batches that ended in these days")]
+    costs = con.execute(COSTS_SQL, days).fetchall()
+    cost = ", ".join(f"{currency} {amount:,.2f}" for currency, amount in costs) or "unknown"
+    priced = f"; {counted(unpriced, 'batch')} of models without a price" if unpriced else ""
+    average = None if completion is None else completion / window.seconds
+    return [
+        section("Result files", f"{counted(count, 'ended batch')} loaded"),
+        detail("Requests", f"{requests:,} run, {failed:,} failed{percent_in(failed, requests)}"),
+        detail("Tokens", f"{amount(prompt)} prompt, {amount(completion)} completion"),
+        detail(
+            "Tokens/s",
+            f"{per_second(batch_tps)} per batch (p50), {per_second(average)} over these days "
+            "(completion)",
+        ),
+        detail("Cost", f"{cost} estimated{priced}"),
+    ]
+
+
+def amount(count: int | None) -> str:
+    """A large count in plain words: 950, 12.3k, 4.56M, 1.2B."""
+    if count is None:
+        return "-"
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{figure(count / scale)}{suffix}"
+    return f"{count:,}"
+
+
+def per_second(value: float | None) -> str:
+    return "-" if value is None else figure(value)
 
 
 def open_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:

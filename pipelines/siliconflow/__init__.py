@@ -1,12 +1,17 @@
-"""The dlt source for SiliconFlow batch jobs: one read of the API, four tables out of it."""
+"""The dlt sources for SiliconFlow batch jobs: the batches (one read of the API, four tables out
+of it) and, once they are stored, the result files of the ended ones."""
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import dlt
 import pyarrow as pa
 from dlt.sources import DltResource
 
 from pipelines.vocabulary import (
+    BATCH_FILES,
+    BATCH_REQUESTS,
     BATCHES,
     CHILD_TABLES,
     DATASET,
@@ -18,6 +23,7 @@ from pipelines.vocabulary import (
 from .client import BatchApi, Deadline, RetryPolicy
 from .paging import Floor, HeldIds, ReadStats, SyncPlan, read_batches
 from .prefetch import prefetched
+from .results import Fetcher, ResultFile, ResultStats, result_rows
 from .rows import ExtraColumns, TableChunk
 from .settings import (
     CHUNK_ROWS,
@@ -33,8 +39,11 @@ __all__ = [
     "Floor",
     "HeldIds",
     "ReadStats",
+    "ResultFile",
+    "ResultStats",
     "RetryPolicy",
     "SyncPlan",
+    "result_files",
     "siliconflow",
 ]
 
@@ -95,12 +104,23 @@ def siliconflow(
         # and merge SQL (a third of the load time).
         for resource in resources:
             resource.apply_hints(write_disposition="append")
-    return [*resources, batch_chunks | state_resource()]
+    return [*resources, batch_chunks | part(SYNC_STATE, write_disposition="replace")]
+
+
+def part(name: str, **hints: Any) -> DltResource:
+    """The resource of table `name`: the part of each item the producer put under that name."""
+
+    @dlt.transformer(name=name, **hints)
+    def table(item: dict[str, pa.Table]) -> Iterator[pa.Table]:
+        if name in item:
+            yield item[name]
+
+    return table
 
 
 def batches_resource() -> DltResource:
-    @dlt.transformer(
-        name=BATCHES,
+    return part(
+        BATCHES,
         write_disposition=MERGE,
         primary_key=list(PRIMARY_KEYS[BATCHES]),
         columns={
@@ -108,11 +128,6 @@ def batches_resource() -> DltResource:
             for name in TIMESTAMP_FIELDS
         },
     )
-    def batches(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
-        if BATCHES in chunk:
-            yield chunk[BATCHES]
-
-    return batches
 
 
 def child_resource(name: str) -> DltResource:
@@ -120,18 +135,44 @@ def child_resource(name: str) -> DltResource:
     # in the load before inserting its current ones (warehouse.py drops those of batches that
     # have none any more). No primary key hint: dlt would delete on "key OR batch_id", a join
     # DuckDB cannot hash, slow and memory-bound at 1M batches; `batch_id` alone covers it.
-    @dlt.transformer(name=name, write_disposition=MERGE, merge_key="batch_id")
-    def child(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
-        if name in chunk:
-            yield chunk[name]
-
-    return child
+    return part(name, write_disposition=MERGE, merge_key="batch_id")
 
 
-def state_resource() -> DltResource:
-    @dlt.transformer(name=SYNC_STATE, write_disposition="replace")
-    def state(chunk: dict[str, pa.Table]) -> Iterator[pa.Table]:
-        if SYNC_STATE in chunk:
-            yield chunk[SYNC_STATE]
+@dlt.source(name=DATASET, max_table_nesting=0)
+def result_files(
+    files: list[ResultFile],
+    scratch: Path,
+    api_key: str = dlt.secrets.value,
+    base_url: str = DEFAULT_BASE_URL,
+    archive: Path | None = None,
+    retry: RetryPolicy | None = None,
+    deadline: Deadline | None = None,
+    stats: ResultStats | None = None,
+    key_source: str = "the configuration",
+) -> list[DltResource]:
+    """The lines of `files` into `batch_requests`, and one `batch_files` row per file tried.
 
-    return state
+    Args:
+        scratch: a folder for files while they are read.
+        archive: keep each raw file there, gzipped, as `<batch_id>/<kind>.jsonl.gz`.
+    """
+    api = BatchApi(
+        base_url, api_key, retry or RetryPolicy(), deadline or Deadline(None), key_source
+    )
+    fetcher = Fetcher(api, scratch, archive)
+    stats = stats if stats is not None else ResultStats()
+
+    @dlt.resource(name="result_rows", selected=False)
+    def rows() -> Iterator[dict[str, pa.Table]]:
+        collector = dlt.current.pipeline().collector
+
+        def done(count: int) -> None:
+            collector.update("result files", inc=count, total=len(files))
+
+        yield from result_rows(fetcher, files, stats, done)
+
+    return [
+        rows | part(BATCH_REQUESTS, write_disposition="append"),
+        rows
+        | part(BATCH_FILES, write_disposition=MERGE, primary_key=list(PRIMARY_KEYS[BATCH_FILES])),
+    ]

@@ -146,21 +146,29 @@ class ApiAdapter(HTTPAdapter):
 
 def read_body(response: Response, ends_at: float, budget: float) -> bytes:
     """The whole body, or ReadTimeout (retried) once `ends_at` passes, however it trickles."""
-    raw, chunks = response.raw, []
+    chunks = []
+    for chunk in read_chunks(response):
+        chunks.append(chunk)
+        if time.monotonic() > ends_at:
+            response.close()
+            raise ReadTimeout(f"the answer took longer than {budget:g} s", request=response.request)
+    return b"".join(chunks)
+
+
+def read_chunks(response: Response, deadline: "Deadline | None" = None) -> Iterator[bytes]:
+    """The body of a streamed response as it arrives, each read bounded by the request's
+    timeout; SyncTimeout once the sync's deadline passes."""
+    raw = response.raw
     try:
         while chunk := raw.read1(READ_BYTES, decode_content=True):
-            chunks.append(chunk)
-            if time.monotonic() > ends_at:
-                response.close()
-                raise ReadTimeout(
-                    f"the answer took longer than {budget:g} s", request=response.request
-                )
+            yield chunk
+            if deadline is not None:
+                deadline.check()
     except ProtocolError as error:
         raise ChunkedEncodingError(error, request=response.request) from None
     except ReadTimeoutError as error:
         raise ReadTimeout(error, request=response.request) from None
     raw.release_conn()
-    return b"".join(chunks)
 
 
 # --- what an answer means ---------------------------------------------------------------------
@@ -186,8 +194,9 @@ def is_success(response: Response) -> bool:
 
 
 def is_transient_success(response: Response | None, exception: BaseException | None) -> bool:
-    """A 2xx worth another try: a proxy's HTML page, or an overload envelope (code 50xxx)."""
-    if response is None or not is_success(response):
+    """A 2xx worth another try: a proxy's HTML page, or an overload envelope (code 50xxx).
+    A streamed body (a result file) is its reader's to judge, never read here."""
+    if not isinstance(response, ApiResponse) or not is_success(response):
         return False
     body = parsed_body(response)
     return body is None or (is_error_envelope(body) and _is_transient_code(api_code(body)))

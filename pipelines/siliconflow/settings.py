@@ -3,6 +3,9 @@
 DEFAULT_BASE_URL = "https://api.siliconflow.cn/v1"
 DEFAULT_PAGE_SIZE = 100
 BATCHES_PATH = "batches"
+# OpenAI's route for a file's content; SiliconFlow serves result files there (or names a signed
+# storage URL instead).
+FILES_PATH = "files/{file_id}/content"
 
 # `code` of SiliconFlow's envelope `{code, message, data}` when it wraps a success; 50xxx codes
 # (50505 overloaded, 50602/50603 rate limited) are transient, whatever the HTTP status says.
@@ -29,3 +32,8 @@ PREFETCH_PAGES = 20
 # Open batches deep in the history are re-read page by page or one by one: several requests at
 # a time hide the latency (429s are retried like any other, with backoff).
 PARALLEL_REQUESTS = 16
+
+# Result files downloaded at once: most are small, so each is mostly a round trip to wait for.
+FILE_DOWNLOADS = 8
+# Rows of `batch_requests` handed to dlt at a time: memory stays flat whatever a file's size.
+REQUEST_ROWS = 10_000

@@ -1,5 +1,6 @@
 """A built-in stand-in for SiliconFlow's batch API: seeded batches served over local HTTP."""
 
+from .files import ResultFile
 from .server import DEFAULT_API_KEY, Fault, Faults, Reply, Request, Simulator, serve
 from .world import TERMINAL, UnknownBatchError, World
 
@@ -10,6 +11,7 @@ __all__ = [
     "Faults",
     "Reply",
     "Request",
+    "ResultFile",
     "Simulator",
     "UnknownBatchError",
     "World",

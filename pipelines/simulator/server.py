@@ -1,4 +1,8 @@
-"""The simulator's HTTP face: SiliconFlow's batch routes, auth and errors, plus faults on demand."""
+"""The simulator's HTTP face: SiliconFlow's batch routes, auth and errors, plus faults on demand.
+
+Two servers: the API (batches and result files, behind the key) and a signed object storage
+that serves the result files some batches name as signed URLs (rejects nothing, logs all).
+"""
 
 import contextlib
 import copy
@@ -10,36 +14,58 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from http.client import responses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import chain
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
 
+from .files import ResultFile
 from .world import UnknownBatchError, World
 
 DEFAULT_API_KEY = "sk-sim-test"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
+JSONL = "application/jsonl"
+XML = "application/xml"
 TRACE_HEADER = "x-siliconcloud-trace-id"
 LIST_PATH = "/v1/batches"
 ITEM_PREFIX = "/v1/batches/"
 ALIAS_PREFIX = "/alt"  # /alt/v1/... answers like /v1/...: a redirect target outside a base URL
+FILES_PREFIX = "/v1/files/"
+CONTENT_SUFFIX = "/content"
+STORAGE_PREFIX = "/results/"  # the storage's path: /results/<file id>.jsonl?<signature>
+STORAGE_SUFFIX = ".jsonl"
+SMALL_FILE_BYTES = 8 * 1024 * 1024  # larger files go out chunked, generated as they are sent
+CHUNK_BYTES = 64 * 1024
 # Faults that reshape a page of the listing; a single batch fetched meanwhile is answered normally.
 PAGE_KINDS = ("end_early", "empty_end", "self_cursor", "skip", "bad_last_id", "echo_cursor")
 # Faults that still serve what was asked for, late, slowly or altered.
 SERVING_KINDS = ("slow", "trickle", "malformed", *PAGE_KINDS)
-FAULT_KINDS = ("status", "bad_json", "drop", "no_data", "envelope", "redirect", *SERVING_KINDS)
+# Faults only file downloads take (on the API or the storage); all others take the next /v1 request.
+FILE_FAULT_KINDS = ("file_error", "cut_short")
+FAULT_KINDS = (
+    "status",
+    "bad_json",
+    "drop",
+    "no_data",
+    "envelope",
+    "redirect",
+    *SERVING_KINDS,
+    *FILE_FAULT_KINDS,
+)
 # What a fault means when queue() leaves status, count or seconds unset.
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "skip": {"count": 50},
     "bad_last_id": {"count": 50},
     "trickle": {"seconds": 0.05},
     "redirect": {"status": 302},
+    "file_error": {"status": 503},
 }
 TRICKLE_BYTES = 16
 RANDOM_ERRORS = (429, 500, 503, 504)
@@ -63,13 +89,20 @@ OVERLOADED = {
 
 
 class Reply(NamedTuple):
-    """One HTTP answer; the handler only writes it out, `trickle_s` apart per few bytes if set."""
+    """One HTTP answer; the handler only writes it out, `trickle_s` apart per few bytes if set.
+
+    A streamed answer has `chunks` instead of a body: sent chunked, or under Content-Length
+    `length` when given. `cut_at` hangs up after that many bytes of the body.
+    """
 
     status: int
     body: bytes
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
     trickle_s: float = 0.0
+    chunks: Iterable[bytes] | None = None
+    length: int | None = None
+    cut_at: int | None = None
 
 
 class Request(NamedTuple):
@@ -81,6 +114,7 @@ class Request(NamedTuple):
     status: int
     at: float = 0.0  # time.monotonic() when the answer was ready, for retry-delay checks
     authorization: str | None = None  # the Authorization header, to check where a key went
+    host: str = "api"  # which server answered: "api" or "storage"
 
 
 def to_json(payload: Any) -> bytes:
@@ -100,6 +134,24 @@ def api_error(message: str, status: int = 400, code: int = 20012) -> Reply:
 
 NOT_FOUND = Reply(404, b"404 page not found", TEXT)
 UNAUTHORIZED = json_reply(401, "Invalid token")
+FILE_NOT_FOUND = json_reply(404, {"code": 20015, "message": "file not found", "data": None})
+
+
+def storage_error(status: int, code: str, message: str) -> Reply:
+    """An answer of the object storage: S3's XML error document."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+    return Reply(status, body.encode(), XML)
+
+
+LINK_EXPIRED = storage_error(403, "AccessDenied", "Request has expired")
+NO_SUCH_KEY = storage_error(404, "NoSuchKey", "The specified key does not exist.")
+STORAGE_ERRORS = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
 
 
 def error_reply(status: int, retry_after: str | None = None) -> Reply:
@@ -155,6 +207,7 @@ class Fault:
     seconds: float = 0.0
     count: int = 0
     location: str | None = None
+    files: bool = False  # waits for the next file download (on the API or the storage)
 
     def reply(self, default: Reply | None = None) -> Reply:
         """This fault's own body if it has one, else `default`, else the error of its status."""
@@ -239,6 +292,15 @@ class Faults:
     `echo_cursor` (the page asked after=X starts with batch X). `body` replaces the answer's
     body for status, envelope and redirect.
 
+    Result file downloads (GET /v1/files/{id}/content and the storage) have faults of their
+    own, which wait for the next download and leave pages and batches alone: `file_error`
+    (`status`, default 503, with SiliconFlow's body on the API and an XML one on the storage)
+    and `cut_short` (the full Content-Length, half the body, then the connection closes). Any
+    other kind queued with `files=True` waits for a download too (e.g. `drop`, `slow`,
+    `trickle` on the storage). A download on the API takes a waiting file fault first, else
+    the next /v1 fault like any request; the storage takes file faults only. Page faults and
+    `malformed` serve a file unchanged.
+
     Rates and quirks stay until reset: `error_rate` (random 429/500/503/504), `latency_ms`
     (delay per request), `ignore_after` (the first page again, has_more true), `oldest_first`
     (ascending order), `single_page` (everything at once, has_more false), `omit_last_id` (no
@@ -280,6 +342,7 @@ class Faults:
         self.version = 0
         self._lock = threading.Lock()
         self._queue: deque[Fault | None] = deque()
+        self._file_queue: deque[Fault | None] = deque()
         self._rng = random.Random(seed)
         self._clear_settings()
 
@@ -296,8 +359,11 @@ class Faults:
         after: int = 0,
         count: int = 0,
         location: str | None = None,
+        files: bool = False,
     ) -> None:
-        """Answer `times` requests with this fault, once `after` more have been served well."""
+        """Answer `times` requests with this fault, once `after` more have been served well.
+
+        File faults (and any kind with `files`) count file downloads only, `after` included."""
         kind = kind or "status"
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
@@ -313,14 +379,24 @@ class Faults:
             seconds=seconds or defaults.get("seconds", 0.0),
             count=count or defaults.get("count", 0),
             location=location,
+            files=bool(files) or kind in FILE_FAULT_KINDS,
         )
         with self._lock:
-            self._queue.extend([None] * after + [fault] * times)
+            queue = self._file_queue if fault.files else self._queue
+            queue.extend([None] * after + [fault] * times)
 
     def pending(self) -> int:
         """How many queued faults have not fired yet (requests let through not counted)."""
         with self._lock:
-            return sum(fault is not None for fault in self._queue)
+            return sum(fault is not None for fault in chain(self._queue, self._file_queue))
+
+    def take_file(self, *, api: bool) -> Fault | None:
+        """The fault for a file download: one waiting for downloads, else (on the API only)
+        what any /v1 request would take."""
+        with self._lock:
+            if self._file_queue:
+                return self._file_queue.popleft()
+        return self.take() if api else None
 
     def take(self) -> Fault | None:
         """The fault for this request, if any: queued ones first, then the random error rate."""
@@ -335,6 +411,7 @@ class Faults:
     def reset(self) -> None:
         with self._lock:
             self._queue.clear()
+            self._file_queue.clear()
         self._clear_settings()
 
     def _clear_settings(self) -> None:
@@ -378,7 +455,7 @@ class Faults:
         with self._lock:
             state["queue"] = [
                 {f.name: getattr(fault, f.name) for f in fields(Fault)} if fault else None
-                for fault in self._queue
+                for fault in chain(self._queue, self._file_queue)
             ]
         return state
 
@@ -440,7 +517,8 @@ class AnswerCache:
 
 
 class Simulator:
-    """SiliconFlow's batch API over HTTP on 127.0.0.1, served from a World by a daemon thread."""
+    """SiliconFlow's batch API over HTTP on 127.0.0.1, served from a World by a daemon thread,
+    and beside it the object storage its signed result URLs point to (`storage_origin`)."""
 
     def __init__(
         self,
@@ -452,6 +530,7 @@ class Simulator:
         max_limit: int = 100,
         host: str = "127.0.0.1",
         cache_bytes: int = CACHE_BYTES,
+        storage_port: int = 0,
     ) -> None:
         self.world = world if world is not None else World()
         self.api_key = api_key
@@ -461,10 +540,14 @@ class Simulator:
         self.cache = AnswerCache(cache_bytes)
         self.requests: list[Request] = []
         self.connections = 0
+        self.storage_connections = 0
         self._address = (host, port)
+        self._storage_address = (host, storage_port)
         self._log_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._storage: _Server | None = None
+        self._storage_thread: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -482,29 +565,52 @@ class Simulator:
     def base_url(self) -> str:
         return f"{self.origin}/v1"
 
+    @property
+    def storage_port(self) -> int:
+        if not self._storage_address[1]:
+            raise RuntimeError("the storage has no port yet; call start() first")
+        return self._storage_address[1]
+
+    @property
+    def storage_origin(self) -> str:
+        """Where signed result URLs point: http://127.0.0.1:<storage port>."""
+        return f"http://{self._storage_address[0]}:{self.storage_port}"
+
     def start(self) -> "Simulator":
+        """Start the API and the storage; the world names signed URLs on this storage."""
         if self._server is None:
-            self._server = _Server(self._address, _Handler, self)
+            self._server, self._thread = self._launch(self._address, storage=False)
             # Keep the port across stop() and start(), so a restart looks like an outage.
             self._address = (self._address[0], self._server.server_address[1])
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": POLL_SECONDS},
-                name=f"simulator:{self.port}",
-                daemon=True,
-            )
-            self._thread.start()
+        if self._storage is None:
+            self._storage, self._storage_thread = self._launch(self._storage_address, storage=True)
+            self._storage_address = (self._storage_address[0], self._storage.server_address[1])
+        self.world.set_storage_origin(self.storage_origin)
         return self
 
+    def _launch(
+        self, address: tuple[str, int], *, storage: bool
+    ) -> tuple["_Server", threading.Thread]:
+        server = _Server(address, _Handler, self, storage=storage)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": POLL_SECONDS},
+            name=f"simulator{'-storage' if storage else ''}:{server.server_address[1]}",
+            daemon=True,
+        )
+        thread.start()
+        return server, thread
+
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
+        """Stop both servers (their ports are kept for a restart)."""
+        for server, thread in ((self._server, self._thread), (self._storage, self._storage_thread)):
+            if server is None or thread is None:
+                continue
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+            thread.join()
+        self._server = self._thread = self._storage = self._storage_thread = None
 
     def __enter__(self) -> "Simulator":
         return self.start()
@@ -517,6 +623,14 @@ class Simulator:
     def count(self, path_prefix: str = "/v1/") -> int:
         """How many requests were made to paths starting with `path_prefix`."""
         return sum(1 for request in self.requests if request.path.startswith(path_prefix))
+
+    def storage_requests(self) -> list[Request]:
+        """The requests the storage answered, in arrival order."""
+        return [r for r in self.requests if r.host == "storage"]
+
+    def file_requests(self) -> list[Request]:
+        """The result file downloads, from the API (/v1/files/.../content) or the storage."""
+        return [r for r in self.requests if r.host == "storage" or _file_route(r.path)]
 
     def list_requests(self) -> list[Request]:
         """The page fetches (GET /v1/batches, also with / or under /alt) in arrival order."""
@@ -540,13 +654,33 @@ class Simulator:
         path, _, query_string = target.partition("?")
         query = dict(parse_qsl(query_string, keep_blank_values=True))
         reply = self._route(method, path, query, headers, body)
+        self._log(method, path, query, reply, headers, "api")
+        return reply
+
+    def respond_storage(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply | None:
+        """The storage's reply: any file asked for by its path, whatever the headers say."""
+        path, _, query_string = target.partition("?")
+        query = dict(parse_qsl(query_string, keep_blank_values=True))
+        reply = self._storage_route(method, path)
+        self._log(method, path, query, reply, headers, "storage")
+        return reply
+
+    def _log(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        reply: Reply | None,
+        headers: Mapping[str, str],
+        host: str,
+    ) -> None:
         status = reply.status if reply else 0
-        request = Request(
-            method, path, query, status, time.monotonic(), headers.get("Authorization")
-        )
+        authorization = headers.get("Authorization")
+        request = Request(method, path, query, status, time.monotonic(), authorization, host)
         with self._log_lock:
             self.requests.append(request)
-        return reply
 
     def _route(
         self, method: str, path: str, query: dict[str, str], headers: Mapping[str, str], body: bytes
@@ -554,6 +688,9 @@ class Simulator:
         if path.startswith("/_sim/"):
             return self._control(method, path, query, body)
         path = api_path(path)
+        file_id = _file_route(path)
+        if file_id is not None:
+            return self._file_download(method, file_id, headers)
         batch_id = path[len(ITEM_PREFIX) :] if path.startswith(ITEM_PREFIX) else None
         if method != "GET" or (path != LIST_PATH and (not batch_id or "/" in batch_id)):
             return NOT_FOUND
@@ -646,6 +783,87 @@ class Simulator:
         if batch is None:
             return api_error(f"batch {batch_id} not found", status=404)
         return self._altered(batch)
+
+    # --- result files ---------------------------------------------------------------------
+
+    def _file_download(self, method: str, file_id: str, headers: Mapping[str, str]) -> Reply | None:
+        if method != "GET":
+            return NOT_FOUND
+        if headers.get("Authorization") != f"Bearer {self.api_key}":
+            return UNAUTHORIZED
+        if self.faults.latency_ms > 0:
+            time.sleep(self.faults.latency_ms / 1000)
+        fault = self.faults.take_file(api=True)
+        return self._download(file_id, fault, storage=False, host=headers.get("Host"))
+
+    def _storage_route(self, method: str, path: str) -> Reply | None:
+        name = path.removeprefix(STORAGE_PREFIX)
+        if method != "GET" or name == path or not name.endswith(STORAGE_SUFFIX):
+            return NO_SUCH_KEY
+        if self.faults.latency_ms > 0:
+            time.sleep(self.faults.latency_ms / 1000)
+        fault = self.faults.take_file(api=False)
+        return self._download(name.removesuffix(STORAGE_SUFFIX), fault, storage=True)
+
+    def _download(
+        self, file_id: str, fault: Fault | None, *, storage: bool, host: str | None = None
+    ) -> Reply | None:
+        """A result file as the API (storage=False) or the storage answers it, `fault` applied."""
+        if fault is None or fault.kind in (*SERVING_KINDS, "cut_short"):
+            if fault is not None and fault.kind == "slow":
+                time.sleep(fault.seconds)
+            return self._file_reply(file_id, fault, storage)
+        kind = fault.kind
+        if kind == "drop":
+            return None
+        if kind == "file_error":
+            code, message = STORAGE_ERRORS.get(fault.status, ("ServiceUnavailable", "Try again."))
+            return fault.reply(storage_error(fault.status, code, message) if storage else None)
+        origin = self.storage_origin if storage else f"http://{host}" if host else self.origin
+        return canned_reply(fault, origin)
+
+    def _file_reply(self, file_id: str, fault: Fault | None, storage: bool) -> Reply:
+        file = self.world.file(file_id)
+        if file is None:
+            return NO_SUCH_KEY if storage else FILE_NOT_FOUND
+        if file.gone:
+            # An expired link (storage) or a deleted file (API): gone either way.
+            return LINK_EXPIRED if storage else FILE_NOT_FOUND
+        if storage:
+            headers = (("x-amz-request-id", os.urandom(8).hex().upper()),)
+        else:
+            headers = ((TRACE_HEADER, os.urandom(16).hex()),)
+        trickle_s = fault.seconds if fault is not None and fault.kind == "trickle" else 0.0
+        reply = Reply(200, b"", JSONL, headers, trickle_s)
+        content = self._file_content(file)
+        cut = fault is not None and fault.kind == "cut_short"
+        if isinstance(content, bytes):
+            return reply._replace(body=content, cut_at=len(content) // 2 if cut else None)
+        if cut:
+            length = sum(map(len, file.lines()))  # one pass to count, then the real one
+            return reply._replace(chunks=_chunks(file.lines()), length=length, cut_at=length // 2)
+        return reply._replace(chunks=content)
+
+    def _file_content(self, file: ResultFile) -> bytes | Iterator[bytes]:
+        """A small file's bytes (from the cache when it holds them), else its chunks, made as
+        they are sent: generation stops at SMALL_FILE_BYTES and goes on from there."""
+        state = self._serving_state()
+        key = ("file", file.plain_id)
+        body = self.cache.get(state, key)
+        if body is not None:
+            return body
+        lines = file.lines()
+        buffered: list[bytes] = []
+        size = 0
+        for line in lines:
+            buffered.append(line)
+            size += len(line)
+            if size > SMALL_FILE_BYTES:
+                return _resumed(buffered, lines)
+        body = b"".join(buffered)
+        if self._serving_state() == state:
+            self.cache.put(state, key, body)
+        return body
 
     # --- the listing, as pinned batches and page faults bend it ---------------------------
 
@@ -740,7 +958,15 @@ class Simulator:
                 return json_reply(200, self.faults.as_dict())
             if (method, path) == ("GET", "/_sim/state"):
                 return json_reply(200, self._state())
-        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            if (method, path) == ("POST", "/_sim/stick"):
+                since = int(query.get("since", self.world.now))
+                self.world.stick(query.get("batch_id", ""), query.get("stage", ""), since)
+                return json_reply(200, self._state())
+            if (method, path) == ("POST", "/_sim/enlarge"):
+                lines, pad_bytes = int(query.get("lines", "")), int(query.get("pad_bytes", "0"))
+                self.world.enlarge(query.get("batch_id", ""), lines, pad_bytes)
+                return json_reply(200, self._state())
+        except (ValueError, TypeError, UnknownBatchError) as exc:  # JSONDecodeError: a ValueError
             return api_error(str(exc))
         return NOT_FOUND
 
@@ -754,6 +980,7 @@ class Simulator:
             "cache_hits": self.cache.hits,
             "cache_misses": self.cache.misses,
             "cache_bytes": self.cache.bytes,
+            "storage": self.storage_origin if self._storage_address[1] else None,
         }
 
 
@@ -764,8 +991,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], handler: type, sim: Simulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type, sim: Simulator, *, storage: bool = False
+    ) -> None:
         self.sim = sim
+        self.storage = storage
+        self.answer = sim.respond_storage if storage else sim.respond
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, handler)
@@ -773,7 +1004,10 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
             self._open.add(request)
-            self.sim.connections += 1
+            if self.storage:
+                self.sim.storage_connections += 1
+            else:
+                self.sim.connections += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -821,17 +1055,37 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        reply = self.server.sim.respond(method, self.path, self.headers, body)
+        reply = self.server.answer(method, self.path, self.headers, body)
         if reply is None:
             self.close_connection = True
             return
+        chunked = reply.chunks is not None and reply.length is None
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            length = len(reply.body) if reply.chunks is None else reply.length
+            self.send_header("Content-Length", str(length))
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
-        self._write(reply.body, reply.trickle_s)
+        pieces = (reply.body,) if reply.chunks is None else reply.chunks
+        sent = 0
+        for piece in pieces:
+            if reply.cut_at is not None and sent + len(piece) >= reply.cut_at:
+                self._write(piece[: reply.cut_at - sent], reply.trickle_s)
+                self.close_connection = True  # hang up short of Content-Length
+                return
+            if chunked and piece:
+                self.wfile.write(b"%x\r\n" % len(piece))
+                self._write(piece, reply.trickle_s)
+                self.wfile.write(b"\r\n")
+            else:
+                self._write(piece, reply.trickle_s)
+            sent += len(piece)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _write(self, body: bytes, pause_s: float) -> None:
         """Write the body at once, or a few bytes at a time with `pause_s` between writes."""
@@ -852,13 +1106,15 @@ def serve(
     latency_ms: float = 0,
     host: str = "127.0.0.1",
     cache_mb: float | None = None,
+    max_requests: int = 50_000,
 ) -> None:
     """Serve a fresh world until Ctrl-C; the clock stands still unless POST /_sim/advance.
 
     The cache of answers holds up to `cache_mb`, else $SFBATCHES_SIMULATOR_CACHE_MB, else 200 MB.
+    Batches hold up to `max_requests` requests each (their result files one line per request).
     """
     cache_bytes = _cache_bytes(cache_mb)
-    world = World(batches=batches, seed=seed)
+    world = World(batches=batches, seed=seed, max_requests=max_requests)
     simulator = Simulator(
         world, port=port, api_key=api_key or DEFAULT_API_KEY, host=host, cache_bytes=cache_bytes
     )
@@ -874,6 +1130,38 @@ def serve(
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+def _file_route(path: str) -> str | None:
+    """The file id of a /v1/files/{id}/content path (also under /alt), else None."""
+    path = api_path(path)
+    if not (path.startswith(FILES_PREFIX) and path.endswith(CONTENT_SUFFIX)):
+        return None
+    file_id = path[len(FILES_PREFIX) : -len(CONTENT_SUFFIX)]
+    return file_id if file_id and "/" not in file_id else None
+
+
+def _chunks(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines joined into pieces of about CHUNK_BYTES, so a large file is written in few calls."""
+    part: list[bytes] = []
+    size = 0
+    for line in lines:
+        part.append(line)
+        size += len(line)
+        if size >= CHUNK_BYTES:
+            yield b"".join(part)
+            part, size = [], 0
+    if part:
+        yield b"".join(part)
+
+
+def _resumed(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks of a file whose first lines were made already; they are let go once sent."""
+    piece = b"".join(head)
+    head.clear()
+    yield piece
+    del piece
+    yield from _chunks(rest)
 
 
 def _cache_bytes(cache_mb: float | None) -> int:

@@ -2,8 +2,9 @@
 
 A world of a million batches must build in seconds, so per batch it stores only its creation
 second (one sorted array) and a position <-> key permutation. Everything else - lifecycle,
-payload shapes, metadata - is re-derived on demand from (seed, key), and ids are a reversible
-scramble of the key, so finding a batch by id needs no dictionary.
+payload shapes, metadata, result files - is re-derived on demand from (seed, key), and ids are
+a reversible scramble of the key, so finding a batch by id needs no dictionary. Finding a
+result file by its id does: a sorted array of id prefixes, built the first time one is asked.
 """
 
 import hashlib
@@ -14,16 +15,34 @@ import struct
 import threading
 import time
 from array import array
-from bisect import bisect_right
-from collections.abc import Callable, Sequence
-from functools import lru_cache
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache, partial
 from itertools import accumulate, cycle
 from typing import Any, NamedTuple, TypeVar
+
+from .files import (
+    Enlarged,
+    LinePlan,
+    ResultFile,
+    error_lines,
+    output_lines,
+    plan_lines,
+    request_numbers,
+    usage_sums,
+)
 
 HOUR = 3600
 DAY = 86_400
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 ID_PATTERN = re.compile(r"batch_[0-9a-z]{24}")
+FILE_ID_PATTERN = re.compile(r"file-[0-9a-f]{24}")
+FILE_KINDS = ("output", "error")
+GONE_AFTER_S = 30 * DAY  # SiliconFlow keeps result links for a month
+LINK_EXPIRES_S = 30 * DAY
+SIGNED_BELOW = 51  # of 256: batches whose files are signed storage URLs (~20%)
+LOST_BELOW = 5  # of 256: files gone before their month is up (~2%)
+LINE_PLAN_CACHE = 1024
 
 # Ids are 24 base-36 digits; 2**124 < 36**24, so every scrambled key fits.
 _ID_BITS = 124
@@ -42,6 +61,11 @@ COUNT_SHAPES = (("full", 0.75), ("null_until_started", 0.13), ("null", 0.07), ("
 SAME_SECOND_SHARE = 0.03  # scripts often submit several batches within one second
 PLAN_CACHE = 20_000
 _DRAWS = 48  # uniforms per batch; a plan uses about 40
+# Spare bytes after the draws: input, output and error file ids (12 each), then the result
+# files' own bits. A longer shake digest keeps its prefix, so adding bytes here changes nothing
+# that came before.
+_SPARE = 48
+_FILE_IDS = (_DRAWS * 4 + 12, _DRAWS * 4 + 24)  # where the output and error ids start
 _U32 = 1 / 2**32
 T = TypeVar("T")
 
@@ -129,15 +153,21 @@ class Plan(NamedTuple):
     error_file_id: str
     file_name: str | None
     model: str | None
-    usage: tuple[int, int, int, int] | None
+    signed: bool  # its result files are named by signed storage URLs once storage is known
+    output_lost: bool  # its output file is gone even within the month
+    error_lost: bool
+    file_seed: int  # seeds its result lines (files.plan_lines)
 
 
 class World:
     """Batches created over [now - history_days, now + future_days], observed at `now`.
 
-    `version` counts the changes made to it (advance, set_metadata, cancel), each counted once
-    the change is in place: an answer rendered at one (now, version) stays right while neither
-    moves, so the server may keep it.
+    A batch holds 1..max_requests requests (log-uniform). Its result files follow its object:
+    `result_file()` and `result_files()` say what they hold (see files.ResultFile).
+
+    `version` counts the changes made to it (advance, set_metadata, cancel, enlarge, a new
+    storage origin), each counted once the change is in place: an answer rendered at one
+    (now, version) stays right while neither moves, so the server may keep it.
     """
 
     def __init__(
@@ -147,11 +177,17 @@ class World:
         now: int | None = None,
         history_days: float = 30.0,
         future_days: float = 3.0,
+        max_requests: int = 50_000,
     ) -> None:
+        if max_requests < 1:
+            raise ValueError("max_requests must be at least 1")
         self.now = int(time.time()) if now is None else int(now)
         self.seed = seed
         self.size = batches
+        self.max_requests = max_requests
         self.version = 0
+        # Where signed result URLs point (http://host:port); None names plain file ids only.
+        self.storage_origin: str | None = None
         self._lock = threading.Lock()
         self._id_salt = _salt(seed)
         rnd = random.Random(seed)
@@ -164,8 +200,13 @@ class World:
         for pos, key in enumerate(self._key_at):
             self._pos_of_key[key] = pos
         self._metadata: dict[int, dict[str, str] | None] = {}
-        self._cancelled: dict[int, Timeline] = {}
+        # timelines changed after the world was drawn: cancelled or stuck batches
+        self._changed: dict[int, Timeline] = {}
+        self._enlarged: dict[int, Enlarged] = {}
         self._plan = lru_cache(maxsize=PLAN_CACHE)(self._make_plan)
+        self._line_plan = lru_cache(maxsize=LINE_PLAN_CACHE)(self._make_line_plan)
+        self._file_index: tuple[array, int] | None = None
+        self._index_lock = threading.Lock()
 
     # --- the clock and what is visible at it ----------------------------------------------
 
@@ -243,11 +284,176 @@ class World:
         with self._lock:
             t = self.now
             plan = self._plan(key)
-            timeline = self._cancelled.get(key, plan.timeline)
+            timeline = self._changed.get(key, plan.timeline)
             if _status_at(timeline, t, plan.queue_status) in TERMINAL | {"cancelling"}:
                 return
-            self._cancelled[key] = _cancelled_now(timeline, t, 60 + key % 240)
+            self._changed[key] = _cancelled_now(timeline, t, 60 + key % 240)
             self.version += 1
+
+    def stick(self, batch_id: str, stage: str, since: int) -> None:
+        """Keep a batch in `stage` from `since` on, whatever it was drawn to do: what
+        `sfbatches check` must notice. 'queue': never started (it keeps its queue status from
+        its creation; `since` is ignored); 'in_progress'; 'finalizing'."""
+        key = self._key(batch_id)
+        plan = self._plan(key)
+        if since < plan.created_at:
+            raise ValueError("a batch cannot be stuck before it was created")
+        started = min(plan.created_at + 60, since)
+        timelines = {
+            "queue": Timeline(),
+            "in_progress": Timeline(since, work_end=since + 10 * DAY, work_fraction=0.5),
+            "finalizing": Timeline(started, since, work_end=since, work_fraction=1.0),
+        }
+        if stage not in timelines:
+            raise ValueError(
+                f"a batch can be stuck in queue, in_progress or finalizing, not {stage!r}"
+            )
+        with self._lock:
+            self._changed[key] = timelines[stage]
+            self.version += 1
+
+    def enlarge(self, batch_id: str, lines: int, pad_bytes: int) -> None:
+        """Make this batch's output file hold `lines` lines of about `pad_bytes` bytes each,
+        generated as they are served (a gigabyte is fine). Its object stays as it was: request
+        counts and usage still describe the batch as drawn. Applies whenever it has an output
+        file (an ended batch with completed requests)."""
+        key = self._key(batch_id)
+        if lines < 1 or pad_bytes < 0:
+            raise ValueError("enlarge needs lines >= 1 and pad_bytes >= 0")
+        with self._lock:
+            self._enlarged[key] = Enlarged(int(lines), int(pad_bytes))
+            self.version += 1
+
+    def set_storage_origin(self, origin: str | None) -> None:
+        """Where signed result URLs point from now on (the Simulator's storage server)."""
+        with self._lock:
+            if origin != self.storage_origin:
+                self.storage_origin = origin
+                self.version += 1
+
+    # --- result files ---------------------------------------------------------------------
+
+    def result_file(self, batch_id: str, kind: str) -> ResultFile | None:
+        """The batch's output or error file as its object names it now; None when it names
+        none (not ended, failed, nothing completed or failed) or the batch is not visible."""
+        if kind not in FILE_KINDS:
+            raise ValueError(f"kind must be one of {FILE_KINDS}, not {kind!r}")
+        t = self.now
+        pos = self._position(batch_id)
+        if pos is None or self._created[pos] > t:
+            return None
+        return self._result_file(self._key_at[pos], kind, t)
+
+    def result_files(self) -> list[ResultFile]:
+        """Every result file of every visible batch, newest batch first, output before error."""
+        t = self.now
+        found = []
+        for pos in range(bisect_right(self._created, t) - 1, -1, -1):
+            for kind in FILE_KINDS:
+                file = self._result_file(self._key_at[pos], kind, t)
+                if file is not None:
+                    found.append(file)
+        return found
+
+    def file(self, plain_id: str) -> ResultFile | None:
+        """The result file behind a plain file id (`file-...`), if a visible batch names it now
+        (directly or inside its signed URL); gone files included."""
+        if not FILE_ID_PATTERN.fullmatch(plain_id):
+            return None
+        t = self.now
+        for key, kind in self._keys_of_file(plain_id):
+            if self._created[self._pos_of_key[key]] <= t:
+                return self._result_file(key, kind, t)
+        return None
+
+    def _result_file(self, key: int, kind: str, t: int) -> ResultFile | None:
+        plan = self._plan(key)
+        timeline = self._changed.get(key, plan.timeline)
+        status = _status_at(timeline, t, plan.queue_status)
+        if status not in TERMINAL or status == "failed":
+            return None
+        completed, failed = _done(plan, timeline, t)
+        output = kind == "output"
+        count = completed if output else failed
+        if not count:
+            return None
+        ended_at = {
+            "completed": timeline.completed_at,
+            "expired": timeline.expired_at,
+            "cancelled": timeline.cancelled_at,
+        }[status]
+        lost = plan.output_lost if output else plan.error_lost
+        plain = plan.output_file_id if output else plan.error_file_id
+        name = self._namer(plan)
+        enlarged = self._enlarged.get(key) if output else None
+        lines = partial(self._line_plan, key)
+        if enlarged is not None:
+            count = enlarged.lines
+        return ResultFile(
+            batch_id=_id_of_key(key, self._id_salt),
+            kind=kind,
+            file_id=plain if name is None else name(plain),
+            plain_id=plain,
+            signed=name is not None,
+            gone=lost or ended_at is None or t - ended_at > GONE_AFTER_S,
+            requests=count,
+            _source=_line_source(plan, timeline, lines, kind, count, enlarged),
+        )
+
+    def _keys_of_file(self, plain_id: str) -> list[tuple[int, str]]:
+        """(key, kind) of the batches whose plan names this file id (almost always one)."""
+        index, shift = self._index()
+        prefix = int(plain_id[5:21], 16) >> shift
+        found = []
+        start = bisect_left(index, prefix << shift)
+        for entry in index[start : start + 8]:
+            if entry >> shift != prefix:
+                break
+            key, kind = divmod(entry & ((1 << shift) - 1), 2)
+            plan = self._plan(key)
+            if (plan.output_file_id, plan.error_file_id)[kind] == plain_id:
+                found.append((key, FILE_KINDS[kind]))
+        return found
+
+    def _index(self) -> tuple[array, int]:
+        """Output and error file ids of every batch as sorted (id prefix | key, kind) words."""
+        with self._index_lock:
+            if self._file_index is None:
+                shift = max(1, (2 * self.size).bit_length())
+                keep = ~((1 << shift) - 1)
+                entries = []
+                for key in range(self.size):
+                    raw = hashlib.shake_128(b"%d:%d" % (self.seed, key)).digest(_FILE_IDS[1] + 12)
+                    for kind, at in enumerate(_FILE_IDS):
+                        word = int.from_bytes(raw[at : at + 8], "big")
+                        entries.append((word & keep) | (2 * key + kind))
+                entries.sort()
+                self._file_index = (array("Q", entries), shift)
+            return self._file_index
+
+    def _namer(self, plan: Plan) -> Callable[[str], str] | None:
+        """How this batch's object names its files: as signed URLs, or None for plain ids."""
+        origin = self.storage_origin
+        if not plan.signed or origin is None:
+            return None
+        seed = self.seed
+
+        def signed_url(plain_id: str) -> str:
+            signature = hashlib.sha256(b"%d:%s" % (seed, plain_id.encode())).hexdigest()
+            return (
+                f"{origin}/results/{plain_id}.jsonl"
+                f"?X-Amz-Expires={LINK_EXPIRES_S}&X-Amz-Signature={signature}"
+            )
+
+        return signed_url
+
+    def _make_line_plan(self, key: int) -> LinePlan:
+        plan = self._plan(key)
+        return plan_lines(
+            plan.file_seed,
+            openai_object=plan.model is not None,
+            chat=plan.endpoint != "/v1/embeddings",
+        )
 
     # --- ids ------------------------------------------------------------------------------
 
@@ -283,25 +489,72 @@ class World:
 
     def _make_plan(self, key: int) -> Plan:
         created_at = self._created[self._pos_of_key[key]]
-        return make_plan(*batch_entropy(self.seed, key), created_at)
+        return make_plan(*batch_entropy(self.seed, key), created_at, self.max_requests)
 
     def _render(self, pos: int, t: int) -> dict[str, Any]:
         key = self._key_at[pos]
         plan = self._plan(key)
-        timeline = self._cancelled.get(key, plan.timeline)
+        timeline = self._changed.get(key, plan.timeline)
         metadata = self._metadata.get(key, plan.metadata)
-        return render(plan, timeline, t, _id_of_key(key, self._id_salt), metadata)
+        usage = None
+        if plan.model is not None:
+            requests = plan.total - plan.failed_total
+
+            def usage() -> tuple[int, int, int, int]:
+                return usage_sums(self._line_plan(key), requests)
+
+        batch_id = _id_of_key(key, self._id_salt)
+        return render(plan, timeline, t, batch_id, metadata, self._namer(plan), usage)
+
+
+def _line_source(
+    plan: Plan,
+    timeline: Timeline,
+    line_plan: Callable[[], LinePlan],
+    kind: str,
+    count: int,
+    enlarged: Enlarged | None,
+) -> Callable[[], Iterator[bytes]]:
+    """What ResultFile.lines() calls: a fresh generator of the file's lines each time."""
+    started = timeline.in_progress_at if timeline.in_progress_at is not None else plan.created_at
+    span_s = max(0, (timeline.work_end or started) - started)
+
+    def source() -> Iterator[bytes]:
+        lines = line_plan()
+        if kind == "error":
+            numbers = request_numbers(plan.total, plan.failed_total, failed=True)
+            return error_lines(lines, numbers, count)
+        if enlarged is not None:
+            numbers = iter(range(1, count + 1))
+            return output_lines(lines, numbers, count, started, span_s, enlarged.pad_bytes)
+        numbers = request_numbers(plan.total, plan.failed_total, failed=False)
+        return output_lines(lines, numbers, count, started, span_s)
+
+    return source
 
 
 def render(
-    plan: Plan, timeline: Timeline, t: int, batch_id: str, metadata: dict[str, str] | None
+    plan: Plan,
+    timeline: Timeline,
+    t: int,
+    batch_id: str,
+    metadata: dict[str, str] | None,
+    name_file: Callable[[str], str] | None = None,
+    usage: Callable[[], tuple[int, int, int, int]] | None = None,
 ) -> dict[str, Any]:
-    """The API object of one batch as seen at time t (fresh dicts: callers may mutate them)."""
+    """The API object of one batch as seen at time t (fresh dicts: callers may mutate them).
+
+    `name_file` turns a file id into what the object shows (a signed URL); `usage` gives the
+    (input, cached, output, reasoning) tokens an OpenAI-style object reports once completed.
+    """
     status = _status_at(timeline, t, plan.queue_status)
-    fraction = _work_fraction(timeline, t)
-    completed = int((plan.total - plan.failed_total) * fraction)
-    failed = int(plan.failed_total * fraction)
+    completed, failed = _done(plan, timeline, t)
     ended = status in TERMINAL and status != "failed"
+    output_file_id = plan.output_file_id if ended and completed else None
+    error_file_id = plan.error_file_id if ended and failed else None
+    if name_file is not None:
+        output_file_id = output_file_id and name_file(output_file_id)
+        error_file_id = error_file_id and name_file(error_file_id)
     obj: dict[str, Any] = {
         "id": batch_id,
         "object": "batch",
@@ -310,8 +563,8 @@ def render(
         "input_file_id": plan.input_file_id,
         "completion_window": plan.window,
         "status": status,
-        "output_file_id": plan.output_file_id if ended and completed else None,
-        "error_file_id": plan.error_file_id if ended and failed else None,
+        "output_file_id": output_file_id,
+        "error_file_id": error_file_id,
         "created_at": plan.created_at,
         "in_progress_at": _seen(timeline.in_progress_at, t),
         "expires_at": plan.expires_at,
@@ -327,9 +580,15 @@ def render(
     }
     if plan.model is not None:
         obj["model"] = plan.model
-        if status == "completed" and plan.usage is not None:
-            obj["usage"] = _usage(plan.usage)
+        if status == "completed" and usage is not None:
+            obj["usage"] = _usage(usage())
     return obj
+
+
+def _done(plan: Plan, timeline: Timeline, t: int) -> tuple[int, int]:
+    """Requests completed and failed by time t."""
+    fraction = _work_fraction(timeline, t)
+    return int((plan.total - plan.failed_total) * fraction), int(plan.failed_total * fraction)
 
 
 def _seen(at: int | None, t: int) -> int | None:
@@ -413,17 +672,17 @@ def batch_entropy(seed: int, key: int) -> tuple[Draw, bytes]:
     A hash is several times cheaper than seeding a random.Random per batch, which matters
     because plans are rebuilt for every page served.
     """
-    raw = hashlib.shake_128(b"%d:%d" % (seed, key)).digest(_DRAWS * 4 + 36)
+    raw = hashlib.shake_128(b"%d:%d" % (seed, key)).digest(_DRAWS * 4 + _SPARE)
     words = struct.unpack_from(f"<{_DRAWS}I", raw)
     return map(_U32.__mul__, cycle(words)).__next__, raw[_DRAWS * 4 :]
 
 
-def make_plan(draw: Draw, spare: bytes, created_at: int) -> Plan:
+def make_plan(draw: Draw, spare: bytes, created_at: int, max_requests: int = 50_000) -> Plan:
     """One batch's fixed facts; the same draws always give the same batch."""
     window, window_s = _pick(draw, WINDOWS)
     expires_at = created_at + window_s
     timeline = plan_timeline(draw, created_at, expires_at)
-    total = max(1, int(_log_uniform(draw, 1, 50_000)))
+    total = max(1, int(_log_uniform(draw, 1, max_requests)))
     failed_total = 0 if draw() < 0.7 else min(total, 1 + int(total * draw() * 0.08))
     openai_style = draw() < 0.05
     return Plan(
@@ -445,7 +704,10 @@ def make_plan(draw: Draw, spare: bytes, created_at: int) -> Plan:
         error_file_id=f"file-{spare[24:36].hex()}",
         file_name=None if openai_style else _file_name(draw),
         model=_choice(draw, MODELS) if openai_style else None,
-        usage=_usage_numbers(draw, total - failed_total) if openai_style else None,
+        signed=spare[36] < SIGNED_BELOW,
+        output_lost=spare[37] < LOST_BELOW,
+        error_lost=spare[38] < LOST_BELOW,
+        file_seed=int.from_bytes(spare[40:48], "big"),
     )
 
 
@@ -545,13 +807,6 @@ def _metadata(draw: Draw) -> dict[str, str] | None:
     # Repeated keys collapse, which only makes the number of pairs vary more.
     pairs = 1 + int(draw() * 5)
     return {_choice(draw, METADATA_KEYS): _choice(draw, METADATA_VALUES) for _ in range(pairs)}
-
-
-def _usage_numbers(draw: Draw, requests: int) -> tuple[int, int, int, int]:
-    input_tokens = requests * (50 + int(draw() * 2000))
-    output_tokens = requests * (1 + int(draw() * 800))
-    reasoning = int(output_tokens * draw() * 0.6) if draw() < 0.5 else 0
-    return input_tokens, int(input_tokens * draw() * 0.5), output_tokens, reasoning
 
 
 def _file_name(draw: Draw) -> str:

@@ -1,5 +1,8 @@
 """Writes around a load: columns widened before it; one row per key, current child rows and
-the status history after it."""
+the status history after it; and each sync's own row in `sync_runs`."""
+
+import contextlib
+from pathlib import Path
 
 import duckdb
 
@@ -11,8 +14,10 @@ from pipelines.vocabulary import (
     PRIMARY_KEYS,
     REQUEST_COUNTS,
     STATUS_HISTORY,
+    SYNC_RUNS,
 )
 
+from . import database
 from .plan import stored_tables
 
 SCHEMA = DATASET
@@ -60,6 +65,9 @@ def record_observations(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
     tables = stored_tables(con)
     if BATCHES not in tables:
         return 0, 0
+    # An aggregate over millions of request lines stays within the memory limit (spilling to
+    # disk) only on one thread; two would each want their share of it.
+    con.execute("set threads = 1")
     con.execute("begin transaction")
     _create_history_table(con)
     since = _recorded_through(con)
@@ -98,28 +106,34 @@ def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], sinc
         if table not in tables:
             continue
         columns = ", ".join(key)
+        # The keys first, on their own: an aggregate spills to disk within the memory limit,
+        # while a delete planned around it would size its join for every row of the table.
         con.execute(
             f"""
-            delete from {SCHEMA}.{table}
-            where rowid in (
-                with doubled as (
-                    select {columns}
-                    from {SCHEMA}.{table}
-                    where {LOADED_AT.format(table=table)} > $since
-                    group by all
-                    having count(*) > 1
-                )
-
-                select {table}.rowid
-                from {SCHEMA}.{table}
-                semi join doubled using ({columns})
-                qualify row_number() over (
-                    partition by {columns} order by _dlt_load_id desc, {table}.rowid
-                ) > 1
-            )
+            create or replace temp table doubled as
+            select {columns}
+            from {SCHEMA}.{table}
+            where {LOADED_AT.format(table=table)} > $since
+            group by all
+            having count(*) > 1
             """,
             {"since": since},
         )
+        if con.execute("select count(*) from doubled").fetchone()[0]:
+            con.execute(
+                f"""
+                delete from {SCHEMA}.{table}
+                where rowid in (
+                    select {table}.rowid
+                    from {SCHEMA}.{table}
+                    semi join doubled using ({columns})
+                    qualify row_number() over (
+                        partition by {columns} order by _dlt_load_id desc, {table}.rowid
+                    ) > 1
+                )
+                """
+            )
+        con.execute("drop table doubled")
 
 
 def _recorded_through(con: duckdb.DuckDBPyConnection) -> object:
@@ -247,3 +261,40 @@ def _append_history(
     )
     con.execute("drop table observation")
     return int(new), int(changed)
+
+
+def record_run(db_path: Path, row: dict[str, object]) -> None:
+    """Append one sync's `sync_runs` row."""
+    with database.connect(db_path, config=database.sync_config(db_path)) as con:
+        con.execute(
+            f"""
+            create table if not exists {SCHEMA}.{SYNC_RUNS} (
+                run_id varchar primary key,
+                started_at timestamp with time zone not null,
+                finished_at timestamp with time zone not null,
+                kind varchar not null,
+                outcome varchar not null,
+                exit_code integer not null,
+                message varchar,
+                batches_read bigint,
+                batches_new bigint,
+                batches_changed bigint,
+                pages bigint,
+                lookups bigint,
+                files_loaded bigint,
+                request_lines bigint,
+                warnings bigint
+            )
+            """
+        )
+        columns = ", ".join(row)
+        con.execute(
+            f"insert into {SCHEMA}.{SYNC_RUNS} ({columns}) values ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+
+
+def record_failed_run(db_path: Path, row: dict[str, object]) -> None:
+    """Record a failed sync when the database can be written, never hiding why it failed."""
+    with contextlib.suppress(Exception):
+        record_run(db_path, row)

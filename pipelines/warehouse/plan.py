@@ -1,16 +1,34 @@
 """What the warehouse holds, read before a sync so that it reads only what may have changed."""
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from pipelines.siliconflow import Floor, HeldIds, SyncPlan
+from pipelines.siliconflow import Floor, HeldIds, ResultFile, SyncPlan
 from pipelines.siliconflow.rows import RESERVED, from_duckdb
-from pipelines.vocabulary import BATCHES, DATASET, SYNC_STATE, TERMINAL_STATUSES, sql_list
+from pipelines.vocabulary import (
+    BATCH_FILES,
+    BATCH_REQUESTS,
+    BATCHES,
+    DATASET,
+    FAILED,
+    GONE,
+    SYNC_STATE,
+    TERMINAL_STATUSES,
+    sql_list,
+)
 
 from .database import connect, sync_config
 
 IS_OPEN = f"lower(status) not in ({sql_list(TERMINAL_STATUSES)})"
+# Result files one sync tries at most; the rest wait for the next.
+MAX_FILES = 10_000
+TRIED = f"select batch_id, kind, state, attempts from {DATASET}.{BATCH_FILES}"
+NONE_TRIED = (
+    "select ''::varchar as batch_id, ''::varchar as kind, ''::varchar as state, "
+    "0::bigint as attempts where false"
+)
 
 
 def stored_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -89,3 +107,56 @@ def _added_column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
         [DATASET, BATCHES],
     ).fetchall()
     return {name: from_duckdb(data_type) for name, data_type in rows if name not in RESERVED}
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """The result files one sync fetches, how many wait in all, and whether the tables for
+    them exist yet."""
+
+    files: list[ResultFile] = field(default_factory=list)
+    pending: int = 0
+    tables_exist: bool = False
+
+
+def pending_files(db_path: Path, wanted: bool = True, retry_gone: bool = False) -> FilePlan:
+    """Result files of ended batches not loaded yet (none unless `wanted`), oldest first, as
+    their links expire first, at most MAX_FILES a sync: those never tried, those that failed,
+    and (when `retry_gone`) those the API said were gone."""
+    with connect(db_path, config=sync_config(db_path)) as con:
+        tables = stored_tables(con)
+        if BATCHES not in tables or not wanted:
+            return FilePlan(tables_exist={BATCH_FILES, BATCH_REQUESTS} <= tables)
+        rows = con.execute(
+            f"""
+            with named as (
+                select id as batch_id, 'output' as kind, output_file_id as file_id, created_at
+                from {DATASET}.{BATCHES}
+                where not ({IS_OPEN}) and output_file_id is not null
+                union all
+                select id, 'error', error_file_id, created_at
+                from {DATASET}.{BATCHES}
+                where not ({IS_OPEN}) and error_file_id is not null
+            ),
+
+            tried as ({TRIED if BATCH_FILES in tables else NONE_TRIED})
+
+            select
+                named.batch_id,
+                named.kind,
+                named.file_id,
+                coalesce(tried.attempts, 0),
+                count(*) over () as pending
+            from named
+            left join tried using (batch_id, kind)
+            where tried.state is null or list_contains($again, tried.state)
+            order by named.created_at, named.batch_id, named.kind
+            limit {MAX_FILES}
+            """,
+            {"again": [FAILED, GONE] if retry_gone else [FAILED]},
+        ).fetchall()
+    return FilePlan(
+        files=[ResultFile(*row[:4]) for row in rows],
+        pending=rows[0][4] if rows else 0,
+        tables_exist={BATCH_FILES, BATCH_REQUESTS} <= tables,
+    )

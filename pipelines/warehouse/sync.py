@@ -4,8 +4,10 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
@@ -16,8 +18,15 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.sources import DltSource
 
 from pipelines.config import SourceConfig, resolve_source_config
-from pipelines.errors import DatabaseBusy, SfBatchesError, find_error
-from pipelines.siliconflow import Deadline, ReadStats, SyncPlan, siliconflow
+from pipelines.errors import DatabaseBusy, SfBatchesError, exit_code_of, find_error, one_line
+from pipelines.siliconflow import (
+    Deadline,
+    ReadStats,
+    ResultStats,
+    SyncPlan,
+    result_files,
+    siliconflow,
+)
 from pipelines.vocabulary import DATASET
 
 from . import database, history, plan
@@ -38,21 +47,53 @@ DLT_SETTINGS = {
 
 @dataclass
 class SyncResult:
+    """What one sync did, filled in as it goes: its summary line and its `sync_runs` row."""
+
     db_path: Path
-    full: bool
-    stats: ReadStats
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    stats: ReadStats = field(default_factory=ReadStats)
+    files: ResultStats = field(default_factory=ResultStats)
+    full: bool = False
     new: int = 0
     changed: int = 0
     seconds: float = 0.0
 
+    @property
+    def warnings(self) -> list[str]:
+        return self.stats.warnings + self.files.warnings
+
     def summary(self) -> str:
         kind = "full" if self.full else "incremental"
-        stats = self.stats
+        stats, files = self.stats, self.files
         return (
             f"sfbatches: {kind} sync of {self.db_path.name}: {stats.batches:,} batches read "
             f"({self.new:,} new, {self.changed:,} changed) from {_count(stats.pages, 'page')} "
-            f"and {_count(stats.lookups, 'lookup')} in {self.seconds:.1f} s"
+            f"and {_count(stats.lookups, 'lookup')}, {_count(files.loaded, 'result file')} "
+            f"({_count(files.lines, 'request line')}) in {self.seconds:.1f} s"
         )
+
+    def run_row(self, error: BaseException | None = None) -> dict[str, object]:
+        """This sync as a `sync_runs` row: ok, or failed with the exit code and line the CLI
+        gives for `error`."""
+        return {
+            "run_id": uuid.uuid4().hex,
+            "started_at": self.started_at,
+            "finished_at": datetime.now(UTC),
+            "kind": "full" if self.full else "incremental",
+            "outcome": "ok" if error is None else "failed",
+            "exit_code": 0 if error is None else exit_code_of(error),
+            "message": self.summary().removeprefix("sfbatches: ")
+            if error is None
+            else one_line(error),
+            "batches_read": self.stats.batches,
+            "batches_new": self.new,
+            "batches_changed": self.changed,
+            "pages": self.stats.pages,
+            "lookups": self.stats.lookups,
+            "files_loaded": self.files.loaded,
+            "request_lines": self.files.lines,
+            "warnings": len(self.warnings),
+        }
 
 
 def _count(number: int, noun: str) -> str:
@@ -66,25 +107,34 @@ def run_sync(
     config: SourceConfig | None = None,
     progress: bool = False,
 ) -> SyncResult:
-    """Bring `db_path` up to date with the API; the database changes only by whole dlt loads."""
+    """Bring `db_path` up to date with the API: the batches, then (unless `config.results` is
+    false) the result files of the ended ones. The database changes only by whole dlt loads,
+    and each sync that got the database leaves a `sync_runs` row, ok or failed."""
     started = time.monotonic()
     config = config or resolve_source_config()
-    deadline = Deadline(config.sync_timeout_s)
     database.check_is_duckdb(db_path)
     with database.sync_lock(db_path):
-        stats = ReadStats()
-        pipeline, sync_plan = prepare(db_path, full_refresh, progress, stats)
-        extract(pipeline, source(config, sync_plan, stats, deadline))
-        deadline.check()
-        new, changed = load_and_record(pipeline, db_path, stats)
-    return SyncResult(
-        db_path=db_path,
-        full=sync_plan.is_full,
-        stats=stats,
-        new=new,
-        changed=changed,
-        seconds=time.monotonic() - started,
-    )
+        result = SyncResult(db_path)
+        try:
+            sync_into(result, config, full_refresh, progress)
+        except BaseException as error:
+            history.record_failed_run(db_path, result.run_row(error))
+            raise
+        result.seconds = time.monotonic() - started
+        history.record_run(db_path, result.run_row())
+    return result
+
+
+def sync_into(result: SyncResult, config: SourceConfig, full_refresh: bool, progress: bool) -> None:
+    """The steps of one sync, each filling in `result`."""
+    deadline = Deadline(config.sync_timeout_s)
+    db_path = result.db_path
+    pipeline, sync_plan = prepare(db_path, full_refresh, progress, result.stats)
+    result.full = sync_plan.is_full
+    extract(pipeline, source(config, sync_plan, result.stats, deadline))
+    deadline.check()
+    result.new, result.changed = load_and_record(pipeline, db_path, result.stats)
+    fetch_results(pipeline, db_path, config, deadline, full_refresh, result.files)
 
 
 def prepare(
@@ -128,10 +178,48 @@ def extract(pipeline: dlt.Pipeline, batches: DltSource) -> None:
     pa.default_memory_pool().release_unused()
 
 
-def load_and_record(pipeline: dlt.Pipeline, db_path: Path, stats: ReadStats) -> tuple[int, int]:
+def fetch_results(
+    pipeline: dlt.Pipeline,
+    db_path: Path,
+    config: SourceConfig,
+    deadline: Deadline,
+    retry_gone: bool,
+    stats: ResultStats,
+) -> None:
+    """Load the result files of ended batches, now that the batches are stored.
+
+    Runs with no files too while the result tables do not exist yet, so that the views over
+    them build from the first sync on. Past the deadline it loads the files it has finished and
+    leaves the rest for the next sync.
+    """
+    todo = plan.pending_files(db_path, config.results, retry_gone)
+    stats.left = todo.pending - len(todo.files)
+    if not todo.files and todo.tables_exist:
+        return
+    extract(
+        pipeline,
+        result_files(
+            todo.files,
+            database.work_dir(db_path) / "results",
+            api_key=config.api_key,
+            base_url=config.base_url,
+            archive=config.archive_dir,
+            retry=config.retry,
+            deadline=deadline,
+            stats=stats,
+            key_source=config.key_source,
+        ),
+    )
+    load_and_record(pipeline, db_path)
+
+
+def load_and_record(
+    pipeline: dlt.Pipeline, db_path: Path, stats: ReadStats | None = None
+) -> tuple[int, int]:
     """Load the package and do the bookkeeping on one connection; return (new, changed)."""
     with database.connect(db_path, config=database.sync_config(db_path)) as con:
-        history.widen_columns(con, stats.columns.widened)
+        if stats is not None:
+            history.widen_columns(con, stats.columns.widened)
         _guard(lambda: pipeline.load(credentials=load_credentials(con)))
         # Rows the load merged stay in memory until a checkpoint; at 1M batches they left
         # the bookkeeping's join over the history too little of DuckDB's memory.

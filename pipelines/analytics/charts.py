@@ -1,0 +1,116 @@
+"""The HTML report's charts: matplotlib figures as SVG data URIs, so that the page needs no
+file and no network to show them (text is drawn as paths: no font to fetch either)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+# narrow enough that the text stays legible when a phone shrinks the chart to its width
+WIDTH_IN, HEIGHT_IN = 6.4, 3.0
+STYLE = {
+    "svg.fonttype": "path",
+    "svg.hashsalt": "sfbatches",  # the same data gives the same page, byte for byte
+    "font.size": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+# a colour per series, in order; the same model keeps its colour within a chart
+COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
+
+
+def data_uri(figure: Figure) -> str:
+    """The figure as an `<img src>`: an SVG document, base64-encoded."""
+    buffer = io.BytesIO()
+    with rc_context(STYLE):
+        figure.savefig(buffer, format="svg", bbox_inches="tight")
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def new_figure(rows: int = 1) -> Figure:
+    with rc_context(STYLE):
+        figure = Figure(figsize=(WIDTH_IN, HEIGHT_IN * rows), layout="constrained")
+        figure.subplots(rows, 1, sharex=True, squeeze=False)
+    return figure
+
+
+def turnaround_histogram(hours: Sequence[float]) -> str:
+    """How long completed batches took, created to completed."""
+    figure = new_figure()
+    axes = figure.axes[0]
+    with rc_context(STYLE):
+        axes.hist(hours, bins=min(40, max(5, len(hours) // 5)), color=COLOURS[0])
+        axes.set_xlabel("turnaround (hours, created to completed)")
+        axes.set_ylabel("batches")
+    return data_uri(figure)
+
+
+def daily_quantiles(days: Sequence[date], p50: Sequence[float], p90: Sequence[float]) -> str:
+    """Turnaround p50 and p90 per day the batches were created."""
+    figure = new_figure()
+    axes = figure.axes[0]
+    with rc_context(STYLE):
+        axes.plot(days, p50, marker="o", color=COLOURS[0], label="p50")
+        axes.plot(days, p90, marker="o", linestyle="--", color=COLOURS[1], label="p90")
+        axes.set_ylabel("turnaround (hours)")
+        axes.set_ylim(bottom=0)
+        axes.legend(loc="upper left")
+        figure.autofmt_xdate()
+    return data_uri(figure)
+
+
+def throughput(
+    hours: Sequence[datetime],
+    requests_per_second: Sequence[float],
+    token_hours: Sequence[datetime],
+    tokens_per_second: Sequence[float],
+) -> str:
+    """Requests per second per hour, and completion tokens per second when results exist."""
+    with_tokens = bool(token_hours)
+    figure = new_figure(rows=2 if with_tokens else 1)
+    with rc_context(STYLE):
+        top = figure.axes[0]
+        top.bar(hours, requests_per_second, width=1 / 24, align="edge", color=COLOURS[0])
+        top.set_ylabel("requests/s")
+        if with_tokens:
+            bottom = figure.axes[1]
+            bottom.bar(token_hours, tokens_per_second, width=1 / 24, align="edge", color=COLOURS[2])
+            bottom.set_ylabel("completion tokens/s")
+            bottom.yaxis.set_major_formatter(EngFormatter(sep=""))
+        figure.autofmt_xdate()
+    return data_uri(figure)
+
+
+def status_mix(statuses: Sequence[str], counts: Sequence[int]) -> str:
+    """Batches per status, in lifecycle order from the top."""
+    figure = new_figure()
+    axes = figure.axes[0]
+    with rc_context(STYLE):
+        axes.barh(list(statuses)[::-1], list(counts)[::-1], color=COLOURS[0])
+        axes.set_xlabel("batches")
+    return data_uri(figure)
+
+
+def stacked_by_model(days: Sequence[date], series: dict[str, Sequence[float]], label: str) -> str:
+    """One bar per day, stacked by model."""
+    figure = new_figure()
+    axes = figure.axes[0]
+    with rc_context(STYLE):
+        base = [0.0] * len(days)
+        for index, (model, values) in enumerate(series.items()):
+            colour = COLOURS[index % len(COLOURS)]
+            axes.bar(days, values, bottom=base, label=model, color=colour)
+            base = [b + v for b, v in zip(base, values, strict=True)]
+        axes.set_ylabel(label)
+        axes.yaxis.set_major_formatter(EngFormatter(sep=""))
+        figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+        figure.autofmt_xdate()
+    return data_uri(figure)

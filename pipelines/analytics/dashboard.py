@@ -1,0 +1,404 @@
+"""`sfbatches report --html`: the report as one self-contained web page with charts.
+
+The figures come from the analytics views, as the text report's do; the problems are those
+`sfbatches check` reports. The page is templates/report.html, filled in by Jinja.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from pipelines.errors import ReportError
+from pipelines.warehouse.database import open_database
+
+from . import charts
+from .check import Health, Limits, check
+from .report import (
+    COMPLETED_SQL,
+    COSTS_SQL,
+    CREATED_SQL,
+    USED_SQL,
+    Window,
+    amount,
+    as_utc,
+    by_lifecycle,
+    counted,
+    duration,
+    fetch_one,
+    freshness_line,
+    last_sync,
+    rate,
+)
+
+OPEN_SHOWN = 20
+HOUR = 3600.0
+
+_TURNAROUNDS = """
+    select turnaround_seconds / 3600
+    from analytics.batch_turnaround
+    where status = 'completed'
+        and cast(timezone('UTC', created_at) as date) between ? and ?
+"""
+_DAILY_QUANTILES = """
+    select
+        cast(timezone('UTC', created_at) as date) as day,
+        quantile_cont(turnaround_seconds, 0.5) / 3600,
+        quantile_cont(turnaround_seconds, 0.9) / 3600
+    from analytics.batch_turnaround
+    where status = 'completed'
+        and cast(timezone('UTC', created_at) as date) between ? and ?
+    group by day
+    order by day
+"""
+DAILY_COUNTS = ("batches", "completed", "failed", "expired", "cancelled", "in_flight")
+_DAILY = f"""
+    select
+        created_date,
+        endpoint,
+        {", ".join(DAILY_COUNTS)},
+        turnaround_p50_s,
+        turnaround_p90_s,
+        window_met_rate
+    from analytics.daily_turnaround
+    where created_date between ? and ?
+    order by created_date desc, endpoint
+"""
+_HOURLY = """
+    select hour, coalesce(sum(requests_per_second), 0)
+    from analytics.hourly_throughput
+    where cast(timezone('UTC', hour) as date) between ? and ?
+    group by hour
+    order by hour
+"""
+_HOURLY_TOKENS = """
+    select
+        timezone('UTC', date_trunc('hour', timezone('UTC', lifecycle.ended_at))) as hour,
+        coalesce(sum(usage.completion_tokens), 0) / 3600
+    from analytics.batch_usage as usage
+    inner join analytics.int_batch_lifecycle as lifecycle
+        on usage.batch_id = lifecycle.batch_id
+    where cast(timezone('UTC', lifecycle.ended_at) as date) between ? and ?
+    group by hour
+    order by hour
+"""
+_STATUS_COUNTS = "select status, batches from analytics.status_counts"
+_OPEN = f"""
+    select batch_id, status, endpoint, age_seconds, requests_completed, requests_total
+    from analytics.open_batches
+    order by age_seconds desc, batch_id
+    limit {OPEN_SHOWN}
+"""
+_OPEN_COUNT = "select count(*) from analytics.open_batches"
+_USAGE = """
+    select
+        usage_date,
+        model,
+        batches,
+        requests,
+        requests_failed,
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        estimated_cost
+    from analytics.daily_usage
+    where usage_date between ? and ?
+    order by usage_date desc, model
+"""
+_CURRENCIES = "select distinct currency from analytics.model_prices order by currency"
+
+
+@dataclass(frozen=True)
+class Card:
+    """One headline figure: what it is, its value as shown, and a line under it."""
+
+    name: str
+    label: str
+    value: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Chart:
+    name: str
+    title: str
+    image: str  # a data: URI
+    caption: str
+
+
+def render_html(
+    con: duckdb.DuckDBPyConnection, limits: Limits, days: int = 7, now: datetime | None = None
+) -> str:
+    """The page, as text; `now` defaults to the current time."""
+    window = Window.ending(as_utc(now), days)
+    try:
+        context = page_context(con, window, check(con, limits, window.now))
+    except duckdb.CatalogException as error:
+        raise ReportError("analytics views not found: run `sfbatches models` first") from error
+    template = _environment().get_template("report.html")
+    return template.render(**context)
+
+
+def render_html_at(db_path: str | Path, limits: Limits, days: int = 7) -> str:
+    """Open the DuckDB file at `db_path` read-only and render the page from it."""
+    with open_database(db_path, read_only=True) as con:
+        return render_html(con, limits, days)
+
+
+def _environment() -> Environment:
+    return Environment(
+        loader=PackageLoader("pipelines.analytics", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health) -> dict:
+    span = [window.first, window.last]
+    usage = usage_rows(con, span)
+    currency = " / ".join(row[0] for row in con.execute(_CURRENCIES).fetchall())
+    return {
+        "title": f"SiliconFlow batches, last {counted(len(window.days), 'day')}",
+        "window": f"{window.first.isoformat()} to {window.last.isoformat()} (UTC)",
+        "freshness": freshness_line(last_sync(con), window.now),
+        "generated": f"{window.now:%Y-%m-%d %H:%M} UTC",
+        "problems": health.problems,
+        "limits": health.limits,
+        "cards": cards(con, window, span),
+        "charts": [
+            *turnaround_charts(con, span),
+            *throughput_charts(con, span),
+            *status_charts(con),
+            *usage_charts(usage, window, currency),
+        ],
+        "daily": daily_rows(con, span),
+        "open_rows": open_rows(con),
+        "open_count": fetch_one(con, _OPEN_COUNT)[0],
+        "usage": usage_table(usage),
+        "currency": currency,
+    }
+
+
+# --- headline figures --------------------------------------------------------------------------
+
+
+def cards(con: duckdb.DuckDBPyConnection, window: Window, span: list[date]) -> list[Card]:
+    created = con.execute(
+        "select count(*) from analytics.batch_turnaround "
+        "where cast(timezone('UTC', created_at) as date) between ? and ?",
+        span,
+    ).fetchone()[0]
+    done, t50, t90, *_ = fetch_one(con, CREATED_SQL, span)
+    ended, requests, failed, batch_rps = fetch_one(con, COMPLETED_SQL, span)
+    (open_now,) = fetch_one(con, _OPEN_COUNT)
+    found = [
+        Card("batches_created", "Batches created", f"{created:,}", f"{done:,} completed"),
+        Card("turnaround_p50", "Turnaround p50", duration(t50), f"p90 {duration(t90)}"),
+        Card("open_batches", "Open now", f"{open_now:,}", "not yet in a final status"),
+        Card(
+            "requests_completed",
+            "Requests done",
+            f"{requests or 0:,}",
+            f"{failed or 0:,} failed, in {counted(ended, 'completed batch')}",
+        ),
+        Card(
+            "requests_per_second",
+            "Request rate",
+            rate(None if requests is None else requests / window.seconds),
+            f"over these days; {rate(batch_rps)} per batch (p50)",
+        ),
+    ]
+    used = fetch_one(con, USED_SQL, span)
+    if used[0]:
+        costs = con.execute(COSTS_SQL, span).fetchall()
+        found += [
+            Card(
+                "completion_tokens",
+                "Completion tokens",
+                amount(used[4]),
+                f"{amount(used[3])} prompt, from {counted(used[0], 'result file batch')}",
+            ),
+            Card(
+                "estimated_cost",
+                "Estimated cost",
+                ", ".join(f"{currency} {total:,.2f}" for currency, total in costs) or "unknown",
+                f"{counted(used[6], 'batch')} without a price" if used[6] else "all priced",
+            ),
+        ]
+    return found
+
+
+# --- charts ------------------------------------------------------------------------------------
+
+
+def turnaround_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[Chart]:
+    hours = [row[0] for row in con.execute(_TURNAROUNDS, span).fetchall()]
+    if not hours:
+        return []
+    daily = con.execute(_DAILY_QUANTILES, span).fetchall()
+    return [
+        Chart(
+            "turnaround",
+            "Turnaround of completed batches",
+            charts.turnaround_histogram(hours),
+            f"{counted(len(hours), 'batch')} created in these days and completed, by hours "
+            "from created to completed",
+        ),
+        Chart(
+            "daily_turnaround",
+            "Turnaround per day created, p50 and p90",
+            charts.daily_quantiles(
+                [row[0] for row in daily], [row[1] for row in daily], [row[2] for row in daily]
+            ),
+            "all endpoints together; the table below has them one by one",
+        ),
+    ]
+
+
+def throughput_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[Chart]:
+    hourly = con.execute(_HOURLY, span).fetchall()
+    if not hourly:
+        return []
+    tokens = con.execute(_HOURLY_TOKENS, span).fetchall()
+    caption = "requests of batches completed in each UTC hour, per second of that hour"
+    if tokens:
+        caption += "; below, completion tokens of the batches with result files"
+    return [
+        Chart(
+            "throughput",
+            "Throughput per hour",
+            charts.throughput(
+                [row[0] for row in hourly],
+                [row[1] for row in hourly],
+                [row[0] for row in tokens],
+                [row[1] for row in tokens],
+            ),
+            caption,
+        )
+    ]
+
+
+def status_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
+    counts = dict(con.execute(_STATUS_COUNTS).fetchall())
+    if not counts:
+        return []
+    statuses = by_lifecycle(counts)
+    return [
+        Chart(
+            "statuses",
+            "Status mix, all batches",
+            charts.status_mix(statuses, [counts[s] for s in statuses]),
+            ", ".join(f"{status} {counts[status]:,}" for status in statuses),
+        )
+    ]
+
+
+def usage_charts(usage: list[dict], window: Window, currency: str) -> list[Chart]:
+    if not usage:
+        return []
+    found = [
+        Chart(
+            "tokens",
+            "Tokens per day and model",
+            charts.stacked_by_model(
+                window.days, per_model(usage, window, "total_tokens"), "tokens"
+            ),
+            "prompt and completion tokens of the batches that ended each UTC day",
+        )
+    ]
+    if any(row["estimated_cost"] is not None for row in usage):
+        found.append(
+            Chart(
+                "cost",
+                "Estimated cost per day and model",
+                charts.stacked_by_model(
+                    window.days,
+                    per_model(usage, window, "estimated_cost"),
+                    f"estimated cost ({currency})",
+                ),
+                "from the batch prices in sql/seeds/model_prices.csv; unpriced models count 0",
+            )
+        )
+    return found
+
+
+def per_model(usage: list[dict], window: Window, column: str) -> dict[str, list[float]]:
+    """Per model, the column's value on each day of the window (0 when none)."""
+    by_day: dict[str, dict[date, float]] = defaultdict(dict)
+    for row in usage:
+        by_day[row["model"] or "(unknown model)"][row["usage_date"]] = row[column] or 0.0
+    return {model: [days.get(day, 0.0) for day in window.days] for model, days in by_day.items()}
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def daily_rows(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[dict]:
+    return [
+        {
+            "day": row["created_date"].isoformat(),
+            "endpoint": row["endpoint"],
+            **{name: f"{row[name]:,}" for name in DAILY_COUNTS},
+            "p50": duration(row["turnaround_p50_s"]),
+            "p90": duration(row["turnaround_p90_s"]),
+            "window_met": "-"
+            if row["window_met_rate"] is None
+            else f"{row['window_met_rate']:.1%}",
+        }
+        for row in records(con, _DAILY, span)
+    ]
+
+
+def open_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    return [
+        {
+            "batch_id": batch_id,
+            "status": status or "?",
+            "endpoint": endpoint or "",
+            "age": duration(age),
+            "progress": "no counts yet"
+            if not total or done is None
+            else f"{done / total:.0%} ({done:,} of {total:,})",
+        }
+        for batch_id, status, endpoint, age, done, total in con.execute(_OPEN).fetchall()
+    ]
+
+
+def usage_rows(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[dict]:
+    return records(con, _USAGE, span)
+
+
+def records(con: duckdb.DuckDBPyConnection, sql: str, parameters: list) -> list[dict]:
+    """The rows of a query, each a dict by column name."""
+    cursor = con.execute(sql, parameters)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def usage_table(usage: list[dict]) -> list[dict]:
+    return [
+        {
+            "day": row["usage_date"].isoformat(),
+            "model": row["model"] or "(unknown model)",
+            "batches": f"{row['batches']:,}",
+            "requests": f"{row['requests']:,}",
+            "failed": f"{row['requests_failed']:,}",
+            "prompt": count_or_dash(row["prompt_tokens"]),
+            "completion": count_or_dash(row["completion_tokens"]),
+            "cost": "no price"
+            if row["estimated_cost"] is None
+            else f"{row['estimated_cost']:,.2f}",
+        }
+        for row in usage
+    ]
+
+
+def count_or_dash(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"

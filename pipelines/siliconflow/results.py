@@ -1,0 +1,546 @@
+"""Result files of ended batches: each downloaded once, streamed to disk, and turned into one row
+per line by DuckDB's JSON functions, so no file is ever held in memory.
+
+A worker thread streams a file into the scratch folder, writing each line's number in front of
+it (DuckDB's CSV reader keeps lines in order but does not number them) and, when asked, a
+gzipped copy into the archive. The resource then reads the numbered copy with DuckDB and yields
+its rows in Arrow batches, followed by the file's `batch_files` row.
+"""
+
+import gzip
+import json
+import os
+import re
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from requests import Response
+from requests.exceptions import HTTPError, RequestException
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from pipelines.errors import SyncTimeout
+from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
+
+from .client import BatchApi, is_under, read_chunks
+from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
+
+# Between a line's number and its text: a control character, which JSON never holds unescaped.
+SEPARATOR = b"\x1f"
+# A longer line is skipped as a bad line; DuckDB reads files in buffers twice that size.
+LONGEST_LINE = 4 << 20
+NAMED = 5  # files and line numbers a warning names
+
+FILES_SCHEMA = pa.schema(
+    [
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        ("file_id", pa.string()),
+        ("state", pa.string()),
+        ("bytes", pa.int64()),
+        ("lines", pa.int64()),
+        ("bad_lines", pa.int64()),
+        ("attempts", pa.int64()),
+        ("loaded_at", pa.timestamp("us", tz="UTC")),
+        ("message", pa.string()),
+    ]
+)
+REQUESTS_SCHEMA = pa.schema(
+    [
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),
+        ("custom_id", pa.string()),
+        ("status_code", pa.int64()),
+        ("request_id", pa.string()),
+        ("model", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("total_tokens", pa.int64()),
+        ("reasoning_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+    ]
+)
+
+# The numbered copies of a group of files, each line with the file it came from.
+NUMBERED_LINES = f"""
+    select files.batch_id, files.kind, numbered.line, numbered.raw
+    from read_csv(
+        $paths,
+        columns = {{'line': 'BIGINT', 'raw': 'VARCHAR'}},
+        delim = chr(31),
+        quote = '',
+        escape = '',
+        header = false,
+        auto_detect = false,
+        ignore_errors = true,
+        filename = true,
+        max_line_size = {LONGEST_LINE},
+        buffer_size = {2 * LONGEST_LINE}
+    ) as numbered
+    inner join (
+        select unnest($paths) as path, unnest($batch_ids) as batch_id, unnest($kinds) as kind
+    ) as files
+        on numbered.filename = files.path
+"""
+# What a request was and what it cost (OpenAI's and SiliconFlow's line shapes, chat and
+# embeddings bodies, error lines with or without a response); never its prompt or completion.
+# One from_json per line: a json_extract per field would parse the line again each time.
+REQUEST_SHAPE = json.dumps(
+    {
+        "custom_id": "VARCHAR",
+        "response": {
+            "status_code": "BIGINT",
+            "request_id": "VARCHAR",
+            "body": {
+                "model": "VARCHAR",
+                "choices": [{"finish_reason": "VARCHAR"}],
+                "usage": {
+                    "prompt_tokens": "BIGINT",
+                    "completion_tokens": "BIGINT",
+                    "total_tokens": "BIGINT",
+                    "completion_tokens_details": {"reasoning_tokens": "BIGINT"},
+                    "prompt_tokens_details": {"cached_tokens": "BIGINT"},
+                },
+                "error": {"code": "VARCHAR", "message": "VARCHAR"},
+            },
+        },
+        "error": {"code": "VARCHAR", "message": "VARCHAR"},
+    }
+)
+# A line's request, or null when the line is not a JSON object. json_valid and json_type would
+# read each line twice more and (DuckDB 2.0) hold whole vectors of parses, past 256 MB.
+PARSED = (
+    f"case when ltrim(raw, e' \\t\\r') like '{{%' then try(from_json(raw, '{REQUEST_SHAPE}')) end"
+)
+REQUEST_ROWS_SQL = f"""
+    select
+        batch_id,
+        kind,
+        line,
+        r.custom_id as custom_id,
+        r.response.status_code as status_code,
+        r.response.request_id as request_id,
+        r.response.body.model as model,
+        r.response.body.choices[1].finish_reason as finish_reason,
+        r.response.body.usage.prompt_tokens as prompt_tokens,
+        r.response.body.usage.completion_tokens as completion_tokens,
+        r.response.body.usage.total_tokens as total_tokens,
+        r.response.body.usage.completion_tokens_details.reasoning_tokens as reasoning_tokens,
+        r.response.body.usage.prompt_tokens_details.cached_tokens as cached_tokens,
+        coalesce(r.error.code, r.response.body.error.code) as error_code,
+        coalesce(r.error.message, r.response.body.error.message) as error_message,
+        r is null as is_bad
+    from (
+        select batch_id, kind, line, {PARSED} as r
+        from ({NUMBERED_LINES})
+    )
+"""
+# One thread: the downloads use the other core. Rows come out in any order: each has its number.
+READER = {"memory_limit": "128MB", "threads": 1, "preserve_insertion_order": False}
+# Small files are read together: a DuckDB query costs about as much for one line as for many.
+GROUP_BYTES = 32 << 20
+GROUP_FILES = 256
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A result file a batch names, and how often earlier syncs tried it."""
+
+    batch_id: str
+    kind: str  # 'output' | 'error'
+    file_id: str  # as the batch names it: a file id, or a signed storage URL
+    attempts: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.batch_id} {self.kind}"
+
+
+@dataclass
+class Download:
+    """What fetching one file gave: a numbered copy on disk, or why there is none."""
+
+    file: ResultFile
+    state: str
+    path: Path | None = None
+    bytes: int = 0
+    lines: int = 0
+    message: str | None = None
+
+
+@dataclass
+class ResultStats:
+    """What the result files of one sync gave, for its summary and warnings."""
+
+    files: int = 0
+    loaded: int = 0
+    lines: int = 0
+    left: int = 0
+    warnings: list[str] = field(default_factory=list)
+    bad: dict[str, list[int]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def finish(self) -> None:
+        """One warning per kind of trouble, naming a few files."""
+        if self.bad:
+            named = "; ".join(
+                f"{name} line {', '.join(map(str, lines))}" if lines else name
+                for name, lines in list(self.bad.items())[:NAMED]
+            )
+            self.warnings.append(
+                f"result files of {len(self.bad):,} batches hold lines that are not JSON objects "
+                f"(or are longer than {LONGEST_LINE >> 20} MB); "
+                f"they were skipped and counted in batch_files.bad_lines ({named})"
+            )
+        if self.failed:
+            some = "; ".join(f"{name}: {why}" for name, why in list(self.failed.items())[:NAMED])
+            self.warnings.append(
+                f"{len(self.failed):,} result files could not be fetched; the next sync tries "
+                f"again ({some})"
+            )
+        if self.left:
+            self.warnings.append(
+                f"{self.left:,} result files are left for the next sync (a sync fetches at most "
+                "10,000 and starts none after sources.siliconflow.sync_timeout)"
+            )
+
+
+def result_rows(
+    fetcher: "Fetcher",
+    files: list[ResultFile],
+    stats: ResultStats,
+    done: Callable[[int], None] = lambda count: None,
+) -> Iterator[dict[str, pa.Table]]:
+    """The request rows of `files` and their `batch_files` rows, in items of some thousands of
+    rows (dlt's cost is per item, and most files are small); both tables exist from the first
+    sync, even without a file. `done` hears of each file fetched (or given up)."""
+    buffer = Buffer()
+    with duckdb.connect(config=READER) as con:
+        for group in groups(_told(fetcher.downloads(files, stats), done)):
+            for name, table in rows_of(group, con, stats):
+                yield from buffer.add(name, table)
+    stats.finish()
+    yield buffer.rest()
+
+
+def _told(downloads: Iterator[Download], done: Callable[[int], None]) -> Iterator[Download]:
+    for download in downloads:
+        done(1)
+        yield download
+
+
+def groups(downloads: Iterator[Download]) -> Iterator[list[Download]]:
+    """Downloads in groups read by one query: loaded files up to a size, others one by one."""
+    group: list[Download] = []
+    for download in downloads:
+        if download.path is None:
+            yield [download]
+            continue
+        group.append(download)
+        if sum(d.bytes for d in group) >= GROUP_BYTES or len(group) >= GROUP_FILES:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class Buffer:
+    """Tables of each kind gathered until they make an item worth handing to dlt."""
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.parts: dict[str, list[pa.Table]] = {BATCH_REQUESTS: [], BATCH_FILES: []}
+        self.rows = 0
+
+    def add(self, name: str, table: pa.Table) -> Iterator[dict[str, pa.Table]]:
+        self.parts[name].append(table)
+        self.rows += table.num_rows
+        if self.rows >= REQUEST_ROWS:
+            yield self.rest()
+
+    def rest(self) -> dict[str, pa.Table]:
+        """Everything gathered, as one item, with both tables even when empty."""
+        schemas = {BATCH_REQUESTS: REQUESTS_SCHEMA, BATCH_FILES: FILES_SCHEMA}
+        item = {
+            name: pa.concat_tables([schemas[name].empty_table(), *parts])
+            for name, parts in self.parts.items()
+        }
+        self._clear()
+        return item
+
+
+def rows_of(
+    group: list[Download], con: duckdb.DuckDBPyConnection, stats: ResultStats
+) -> Iterator[tuple[str, pa.Table]]:
+    """A group's request rows, then each file's `batch_files` row, each with its table."""
+    loaded = [download for download in group if download.path is not None]
+    counts = LineCounts()
+    try:
+        if loaded:
+            for table in _requests(loaded, con):
+                yield BATCH_REQUESTS, counts.add(table)
+    finally:
+        for download in loaded:
+            download.path.unlink(missing_ok=True)
+    for download in group:
+        yield BATCH_FILES, _tally(download, counts, stats)
+
+
+class LineCounts:
+    """Per file, the lines read as requests and the first few numbers of the bad ones."""
+
+    def __init__(self) -> None:
+        self.good: Counter[tuple[str, str]] = Counter()
+        self.bad: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+
+    def add(self, table: pa.Table) -> pa.Table:
+        """Count the rows of `table`; its request rows."""
+        is_bad = table.column("is_bad")
+        table = table.drop_columns("is_bad")
+        if pc.any(is_bad).as_py():
+            for row in table.filter(is_bad).select(["batch_id", "kind", "line"]).to_pylist():
+                numbers = self.bad[row["batch_id"], row["kind"]]
+                numbers[:] = sorted([*numbers, row["line"]])[:NAMED]
+            table = table.filter(pc.invert(is_bad))
+        for row in table.group_by(["batch_id", "kind"]).aggregate([("line", "count")]).to_pylist():
+            self.good[row["batch_id"], row["kind"]] += row["line_count"]
+        return table.cast(REQUESTS_SCHEMA)
+
+
+def _tally(download: Download, counts: LineCounts, stats: ResultStats) -> pa.Table:
+    """Count one file in the stats; its `batch_files` row. A line DuckDB could not read at all
+    (longer than LONGEST_LINE) is bad too, but has no number to name."""
+    key = (download.file.batch_id, download.file.kind)
+    stats.files += 1
+    if download.path is None:
+        if download.state == FAILED:
+            stats.failed[download.file.label] = download.message or "failed"
+        return file_row(download)
+    stats.loaded += 1
+    stats.lines += counts.good[key]
+    bad_lines = download.lines - counts.good[key]
+    if bad_lines:
+        stats.bad[download.file.label] = counts.bad.get(key, [])
+    return file_row(download, bad_lines)
+
+
+def _parameters(group: list[Download]) -> dict[str, list[str]]:
+    return {
+        "paths": [str(download.path) for download in group],
+        "batch_ids": [download.file.batch_id for download in group],
+        "kinds": [download.file.kind for download in group],
+    }
+
+
+def _requests(group: list[Download], con: duckdb.DuckDBPyConnection) -> Iterator[pa.Table]:
+    reader = con.sql(REQUEST_ROWS_SQL, params=_parameters(group)).to_arrow_reader(REQUEST_ROWS)
+    for batch in reader:
+        yield pa.Table.from_batches([batch])
+
+
+def file_row(download: Download, bad_lines: int = 0) -> pa.Table:
+    """The `batch_files` row of one attempt at one file."""
+    file, loaded = download.file, download.state == LOADED
+    row = {
+        "batch_id": file.batch_id,
+        "kind": file.kind,
+        "file_id": file.file_id,
+        "state": download.state,
+        "bytes": download.bytes if loaded else None,
+        "lines": download.lines if loaded else None,
+        "bad_lines": bad_lines if loaded else None,
+        "attempts": file.attempts + 1,
+        "loaded_at": datetime.now(UTC) if loaded else None,
+        "message": download.message,
+    }
+    return pa.Table.from_pylist([row], schema=FILES_SCHEMA)
+
+
+class Fetcher:
+    """Downloads result files a few at a time, each streamed to a numbered copy on disk."""
+
+    def __init__(self, api: BatchApi, scratch: Path, archive: Path | None = None) -> None:
+        self.api = api
+        self.scratch = scratch
+        self.archive = archive
+
+    def downloads(self, files: list[ResultFile], stats: ResultStats) -> Iterator[Download]:
+        """Each file's download, in the order given; none started once the deadline passed."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        waiting = iter(files)
+        with ThreadPoolExecutor(max_workers=FILE_DOWNLOADS) as pool:
+            running: deque[Future[Download]] = deque()
+            for file in waiting:
+                running.append(pool.submit(self.download, file))
+                if len(running) >= 2 * FILE_DOWNLOADS:
+                    break
+            while running:
+                try:
+                    download = running.popleft().result()
+                except SyncTimeout:
+                    stats.left = len(files) - stats.files
+                    for future in running:
+                        future.cancel()
+                    return
+                if (file := next(waiting, None)) is not None:
+                    running.append(pool.submit(self.download, file))
+                yield download
+
+    def download(self, file: ResultFile) -> Download:
+        """Fetch one file; a body cut short is fetched again, as dlt retries a failed request."""
+        retry = self.api.retry
+        retrying = Retrying(
+            stop=stop_after_attempt(retry.max_attempts),
+            wait=wait_exponential(multiplier=retry.backoff_factor, max=retry.max_delay_s),
+            retry=retry_if_exception_type(BodyCutShort),
+            reraise=True,
+        )
+        try:
+            return retrying(self._fetch, file)
+        except HTTPError as error:
+            return self._refused(file, error.response)
+        except (RequestException, BodyCutShort) as error:
+            return Download(file, FAILED, message=_first_line(error))
+
+    def _fetch(self, file: ResultFile) -> Download:
+        response = self.api.client.get(
+            self.url(file.file_id), stream=True, hooks={"response": [_raise_unless_success]}
+        )
+        path = self.scratch / f"{_safe(file.batch_id)}.{file.kind}.lines"
+        with response:
+            size, lines = self._save(response, path, file)
+        return Download(file, LOADED, path=path, bytes=size, lines=lines)
+
+    def url(self, file_id: str) -> str:
+        if re.match(r"https?://", file_id):
+            return file_id  # a signed storage URL: fetched as it is; the adapter drops the key
+        return f"{self.api.base_url}/{FILES_PATH.format(file_id=file_id)}"
+
+    def _save(self, response: Response, path: Path, file: ResultFile) -> tuple[int, int]:
+        """Stream the body into the numbered copy (and the archive); both or neither stay."""
+        numbered = Numbered(path)
+        copies: list[Numbered | Archived] = [numbered]
+        if self.archive is not None:
+            copies.append(Archived(self.archive, file))
+        try:
+            for chunk in read_chunks(response, self.api.deadline):
+                for copy in copies:
+                    copy.write(chunk)
+            for copy in copies:
+                copy.close()
+            expected = response.headers.get("Content-Length", "")
+            if expected.isdigit() and int(expected) != numbered.bytes:
+                raise BodyCutShort(f"the body ended after {numbered.bytes:,} of {expected} bytes")
+        except BaseException as error:
+            for copy in copies:
+                copy.discard()
+            if isinstance(error, RequestException):
+                raise BodyCutShort(_first_line(error)) from None
+            raise
+        for copy in copies:
+            copy.keep()
+        return numbered.bytes, numbered.lines
+
+    def _refused(self, file: ResultFile, response: Response | None) -> Download:
+        """A file the API or storage would not serve: gone for good, or failed for now."""
+        status = response.status_code if response is not None else 0
+        from_storage = response is not None and not is_under(response.url, self.api.base_url)
+        if status == 404:
+            return Download(file, GONE, message="the API no longer has it (HTTP 404)")
+        if status == 403 and from_storage:
+            return Download(file, GONE, message="its signed link expired (HTTP 403)")
+        failure = self.api.failure(HTTPError(response=response))
+        return Download(file, FAILED, message=_first_line(failure or HTTPError(response=response)))
+
+
+class BodyCutShort(Exception):
+    """The body ended before its Content-Length, or the connection broke while reading it."""
+
+
+def _raise_unless_success(response: Response, *args: object, **kwargs: object) -> None:
+    if not response.is_redirect and not 200 <= response.status_code < 300:
+        raise HTTPError(response=response)
+
+
+class Numbered:
+    """A file of `number SEPARATOR line` rows, written as chunks of a body arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.out = path.open("wb")
+        self.carry = b""
+        self.bytes = 0
+        self.lines = 0
+        self.number = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.bytes += len(chunk)
+        *whole, self.carry = (self.carry + chunk).split(b"\n")
+        self.out.write(b"".join(map(self._numbered, whole)))
+
+    def _numbered(self, line: bytes) -> bytes:
+        self.number += 1
+        if not line.strip():
+            return b""  # a blank line is no request, but keeps its place in the count
+        self.lines += 1
+        return b"%d%s%s\n" % (self.number, SEPARATOR, line.replace(SEPARATOR, b" "))
+
+    def close(self) -> None:
+        if self.carry and not self.out.closed:
+            self.out.write(self._numbered(self.carry))
+            self.carry = b""
+        self.out.close()
+
+    def keep(self) -> None:
+        """Nothing to move: the caller reads the numbered copy where it is."""
+
+    def discard(self) -> None:
+        self.out.close()
+        self.path.unlink(missing_ok=True)
+
+
+class Archived:
+    """The raw file, gzipped under `<dir>/<batch_id>/<kind>.jsonl.gz`; written beside its name
+    and moved there only when complete, so an archive never holds part of a file."""
+
+    def __init__(self, folder: Path, file: ResultFile) -> None:
+        self.path = folder / _safe(file.batch_id) / f"{file.kind}.jsonl.gz"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.part = self.path.with_name(self.path.name + ".part")
+        # closed by close() or discard(); level 1: the archive must keep up with the download
+        self.out = gzip.open(self.part, "wb", compresslevel=1)  # noqa: SIM115
+
+    def write(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+
+    def close(self) -> None:
+        self.out.close()
+
+    def keep(self) -> None:
+        os.replace(self.part, self.path)
+
+    def discard(self) -> None:
+        self.out.close()
+        self.part.unlink(missing_ok=True)
+
+
+def _safe(name: str) -> str:
+    """A batch id as a file name."""
+    return re.sub(r"[^\w.-]", "_", name)[:120]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]

@@ -1,0 +1,299 @@
+"""`sfbatches report --html`, looked at as a person would: rendered by headless Chromium at
+laptop and phone sizes, its charts drawn, its numbers those of the views, nothing fetched from
+the network, and the file written whole and never over someone else's."""
+
+import html.parser
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from conftest import REPO
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from pipelines import cli
+from pipelines.simulator import Simulator, World
+
+HOUR = 3600
+LAPTOP = (1280, 900)
+PHONE = (390, 844)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory) -> Iterator[Path]:
+    """A synced warehouse (batches and result files) of a wall-clock world with one batch
+    stuck in the queue, its models built."""
+    db_path = tmp_path_factory.mktemp("html") / "warehouse.duckdb"
+    world = World(batches=500, seed=31, max_requests=25)
+    queued = next(
+        b["id"]
+        for b in world.visible()
+        if world.now - 20 * HOUR <= b["created_at"] <= world.now - 14 * HOUR
+        and b["completion_window"] == "24h"
+    )
+    world.stick(queued, "queue", world.now)
+    with Simulator(world) as sim, pytest.MonkeyPatch.context() as env:
+        env.setenv("SOURCES__SILICONFLOW__BASE_URL", sim.base_url)
+        env.setenv("SILICONFLOW_API_KEY", sim.api_key)
+        env.setenv("SOURCES__SILICONFLOW__RESULTS", "true")
+        assert cli.main(["sync", "--db", str(db_path)]) == 0
+    return db_path
+
+
+@pytest.fixture(scope="module")
+def page(warehouse: Path) -> Path:
+    target = warehouse.parent / "report.html"
+    assert cli.main(["report", "--db", str(warehouse), "--html", str(target)]) == 0
+    return target
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[webdriver.Chrome]:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.fail(
+            "the HTML report tests need Debian's chromium and chromium-driver: `make test` "
+            "installs them when run as root, else `sudo apt-get install chromium chromium-driver`"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"):
+        options.add_argument(argument)
+    with webdriver.Chrome(options=options, service=Service(executable_path=driver)) as chrome:
+        yield chrome
+
+
+def show(chrome: webdriver.Chrome, page: Path, size: tuple[int, int]) -> None:
+    chrome.set_window_size(*size)
+    chrome.get(page.as_uri())
+
+
+def query(db_path: Path, sql: str, parameters: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        return con.execute(sql, parameters or []).fetchall()
+
+
+def window(days: int = 7) -> list:
+    last = datetime.now(UTC).date()
+    return [last - timedelta(days=days - 1), last]
+
+
+# --- what is on the page ---------------------------------------------------------------------
+
+
+class Resources(html.parser.HTMLParser):
+    """Every URL the page would load: src, href, srcset, and url() in style."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "poster", "data", "action") and value:
+                self.urls.append(value)
+
+    def handle_data(self, data):
+        if "url(" in data or "@import" in data:
+            self.urls.append(data)
+
+
+def test_the_page_needs_no_network_at_all(page):
+    text = page.read_text()
+    found = Resources()
+    found.feed(text)
+    assert text.startswith("<!DOCTYPE html>\n<!-- sfbatches report --html -->")
+    assert "script" not in found.tags and "link" not in found.tags
+    assert found.urls, "the charts are images"
+    assert all(url.startswith("data:image/svg+xml;base64,") for url in found.urls), [
+        url[:60] for url in found.urls if not url.startswith("data:")
+    ]
+
+
+@pytest.mark.parametrize("size", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_every_chart_is_drawn(chromium, page, size):
+    show(chromium, page, size)
+    images = chromium.find_elements(By.CSS_SELECTOR, "img.chart")
+    names = [image.get_attribute("data-chart") for image in images]
+    assert names == ["turnaround", "daily_turnaround", "throughput", "statuses", "tokens", "cost"]
+    for image in images:
+        chromium.execute_script("arguments[0].scrollIntoView()", image)
+        assert chromium.execute_script("return arguments[0].naturalWidth", image) > 0
+        assert image.size["width"] <= size[0]
+        shot = np.asarray(Image.open(io.BytesIO(image.screenshot_as_png)).convert("RGB"))
+        inked = (shot.min(axis=2) < 200).mean()
+        colours = len(np.unique(shot.reshape(-1, 3), axis=0))
+        assert inked > 0.02, f"{image.get_attribute('data-chart')} looks blank"
+        assert colours > 20, f"{image.get_attribute('data-chart')} has no detail"
+
+
+def test_a_phone_never_scrolls_sideways(chromium, page):
+    show(chromium, page, PHONE)
+    wide, view = chromium.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert wide <= view
+    for card in chromium.find_elements(By.CSS_SELECTOR, ".card"):
+        assert card.rect["x"] + card.rect["width"] <= view
+
+
+def card(chromium, name: str) -> str:
+    return chromium.find_element(By.CSS_SELECTOR, f'[data-figure="{name}"] .value').text
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_headline_figures_are_the_views(chromium, page, warehouse):
+    show(chromium, page, LAPTOP)
+    span = window()
+    ((created,),) = query(
+        warehouse,
+        "select count(*) from analytics.batch_turnaround "
+        "where cast(timezone('UTC', created_at) as date) between ? and ?",
+        span,
+    )
+    ((open_now,),) = query(warehouse, "select count(*) from analytics.open_batches")
+    ((done,),) = query(
+        warehouse,
+        "select sum(requests_completed) from analytics.batch_turnaround where status = "
+        "'completed' and cast(timezone('UTC', ended_at) as date) between ? and ?",
+        span,
+    )
+    assert number(card(chromium, "batches_created")) == created
+    assert number(card(chromium, "open_batches")) == open_now
+    assert number(card(chromium, "requests_completed")) == done
+    heading = chromium.find_element(By.CSS_SELECTOR, "#open h2").text
+    assert heading == f"Open batches ({open_now:,})"
+
+
+def rows(chromium, section: str) -> list[list[str]]:
+    table = chromium.find_element(By.CSS_SELECTOR, f"#{section} table")
+    return [
+        [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+        for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    ]
+
+
+def test_tables_are_the_views_row_for_row(chromium, page, warehouse):
+    show(chromium, page, LAPTOP)
+    span = window()
+    daily = query(
+        warehouse,
+        "select created_date, endpoint, batches, completed, failed, expired, cancelled, "
+        "in_flight from analytics.daily_turnaround where created_date between ? and ? "
+        "order by created_date desc, endpoint",
+        span,
+    )
+    assert [row[:8] for row in rows(chromium, "daily")] == [
+        [day.isoformat(), endpoint, *(f"{n:,}" for n in counts)] for day, endpoint, *counts in daily
+    ]
+    opened = query(
+        warehouse,
+        "select batch_id, status from analytics.open_batches "
+        "order by age_seconds desc, batch_id limit 20",
+    )
+    assert [row[:2] for row in rows(chromium, "open")] == [list(row) for row in opened]
+    usage = query(
+        warehouse,
+        "select usage_date, model, batches, requests, requests_failed, prompt_tokens, "
+        "completion_tokens from analytics.daily_usage where usage_date between ? and ? "
+        "order by usage_date desc, model",
+        span,
+    )
+    assert usage, "the world's result files give usage"
+    assert [row[:7] for row in rows(chromium, "usage")] == [
+        [
+            day.isoformat(),
+            model or "(unknown model)",
+            *("-" if n is None else f"{n:,}" for n in counts),
+        ]
+        for day, model, *counts in usage
+    ]
+
+
+def test_problems_are_those_check_reports(chromium, page, warehouse):
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "check", "--db", str(warehouse), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    problems = json.loads(done.stdout)["problems"]
+    show(chromium, page, LAPTOP)
+    shown = chromium.find_elements(By.CSS_SELECTOR, "#problems li")
+    assert [item.get_attribute("data-rule") for item in shown] == [p["rule"] for p in problems]
+    assert "queue" in [p["rule"] for p in problems]
+    for item, problem in zip(shown, problems, strict=True):
+        assert item.text == f"{problem['rule']}: {problem['message']}"
+
+
+# --- writing the file ----------------------------------------------------------------------------
+
+
+def report_html(db_path: Path, target: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", "report", "--db", str(db_path), "--html", str(target)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "SFBATCHES_DB": ""},
+    )
+
+
+@pytest.mark.parametrize("content", [b"<html>my own page</html>\n", b"notes\n"])
+def test_html_never_overwrites_a_file_it_did_not_write(warehouse, tmp_path, content):
+    target = tmp_path / "index.html"
+    target.write_bytes(content)
+    done = report_html(warehouse, target)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"sfbatches: {target} exists and was not written by sfbatches: it is left as it is; "
+        "choose another file, or remove it first"
+    )
+    assert target.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["index.html"]
+
+
+def test_html_replaces_its_own_page_whole_and_readable_by_a_web_server(warehouse, tmp_path):
+    target = tmp_path / "sf.html"
+    assert report_html(warehouse, target).returncode == 0
+    target.write_text(target.read_text().replace("SiliconFlow batches", "OLD PAGE"))
+    done = report_html(warehouse, target)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert "OLD PAGE" not in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["sf.html"]  # no temporary file left
+    assert stat.S_IMODE(target.stat().st_mode) & 0o444 == 0o444
+
+
+def test_a_warehouse_without_result_files_says_so(tmp_path, chromium):
+    db_path = tmp_path / "plain.duckdb"
+    world = World(batches=200, seed=4, max_requests=10)
+    with Simulator(world) as sim, pytest.MonkeyPatch.context() as env:
+        env.setenv("SOURCES__SILICONFLOW__BASE_URL", sim.base_url)
+        env.setenv("SILICONFLOW_API_KEY", sim.api_key)
+        assert cli.main(["sync", "--no-results", "--db", str(db_path)]) == 0
+    target = tmp_path / "plain.html"
+    assert cli.main(["report", "--db", str(db_path), "--html", str(target)]) == 0
+    show(chromium, target, PHONE)
+    charts = [i.get_attribute("data-chart") for i in chromium.find_elements(By.CSS_SELECTOR, "img")]
+    assert charts == ["turnaround", "daily_turnaround", "throughput", "statuses"]
+    usage = chromium.find_element(By.ID, "usage").text
+    assert "No result files loaded" in usage

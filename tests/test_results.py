@@ -1,0 +1,463 @@
+"""Result files: each served line in `batch_requests` once, files tried once and never partly
+loaded, signed links fetched without the key, failures retried by the next sync, and usage,
+tokens/s and cost computed here independently of the SQL."""
+
+import csv
+import gzip
+import json
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import REPO, START
+from truth import expected_requests
+
+from pipelines.siliconflow.results import (
+    LONGEST_LINE,
+    READER,
+    Download,
+    Numbered,
+    ResultFile,
+    ResultStats,
+    rows_of,
+)
+from pipelines.simulator import Simulator, World
+
+REQUEST_COLUMNS = (
+    "batch_id, kind, line, custom_id, status_code, request_id, model, finish_reason, "
+    "prompt_tokens, completion_tokens, total_tokens, reasoning_tokens, cached_tokens, "
+    "error_code, error_message"
+)
+
+
+@pytest.fixture
+def world() -> World:
+    return World(batches=300, seed=5, now=START, max_requests=60)
+
+
+@pytest.fixture(autouse=True)
+def with_results(monkeypatch):
+    monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "true")
+
+
+def query(db_path: Path, sql: str, timezone: str = "UTC") -> list[tuple]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        con.execute(f"set TimeZone = '{timezone}'")
+        return con.execute(sql).fetchall()
+
+
+def files_by_state(db_path: Path) -> dict[str, set[tuple[str, str]]]:
+    states: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for batch_id, kind, state in query(
+        db_path, "select batch_id, kind, state from siliconflow.batch_files"
+    ):
+        states[state].add((batch_id, kind))
+    return states
+
+
+def served(sim: Simulator) -> list:
+    return sim.world.result_files()
+
+
+def keys(files) -> set[tuple[str, str]]:
+    return {(file.batch_id, file.kind) for file in files}
+
+
+def assert_results_equal(db_path: Path, sim: Simulator) -> None:
+    """batch_requests holds every line of every served file once, batch_files says so."""
+    files = served(sim)
+    rows, bad = expected_requests(files)
+    stored = query(db_path, f"select {REQUEST_COLUMNS} from siliconflow.batch_requests")
+    assert len(stored) == len(set(stored)), "a line stored twice"
+    assert set(stored) == rows
+    state = files_by_state(db_path)
+    assert state["loaded"] == keys(f for f in files if not f.gone)
+    assert state["gone"] == keys(f for f in files if f.gone)
+    counted = {
+        (batch_id, kind): (lines, bad_lines)
+        for batch_id, kind, lines, bad_lines in query(
+            db_path,
+            "select batch_id, kind, lines, bad_lines from siliconflow.batch_files "
+            "where state = 'loaded'",
+        )
+    }
+    for file in files:
+        if not file.gone:
+            lines = sum(1 for raw in file.content().split(b"\n") if raw.strip())
+            assert counted[file.batch_id, file.kind] == (lines, bad[file.batch_id, file.kind])
+
+
+def test_every_line_of_every_served_file_is_stored_once(simulator, db_path, run):
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    files = served(simulator)
+    assert any(f.gone for f in files) and any(f.signed for f in files)
+    assert_results_equal(db_path, simulator)
+    assert f"{sum(not f.gone for f in files):,} result files" in outcome.out
+
+
+def test_bad_lines_are_counted_and_named_in_one_warning(simulator, db_path, run):
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    _, bad = expected_requests(served(simulator))
+    assert sum(bad.values()) > 0, "the world should hold malformed lines"
+    warnings = [line for line in outcome.err.splitlines() if "not JSON objects" in line]
+    assert len(warnings) == 1 and outcome.code == 0
+    first = next(key for key, count in bad.items() if count)
+    assert first[0] in warnings[0] or len(bad) > 5
+
+
+def test_a_loaded_or_gone_file_is_never_fetched_again(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    before = keys(served(simulator))
+    stored = query(db_path, f"select {REQUEST_COLUMNS} from siliconflow.batch_requests")
+    simulator.world.advance(12 * 3600)
+    simulator.clear_requests()
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    new = [f for f in served(simulator) if (f.batch_id, f.kind) not in before]
+    assert new, "the clock should end more batches in 12 hours"
+    fetched = {r.path for r in simulator.file_requests()}
+    assert len(fetched) == len(simulator.file_requests()) == len(new)
+    # files loaded before stay as they were, even those whose links have expired since
+    new_rows, _ = expected_requests(new)
+    now = query(db_path, f"select {REQUEST_COLUMNS} from siliconflow.batch_requests")
+    assert len(now) == len(set(now)) and set(now) == set(stored) | new_rows
+
+
+def test_full_refresh_asks_for_gone_files_again_and_only_for_them(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    gone = [f for f in served(simulator) if f.gone]
+    simulator.clear_requests()
+
+    assert run("sync", "--db", str(db_path), "--no-models", "--full-refresh").code == 0
+
+    assert gone and len(simulator.file_requests()) == len(gone)
+    assert_results_equal(db_path, simulator)
+
+
+def test_signed_links_are_fetched_without_the_key_and_the_api_with_it(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    storage = simulator.storage_requests()
+    api = [r for r in simulator.file_requests() if r not in storage]
+    assert storage and api
+    assert {r.authorization for r in storage} == {None}
+    assert {r.authorization for r in api} == {f"Bearer {simulator.api_key}"}
+
+
+@pytest.mark.parametrize("fault", ["file_error", "cut_short"])
+def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(simulator, db_path, run, fault):
+    simulator.faults.queue(kind=fault, times=100_000)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0 and "could not be fetched" in outcome.err
+    served_files = keys(f for f in served(simulator) if not f.gone)
+    assert files_by_state(db_path)["failed"] >= served_files - files_by_state(db_path)["gone"]
+    assert query(db_path, "select count(*) from siliconflow.batch_requests") == [(0,)]
+    simulator.faults.reset()
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert_results_equal(db_path, simulator)
+    assert query(
+        db_path, "select distinct attempts from siliconflow.batch_files where state = 'loaded'"
+    ) == [(2,)]
+
+
+def test_archive_keeps_each_served_file_gzipped_whole(
+    simulator, db_path, run, monkeypatch, tmp_path
+):
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(archive))
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    files = served(simulator)
+    for file in files:
+        path = archive / file.batch_id / f"{file.kind}.jsonl.gz"
+        if file.gone:
+            assert not path.exists()
+        else:
+            assert gzip.decompress(path.read_bytes()) == file.content()
+    assert not list(archive.rglob("*.part"))
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_results_can_be_skipped_and_the_tables_still_exist(
+    simulator, db_path, run, monkeypatch, how
+):
+    args = ["--no-results"] if how == "flag" else []
+    if how == "config":
+        monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "false")
+
+    outcome = run("sync", "--db", str(db_path), *args)
+
+    assert outcome.code == 0, outcome.err
+    assert simulator.file_requests() == []
+    assert query(db_path, "select count(*) from analytics.batch_usage") == [(0,)]
+
+
+def test_result_files_past_the_deadline_wait_for_the_next_sync(
+    simulator, db_path, run, monkeypatch
+):
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    simulator.faults.latency_ms = 40
+    monkeypatch.setenv("SOURCES__SILICONFLOW__SYNC_TIMEOUT", "2")
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert "left for the next sync" in outcome.err
+    loaded = files_by_state(db_path)["loaded"]
+    assert 0 < len(loaded) < len(served(simulator))
+    simulator.faults.latency_ms = 0
+    monkeypatch.delenv("SOURCES__SILICONFLOW__SYNC_TIMEOUT")
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert_results_equal(db_path, simulator)
+
+
+# --- usage, tokens/s and cost, worked out here from the files and the shipped prices ----------
+
+
+def prices() -> dict[str, tuple[float, float, str]]:
+    with open(REPO / "sql" / "seeds" / "model_prices.csv", newline="") as file:
+        return {
+            row["model"]: (
+                float(row["input_per_million"]),
+                float(row["output_per_million"]),
+                row["currency"],
+            )
+            for row in csv.DictReader(file)
+        }
+
+
+def is_failed(row: tuple) -> bool:
+    kind, status_code, error_code = row[1], row[4], row[13]
+    return (
+        kind == "error"
+        or error_code is not None
+        or (status_code is not None and not 200 <= status_code <= 299)
+    )
+
+
+def expected_usage(sim: Simulator) -> dict[str, dict]:
+    rows, _ = expected_requests(served(sim))
+    batches = {b["id"]: b for b in sim.world.visible()}
+    price = prices()
+    usage: dict[str, dict] = {}
+    loaded = {f.batch_id for f in served(sim) if not f.gone}
+    for batch_id in loaded:
+        lines = [row for row in rows if row[0] == batch_id]
+        models = Counter(row[6] for row in lines if row[1] == "output" and row[6] is not None)
+        model = min(models, key=lambda m: (-models[m], m)) if models else None
+
+        def total(index: int, lines: list = lines) -> int | None:
+            values = [row[index] for row in lines if row[index] is not None]
+            return sum(values) if values else None
+
+        batch = batches[batch_id]
+        processing = (
+            batch["finalizing_at"] - batch["in_progress_at"]
+            if batch["finalizing_at"] and batch["in_progress_at"]
+            else None
+        )
+        completion = total(9)
+        cost = None
+        if model in price:
+            input_price, output_price, _ = price[model]
+            cost = ((total(8) or 0) * input_price + (completion or 0) * output_price) / 1e6
+        usage[batch_id] = {
+            "model": model,
+            "requests": len(lines),
+            "requests_failed": sum(is_failed(row) for row in lines),
+            "prompt_tokens": total(8),
+            "completion_tokens": completion,
+            "total_tokens": total(10),
+            "reasoning_tokens": total(11),
+            "cached_tokens": total(12),
+            "tokens_per_second": completion / processing
+            if processing and completion is not None
+            else None,
+            "cost": cost,
+            "currency": price[model][2] if model in price else None,
+            "ended": ended_at(batch),
+        }
+    return usage
+
+
+def ended_at(batch: dict) -> int | None:
+    for name in ("completed_at", "failed_at", "expired_at", "cancelled_at"):
+        if batch.get(name):
+            return batch[name]
+    return None
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Shanghai"])
+def test_batch_usage_matches_the_files_and_the_shipped_prices(simulator, db_path, run, timezone):
+    assert run("sync", "--db", str(db_path)).code == 0
+
+    wanted = expected_usage(simulator)
+    rows = query(
+        db_path,
+        "select batch_id, model, requests, requests_succeeded, requests_failed, prompt_tokens, "
+        "completion_tokens, total_tokens, reasoning_tokens, cached_tokens, "
+        "completion_tokens_per_second, estimated_cost, currency from analytics.batch_usage",
+        timezone,
+    )
+
+    assert {row[0] for row in rows} == wanted.keys()
+    assert any(w["cost"] for w in wanted.values()) and any(
+        w["cost"] is None for w in wanted.values()
+    )
+    for batch_id, model, requests, succeeded, failed, *tokens, tps, cost, currency in rows:
+        want = wanted[batch_id]
+        assert (model, requests, failed) == (
+            want["model"],
+            want["requests"],
+            want["requests_failed"],
+        )
+        assert succeeded == requests - failed
+        assert tokens == [
+            want[name]
+            for name in (
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "reasoning_tokens",
+                "cached_tokens",
+            )
+        ]
+        assert tps == pytest.approx(want["tokens_per_second"])
+        assert cost == pytest.approx(want["cost"]) and currency == want["currency"]
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles"])
+def test_daily_usage_sums_batches_by_the_utc_day_they_ended(simulator, db_path, run, timezone):
+    assert run("sync", "--db", str(db_path)).code == 0
+
+    wanted: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, 0, 0.0])
+    for usage in expected_usage(simulator).values():
+        day = datetime.fromtimestamp(usage["ended"], UTC).date()
+        totals = wanted[day, usage["model"]]
+        totals[0] += 1
+        totals[1] += usage["requests"]
+        totals[2] += usage["requests_failed"]
+        totals[3] += usage["prompt_tokens"] or 0
+        totals[4] += usage["completion_tokens"] or 0
+        totals[5] += usage["cost"] or 0.0
+    rows = query(
+        db_path,
+        "select usage_date, model, batches, requests, requests_failed, "
+        "coalesce(prompt_tokens, 0), coalesce(completion_tokens, 0), "
+        "coalesce(estimated_cost, 0) from analytics.daily_usage",
+        timezone,
+    )
+
+    assert {(row[0], row[1]) for row in rows} == wanted.keys()
+    for day, model, *figures, cost in rows:
+        assert figures == wanted[day, model][:5]
+        assert cost == pytest.approx(wanted[day, model][5])
+
+
+def read_lines(tmp_path: Path, contents: dict[str, bytes]) -> tuple[list[tuple], list[dict], str]:
+    """Each content as a downloaded output file of the batch named by its key, read as a sync
+    reads them: the request rows, the batch_files rows and the warning."""
+    group = []
+    for batch_id, content in contents.items():
+        numbered = Numbered(tmp_path / f"{batch_id}.lines")
+        numbered.write(content)
+        numbered.close()
+        file = ResultFile(batch_id, "output", f"file-{batch_id}")
+        group.append(Download(file, "loaded", numbered.path, len(content), numbered.lines))
+    requests, files, stats = [], [], ResultStats()
+    with duckdb.connect(config=READER) as con:
+        for name, table in rows_of(group, con, stats):
+            if name == "batch_requests":
+                requests += [tuple(row.values()) for row in table.to_pylist()]
+            else:
+                files += table.to_pylist()
+    stats.finish()
+    return requests, files, "\n".join(stats.warnings)
+
+
+def completion_line(number: int, words: int) -> bytes:
+    body = {
+        "model": "deepseek-ai/DeepSeek-V3",
+        "choices": [{"message": {"content": "token " * words}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": number, "completion_tokens": words, "total_tokens": 0},
+    }
+    line = {"custom_id": f"r-{number}", "response": {"status_code": 200, "body": body}}
+    return json.dumps(line).encode() + b"\n"
+
+
+def test_long_completions_load_within_the_readers_memory(tmp_path):
+    # 2 files of 20,000 lines of ~1.3 kB: the group the reader takes in one query
+    contents = {
+        batch_id: b"".join(completion_line(n, 210) for n in range(1, 20_001))
+        for batch_id in ("batch_a", "batch_b")
+    }
+    requests, files, warning = read_lines(tmp_path, contents)
+    assert warning == ""
+    assert len(requests) == 40_000
+    assert {(r[0], r[2], r[3], r[8], r[9]) for r in requests} == {
+        (b, n, f"r-{n}", n, 210) for b in contents for n in range(1, 20_001)
+    }
+    assert [(f["state"], f["lines"], f["bad_lines"]) for f in files] == [("loaded", 20_000, 0)] * 2
+
+
+def test_a_line_longer_than_the_reader_takes_is_a_bad_line_and_the_rest_load(tmp_path):
+    too_long = b'{"custom_id": "' + b"x" * (LONGEST_LINE + 1) + b'"}\n'
+    contents = {
+        "batch_a": completion_line(1, 3) + too_long + completion_line(3, 3),
+        "batch_b": too_long + b"[1]\n" + completion_line(3, 3) + b"not json\n",
+    }
+    requests, files, warning = read_lines(tmp_path, contents)
+    assert sorted((r[0], r[2], r[3]) for r in requests) == [
+        ("batch_a", 1, "r-1"),
+        ("batch_a", 3, "r-3"),
+        ("batch_b", 3, "r-3"),
+    ]
+    assert [(f["batch_id"], f["lines"], f["bad_lines"]) for f in files] == [
+        ("batch_a", 3, 1),
+        ("batch_b", 4, 3),
+    ]
+    # the long lines have no number to name; the others do, in order
+    assert warning.endswith("(batch_a output; batch_b output line 2, 4)")
+
+
+def test_a_terminal_sees_the_files_done_out_of_all_as_they_download(simulator, db_path):
+    simulator.faults.latency_ms = 100  # ~4 s of downloads: dlt's progress log speaks every 2 s
+    total = len(served(simulator))
+    command = f"{sys.executable} -m pipelines sync --no-models --db {db_path}"
+    done = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    seen = [(int(n), int(of)) for n, of in re.findall(r"result files: (\d+)/(\d+)", done.stdout)]
+    assert {of for _, of in seen} == {total}
+    assert any(n < total for n, _ in seen), "no progress before the end"
+    assert [n for n, _ in seen] == sorted(n for n, _ in seen)
+    assert seen[-1] == (total, total)
+    quiet = subprocess.run(
+        [sys.executable, "-m", "pipelines", "sync", "--no-models", "--db", str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert quiet.returncode == 0
+    assert "result files:" not in quiet.stderr  # no terminal, no progress
+    assert quiet.stdout.count("\n") == 1
