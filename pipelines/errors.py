@@ -46,14 +46,17 @@ class ReportError(ConfigError):
 
 def find_error(exc: BaseException) -> SfBatchesError | None:
     """Find our own error inside the wrappers dlt puts around exceptions raised in a resource."""
-    seen: set[int] = set()
+    return next((e for e in _chain(exc) if isinstance(e, SfBatchesError)), None)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, SfBatchesError):
-            return current
-        seen.add(id(current))
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
         current = current.__cause__ or current.__context__
-    return None
+    return chain
 
 
 def exit_code_of(error: BaseException) -> int:
@@ -73,10 +76,12 @@ def one_line(error: BaseException) -> str:
         return "interrupted; the database keeps its last complete sync"
     if _is_file_error(error):
         return f"cannot use {error.filename}: {error.strerror}; check the path and its permissions"
-    text = str(error).strip()
+    # dlt's wrappers say only where a step failed: the innermost error says why
+    cause = _chain(error)[-1]
+    text = str(cause).strip()
     first = text.splitlines()[0] if text else ""
     return (
-        f"unexpected {type(error).__name__}: {first} "
+        f"unexpected {type(cause).__name__}: {first} "
         "(rerun with --verbose for details, and report it)"
     )
 

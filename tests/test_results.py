@@ -24,6 +24,7 @@ from pipelines.siliconflow.results import (
     Numbered,
     ResultFile,
     ResultStats,
+    groups,
     rows_of,
 )
 from pipelines.simulator import Simulator, World
@@ -100,6 +101,24 @@ def test_every_line_of_every_served_file_is_stored_once(simulator, db_path, run)
     assert any(f.gone for f in files) and any(f.signed for f in files)
     assert_results_equal(db_path, simulator)
     assert f"{sum(not f.gone for f in files):,} result files" in outcome.out
+
+
+def test_files_of_long_lines_are_stored_whole(simulator, db_path, run):
+    # long completions: lines the reader takes as they are, and lines cut down before it
+    done = [f.batch_id for f in served(simulator) if f.kind == "output" and not f.gone]
+    for batch_id, lines, pad_bytes in zip(
+        done, (3_000, 1_500, 100), (3_000, 20_000, 300_000), strict=False
+    ):
+        simulator.world.enlarge(batch_id, lines=lines, pad_bytes=pad_bytes)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert_results_equal(db_path, simulator)
+    counts = dict(
+        query(db_path, "select batch_id, count(*) from siliconflow.batch_requests group by 1")
+    )
+    assert [counts[batch_id] for batch_id in done[:3]] == [3_000, 1_500, 100]
 
 
 def test_bad_lines_are_counted_and_named_in_one_warning(simulator, db_path, run):
@@ -368,23 +387,28 @@ def test_daily_usage_sums_batches_by_the_utc_day_they_ended(simulator, db_path, 
         assert cost == pytest.approx(wanted[day, model][5])
 
 
-def read_lines(tmp_path: Path, contents: dict[str, bytes]) -> tuple[list[tuple], list[dict], str]:
-    """Each content as a downloaded output file of the batch named by its key, read as a sync
-    reads them: the request rows, the batch_files rows and the warning."""
+def read_lines(
+    tmp_path: Path, contents: dict[str, bytes], chunk: int = 1 << 16
+) -> tuple[list[tuple], list[dict], str]:
+    """Each content as a downloaded output file of the batch named by its key, arriving in
+    chunks of `chunk` bytes, read as a sync reads them: the request rows, the batch_files rows
+    and the warning."""
     group = []
     for batch_id, content in contents.items():
         numbered = Numbered(tmp_path / f"{batch_id}.lines")
-        numbered.write(content)
+        for start in range(0, len(content), chunk):
+            numbered.write(content[start : start + chunk])
         numbered.close()
         file = ResultFile(batch_id, "output", f"file-{batch_id}")
         group.append(Download(file, "loaded", numbered.path, len(content), numbered.lines))
     requests, files, stats = [], [], ResultStats()
     with duckdb.connect(config=READER) as con:
-        for name, table in rows_of(group, con, stats):
-            if name == "batch_requests":
-                requests += [tuple(row.values()) for row in table.to_pylist()]
-            else:
-                files += table.to_pylist()
+        for downloads in groups(iter(group)):
+            for name, table in rows_of(downloads, con, stats):
+                if name == "batch_requests":
+                    requests += [tuple(row.values()) for row in table.to_pylist()]
+                else:
+                    files += table.to_pylist()
     stats.finish()
     return requests, files, "\n".join(stats.warnings)
 
@@ -414,13 +438,14 @@ def test_long_completions_load_within_the_readers_memory(tmp_path):
     assert [(f["state"], f["lines"], f["bad_lines"]) for f in files] == [("loaded", 20_000, 0)] * 2
 
 
-def test_a_line_longer_than_the_reader_takes_is_a_bad_line_and_the_rest_load(tmp_path):
+@pytest.mark.parametrize("chunk", [1 << 16, 1 << 30], ids=["streamed", "one chunk"])
+def test_a_line_longer_than_the_reader_takes_is_a_bad_line_and_the_rest_load(tmp_path, chunk):
     too_long = b'{"custom_id": "' + b"x" * (LONGEST_LINE + 1) + b'"}\n'
     contents = {
         "batch_a": completion_line(1, 3) + too_long + completion_line(3, 3),
-        "batch_b": too_long + b"[1]\n" + completion_line(3, 3) + b"not json\n",
+        "batch_b": too_long + b"[1]\n" + completion_line(3, 3) + b"not json\n" + too_long[:-1],
     }
-    requests, files, warning = read_lines(tmp_path, contents)
+    requests, files, warning = read_lines(tmp_path, contents, chunk)
     assert sorted((r[0], r[2], r[3]) for r in requests) == [
         ("batch_a", 1, "r-1"),
         ("batch_a", 3, "r-3"),
@@ -428,10 +453,74 @@ def test_a_line_longer_than_the_reader_takes_is_a_bad_line_and_the_rest_load(tmp
     ]
     assert [(f["batch_id"], f["lines"], f["bad_lines"]) for f in files] == [
         ("batch_a", 3, 1),
-        ("batch_b", 4, 3),
+        ("batch_b", 5, 4),
     ]
-    # the long lines have no number to name; the others do, in order
-    assert warning.endswith("(batch_a output; batch_b output line 2, 4)")
+    assert warning.endswith("(batch_a output line 2; batch_b output line 1, 2, 4, 5)")
+
+
+def embedding_line(number: int, dimensions: int) -> bytes:
+    body = {
+        "object": "list",
+        "model": "BAAI/bge-m3",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.123456789] * dimensions}],
+        "usage": {"prompt_tokens": number, "total_tokens": number},
+    }
+    line = {"id": f"b-{number}", "custom_id": f"e-{number}", "response": {"body": body}}
+    return json.dumps(line).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "size", "prefix", "lines", "files"),
+    [
+        (completion_line, 250_000, "r", 60, 2),
+        (completion_line, 2_700, "r", 3_000, 2),
+        (completion_line, 1_300, "r", 9_000, 6),
+        (embedding_line, 60_000, "e", 60, 2),
+    ],
+    ids=["1 MB completions", "16 kB completions", "8 kB lines in six files", "700 kB embeddings"],
+)
+def test_files_of_long_lines_load_every_request_within_the_readers_memory(
+    tmp_path, line, size, prefix, lines, files
+):
+    # whole vectors of such lines, or several such files read at once, outgrow the reader
+    served = [line(n, size) for n in range(1, lines + 1)]
+    assert min(map(len, served)) > 7_500
+    per_file = lines // files
+    contents = {
+        f"batch_{f}": b"".join(served[f * per_file : (f + 1) * per_file]) for f in range(files)
+    }
+    requests, stored, warning = read_lines(tmp_path, contents)
+    assert warning == ""
+    assert sorted((r[0], r[2], r[3], r[8]) for r in requests) == sorted(
+        (f"batch_{f}", n - f * per_file, f"{prefix}-{n}", n)
+        for f in range(files)
+        for n in range(f * per_file + 1, (f + 1) * per_file + 1)
+    )
+    assert [(f["lines"], f["bad_lines"]) for f in stored] == [(per_file, 0)] * files
+
+
+def test_a_long_line_is_read_as_the_reader_reads_a_short_one(tmp_path):
+    # the same request with a short and a long completion gives the same row but its number
+    content = b"".join(
+        [
+            completion_line(7, 3),
+            completion_line(7, 30_000),
+            b'{"custom_id": "odd", "response": "' + b"y" * 100_000 + b'"}\n',
+            b'{"custom_id": "odd", "response": "y"}\n',
+            b"[" + b"1, " * 30_000 + b"1]\n",
+            b"[1]\n",
+            b'{"custom_id": "\xff\xfe' + b"z" * 100_000 + b'"}\n',
+        ]
+    )
+    requests, files, warning = read_lines(tmp_path, {"batch_a": content})
+    short, long = [r for r in requests if r[3] == "r-7"]
+    assert short[:2] + short[3:8] + short[10:] == long[:2] + long[3:8] + long[10:]
+    assert (short[2], long[2], short[9], long[9]) == (1, 2, 3, 30_000)
+    long, short = [r for r in requests if r[3] == "odd"]  # a response of another type
+    assert (long[2], short[2], long[4:], short[4:]) == (3, 4, (None,) * 11, (None,) * 11)
+    assert len(requests) == 4
+    assert [(f["lines"], f["bad_lines"]) for f in files] == [(7, 3)]
+    assert warning.endswith("(batch_a output line 5, 6, 7)")
 
 
 def test_a_terminal_sees_the_files_done_out_of_all_as_they_download(simulator, db_path):

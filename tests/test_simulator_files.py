@@ -573,6 +573,25 @@ def test_enlarge_makes_an_output_file_of_many_padded_lines():
         world.enlarge(batch["id"], lines=0, pad_bytes=10)
 
 
+@pytest.mark.parametrize("pad_bytes", [3_001, 20_007])
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/embeddings"])
+def test_padding_leaves_every_line_as_well_formed_as_it_was(endpoint, pad_bytes):
+    world = small_world()
+    batch = next(
+        b
+        for b in world.visible()
+        if b["status"] == "completed" and b["output_file_id"] and b["endpoint"] == endpoint
+    )
+    before = world.result_file(batch["id"], "output")
+    _, bad_before = parse(before)
+    world.enlarge(batch["id"], lines=before.requests, pad_bytes=pad_bytes)
+
+    good, bad = parse(world.result_file(batch["id"], "output"))
+
+    assert len(bad) == len(bad_before)
+    assert len(good) == before.requests
+
+
 def test_a_large_file_is_streamed_chunked_and_counts_out(sim, api):
     batch = next(
         b for b in sim.world.visible() if b["status"] == "completed" and b["output_file_id"]

@@ -304,3 +304,41 @@ def test_a_server_serving_fewer_than_asked_is_still_read_page_by_page(tmp_path, 
         assert outcome.code == 0 and outcome.err == ""
         assert_warehouse_equals(db_path, world.visible())
         assert lookups(sim) == 0, "pages of 20 should cover every open batch"
+
+
+def failing_extract(tmp_path: Path, error: Exception) -> Exception:
+    """What dlt raises when a resource raises `error` during extract."""
+    import dlt
+
+    @dlt.resource
+    def rows():
+        yield {"a": 1}
+        raise error
+
+    pipeline = dlt.pipeline(
+        pipeline_name="failing", pipelines_dir=str(tmp_path), destination="duckdb"
+    )
+    with pytest.raises(Exception) as raised:
+        pipeline.extract(rows())
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block of 4.0 MiB"),
+        ZeroDivisionError("division by zero"),
+    ],
+    ids=["duckdb", "python"],
+)
+def test_an_unforeseen_failure_inside_dlt_is_named_by_its_cause(tmp_path, error):
+    from pipelines.errors import exit_code_of, one_line
+
+    wrapped = failing_extract(tmp_path, error)
+
+    assert type(wrapped).__name__ == "PipelineStepFailed"
+    assert exit_code_of(wrapped) == 1
+    assert one_line(wrapped) == (
+        f"unexpected {type(error).__name__}: {error} "
+        "(rerun with --verbose for details, and report it)"
+    )

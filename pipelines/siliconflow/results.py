@@ -33,8 +33,15 @@ from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
 # Between a line's number and its text: a control character, which JSON never holds unescaped.
 SEPARATOR = b"\x1f"
-# A longer line is skipped as a bad line; DuckDB reads files in buffers twice that size.
+# DuckDB reads lines in whole vectors, so a file of long lines (long completions, embeddings)
+# would outgrow its memory: a longer line is cut down to what a request row keeps as it is saved.
+SHORT_LINE = 8 << 10
+# A longer line is a bad line, never parsed: parsing costs a few times a line's size in memory.
 LONGEST_LINE = 4 << 20
+# What stands for a line the reader cannot take (too long, not an object, still long once cut):
+# not a JSON object, so the reader counts it as a bad line under its number.
+NOT_A_REQUEST = b"-"
+KEPT_LINE = 512 << 10  # the longest line the reader takes
 NAMED = 5  # files and line numbers a warning names
 
 FILES_SCHEMA = pa.schema(
@@ -84,8 +91,8 @@ NUMBERED_LINES = f"""
         auto_detect = false,
         ignore_errors = true,
         filename = true,
-        max_line_size = {LONGEST_LINE},
-        buffer_size = {2 * LONGEST_LINE}
+        max_line_size = {2 * KEPT_LINE},
+        buffer_size = {2 * KEPT_LINE}
     ) as numbered
     inner join (
         select unnest($paths) as path, unnest($batch_ids) as batch_id, unnest($kinds) as kind
@@ -95,28 +102,27 @@ NUMBERED_LINES = f"""
 # What a request was and what it cost (OpenAI's and SiliconFlow's line shapes, chat and
 # embeddings bodies, error lines with or without a response); never its prompt or completion.
 # One from_json per line: a json_extract per field would parse the line again each time.
-REQUEST_SHAPE = json.dumps(
-    {
-        "custom_id": "VARCHAR",
-        "response": {
-            "status_code": "BIGINT",
-            "request_id": "VARCHAR",
-            "body": {
-                "model": "VARCHAR",
-                "choices": [{"finish_reason": "VARCHAR"}],
-                "usage": {
-                    "prompt_tokens": "BIGINT",
-                    "completion_tokens": "BIGINT",
-                    "total_tokens": "BIGINT",
-                    "completion_tokens_details": {"reasoning_tokens": "BIGINT"},
-                    "prompt_tokens_details": {"cached_tokens": "BIGINT"},
-                },
-                "error": {"code": "VARCHAR", "message": "VARCHAR"},
+REQUEST_FIELDS = {
+    "custom_id": "VARCHAR",
+    "response": {
+        "status_code": "BIGINT",
+        "request_id": "VARCHAR",
+        "body": {
+            "model": "VARCHAR",
+            "choices": [{"finish_reason": "VARCHAR"}],
+            "usage": {
+                "prompt_tokens": "BIGINT",
+                "completion_tokens": "BIGINT",
+                "total_tokens": "BIGINT",
+                "completion_tokens_details": {"reasoning_tokens": "BIGINT"},
+                "prompt_tokens_details": {"cached_tokens": "BIGINT"},
             },
+            "error": {"code": "VARCHAR", "message": "VARCHAR"},
         },
-        "error": {"code": "VARCHAR", "message": "VARCHAR"},
-    }
-)
+    },
+    "error": {"code": "VARCHAR", "message": "VARCHAR"},
+}
+REQUEST_SHAPE = json.dumps(REQUEST_FIELDS)
 # A line's request, or null when the line is not a JSON object. json_valid and json_type would
 # read each line twice more and (DuckDB 2.0) hold whole vectors of parses, past 256 MB.
 PARSED = (
@@ -146,10 +152,13 @@ REQUEST_ROWS_SQL = f"""
     )
 """
 # One thread: the downloads use the other core. Rows come out in any order: each has its number.
-READER = {"memory_limit": "128MB", "threads": 1, "preserve_insertion_order": False}
+# Measured: 48 MB reads a 1 GB file of short lines, a file of lines up to 12 kB, and groups of
+# small files; DuckDB needs far more for several large files in one query, so those go alone.
+READER = {"memory_limit": "48MB", "threads": 1, "preserve_insertion_order": False}
 # Small files are read together: a DuckDB query costs about as much for one line as for many.
 GROUP_BYTES = 32 << 20
 GROUP_FILES = 256
+SMALL_FILE = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -240,10 +249,10 @@ def _told(downloads: Iterator[Download], done: Callable[[int], None]) -> Iterato
 
 
 def groups(downloads: Iterator[Download]) -> Iterator[list[Download]]:
-    """Downloads in groups read by one query: loaded files up to a size, others one by one."""
+    """Downloads in groups read by one query: small files up to a total size, others alone."""
     group: list[Download] = []
     for download in downloads:
-        if download.path is None:
+        if download.path is None or download.bytes > SMALL_FILE:
             yield [download]
             continue
         group.append(download)
@@ -320,8 +329,8 @@ class LineCounts:
 
 
 def _tally(download: Download, counts: LineCounts, stats: ResultStats) -> pa.Table:
-    """Count one file in the stats; its `batch_files` row. A line DuckDB could not read at all
-    (longer than LONGEST_LINE) is bad too, but has no number to name."""
+    """Count one file in the stats; its `batch_files` row. A line the reader could not read at
+    all (not UTF-8) is bad too, but has no number to name."""
     key = (download.file.batch_id, download.file.kind)
     stats.files += 1
     if download.path is None:
@@ -475,32 +484,50 @@ def _raise_unless_success(response: Response, *args: object, **kwargs: object) -
 
 
 class Numbered:
-    """A file of `number SEPARATOR line` rows, written as chunks of a body arrive."""
+    """A file of `number SEPARATOR line` rows, written as chunks of a body arrive; each line as
+    the reader takes it (`readable`). A line is held only up to LONGEST_LINE."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.out = path.open("wb")
-        self.carry = b""
+        self.parts: list[bytes] = []  # the start of a line the next chunk goes on with
+        self.started = 0  # that line's length so far, counted on once no longer held
         self.bytes = 0
         self.lines = 0
         self.number = 0
 
     def write(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
-        *whole, self.carry = (self.carry + chunk).split(b"\n")
-        self.out.write(b"".join(map(self._numbered, whole)))
+        *ended, rest = chunk.split(b"\n")
+        if ended:
+            ended[0] = self._end(ended[0])
+            self.out.write(b"".join(map(self._numbered, ended)))
+        self._go_on(rest)
 
-    def _numbered(self, line: bytes) -> bytes:
+    def _go_on(self, part: bytes) -> None:
+        self.started += len(part)
+        if self.started <= LONGEST_LINE:
+            self.parts.append(part)
+        else:
+            self.parts.clear()
+
+    def _end(self, part: bytes) -> bytes | None:
+        """The line `part` ends, or None when it is too long to hold."""
+        self._go_on(part)
+        line = b"".join(self.parts) if self.started <= LONGEST_LINE else None
+        self.parts, self.started = [], 0
+        return line
+
+    def _numbered(self, line: bytes | None) -> bytes:
         self.number += 1
-        if not line.strip():
+        if line is not None and not line.strip():
             return b""  # a blank line is no request, but keeps its place in the count
         self.lines += 1
-        return b"%d%s%s\n" % (self.number, SEPARATOR, line.replace(SEPARATOR, b" "))
+        return b"%d%s%s\n" % (self.number, SEPARATOR, readable(line))
 
     def close(self) -> None:
-        if self.carry and not self.out.closed:
-            self.out.write(self._numbered(self.carry))
-            self.carry = b""
+        if self.started and not self.out.closed:
+            self.out.write(self._numbered(self._end(b"")))
         self.out.close()
 
     def keep(self) -> None:
@@ -509,6 +536,33 @@ class Numbered:
     def discard(self) -> None:
         self.out.close()
         self.path.unlink(missing_ok=True)
+
+
+def readable(line: bytes | None) -> bytes:
+    """A line as the reader takes it: a short one as it is; a long JSON object cut down to the
+    fields of REQUEST_FIELDS (its prompt and completion go); anything else NOT_A_REQUEST."""
+    if line is None or len(line) > LONGEST_LINE:
+        return NOT_A_REQUEST
+    if len(line) <= SHORT_LINE:
+        return line.replace(SEPARATOR, b" ")
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return NOT_A_REQUEST
+    if not isinstance(value, dict):
+        return NOT_A_REQUEST
+    kept = json.dumps(_kept(value, REQUEST_FIELDS)).encode()
+    return kept if len(kept) <= KEPT_LINE else NOT_A_REQUEST
+
+
+def _kept(value: object, shape: object) -> object:
+    """The parts of `value` that `shape` names; a value of another shape stays as it is, so the
+    reader judges it as it would the whole line."""
+    if isinstance(shape, dict) and isinstance(value, dict):
+        return {key: _kept(value[key], shape[key]) for key in shape if key in value}
+    if isinstance(shape, list) and isinstance(value, list):
+        return [_kept(item, shape[0]) for item in value]
+    return value
 
 
 class Archived:

@@ -492,13 +492,15 @@ def error_lines(lines: LinePlan, numbers: Iterator[int], count: int) -> Iterator
 def _pads(slots: tuple[Slot, ...], chat: bool, pad_bytes: int) -> list[bytes] | None:
     """Per slot, the padding that brings its lines to about `pad_bytes` (None: no padding).
 
-    Slices of one filler: a line of a gigabyte file is built, written and dropped."""
+    Slices of one filler, in whole units (a cut number would leave the JSON malformed): a line
+    of a gigabyte file is built, written and dropped."""
     if pad_bytes <= 0:
         return None
     unit = CHAT_PAD if chat else EMBEDDING_PAD
     filler = memoryview(unit * (pad_bytes // len(unit) + 1))
     overhead = 260  # ids, custom_id and the line layout around a body
-    return [filler[: max(0, pad_bytes - overhead - len(slot.whole))] for slot in slots]
+    units = [max(0, pad_bytes - overhead - len(slot.whole)) // len(unit) for slot in slots]
+    return [filler[: count * len(unit)] for count in units]
 
 
 def _with_malformed(
