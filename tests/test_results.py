@@ -173,7 +173,11 @@ def test_signed_links_are_fetched_without_the_key_and_the_api_with_it(simulator,
 
 
 @pytest.mark.parametrize("fault", ["file_error", "cut_short"])
-def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(simulator, db_path, run, fault):
+def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(
+    simulator, db_path, run, fault, monkeypatch, tmp_path
+):
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(archive))
     simulator.faults.queue(kind=fault, times=100_000)
 
     outcome = run("sync", "--db", str(db_path), "--no-models")
@@ -182,11 +186,14 @@ def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(simulator, db_
     served_files = keys(f for f in served(simulator) if not f.gone)
     assert files_by_state(db_path)["failed"] >= served_files - files_by_state(db_path)["gone"]
     assert query(db_path, "select count(*) from siliconflow.batch_requests") == [(0,)]
+    assert not [path for path in archive.rglob("*") if path.is_file()]
     simulator.faults.reset()
 
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
 
     assert_results_equal(db_path, simulator)
+    archived = {(p.parent.name, p.name) for p in archive.rglob("*") if p.is_file()}
+    assert archived == {(batch_id, f"{kind}.jsonl.gz") for batch_id, kind in served_files}
     assert query(
         db_path, "select distinct attempts from siliconflow.batch_files where state = 'loaded'"
     ) == [(2,)]
