@@ -152,8 +152,8 @@ REQUEST_ROWS_SQL = f"""
     )
 """
 # One thread: the downloads use the other core. Rows come out in any order: each has its number.
-# Measured: 48 MB reads a 1 GB file of short lines, a file of lines up to 12 kB, and groups of
-# small files; DuckDB needs far more for several large files in one query, so those go alone.
+# 48 MB holds one file of any size whose lines are at most SHORT_LINE, or a group of small files;
+# several large files in one query need far more, so those are read alone.
 READER = {"memory_limit": "48MB", "threads": 1, "preserve_insertion_order": False}
 # Small files are read together: a DuckDB query costs about as much for one line as for many.
 GROUP_BYTES = 32 << 20
