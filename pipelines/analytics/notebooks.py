@@ -307,14 +307,18 @@ def duration_label(value_h: float, _position: int | None = None) -> str:
     return ""
 
 
-def hours_axis(ax: Axes, label: str, axis: str = "y") -> None:
-    """Log scale for durations given in hours, ticked 1 s, 1 min, 1 h, 24 h ... as room allows."""
+def _log_scaled(ax: Axes, axis: str) -> Axis:
+    """Put `axis` ("x" or "y") of `ax` on a log scale; that axis."""
     if axis == "y":
         ax.set_yscale("log")
-        target = ax.yaxis
-    else:
-        ax.set_xscale("log")
-        target = ax.xaxis
+        return ax.yaxis
+    ax.set_xscale("log")
+    return ax.xaxis
+
+
+def hours_axis(ax: Axes, label: str, axis: str = "y") -> None:
+    """Log scale for durations given in hours, ticked 1 s, 1 min, 1 h, 24 h ... as room allows."""
+    target = _log_scaled(ax, axis)
     target.set_major_locator(DurationLocator())
     target.set_major_formatter(FuncFormatter(duration_label))
     target.set_minor_formatter(NullFormatter())
@@ -417,12 +421,7 @@ def rate_label(value: float, _position: int | None = None) -> str:
 
 def log_axis(ax: Axes, label: str, axis: str = "x") -> None:
     """Log scale for rates spanning decades, ticked at powers of ten with plain labels."""
-    if axis == "y":
-        ax.set_yscale("log")
-        target = ax.yaxis
-    else:
-        ax.set_xscale("log")
-        target = ax.xaxis
+    target = _log_scaled(ax, axis)
     target.set_major_locator(LogLocator(base=10, numticks=12))
     target.set_major_formatter(FuncFormatter(rate_label))
     target.set_minor_formatter(NullFormatter())

@@ -227,7 +227,7 @@ def plan_lines(seed: int, *, openai_object: bool, chat: bool) -> LinePlan:
         reasoning_details=draw() < DETAILS_SHARE,
         cached_details=draw() < DETAILS_SHARE,
         failure_slot=failure_slot,
-        errors=_pick(draw, ERROR_STYLES),
+        errors=pick(draw, ERROR_STYLES),
         malformed=(_malformed(draw), _malformed(draw)),
         salt=int.from_bytes(raw[_HEAD_BYTES - 16 : _HEAD_BYTES], "big") & _MASK,
         raw=raw[_HEAD_BYTES:],
@@ -272,7 +272,7 @@ def _second(lines: LinePlan, model_byte: int) -> bool:
 
 
 def _models(draw: Callable[[], float]) -> tuple[str, ...]:
-    first = _pick(draw, CHAT_MODELS)
+    first = pick(draw, CHAT_MODELS)
     second = [model for model, _ in CHAT_MODELS if model != first][int(draw() * 4)]
     return (first, second) if draw() < MIXED_SHARE else (first,)
 
@@ -358,7 +358,8 @@ def _slot(lines: LinePlan, draw: Draw) -> Slot:
     return Slot(before, after, before + after, failure=False)
 
 
-def _pick(draw: Callable[[], float], choices: tuple[tuple[str, float], ...]) -> str:
+def pick(draw: Callable[[], float], choices: Sequence[tuple[T, float]]) -> T:
+    """The value whose share of [0, 1) the next draw falls in."""
     roll = draw()
     for value, weight in choices:
         roll -= weight

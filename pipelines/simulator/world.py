@@ -27,6 +27,7 @@ from .files import (
     ResultFile,
     error_lines,
     output_lines,
+    pick,
     plan_lines,
     request_numbers,
     usage_sums,
@@ -679,7 +680,7 @@ def batch_entropy(seed: int, key: int) -> tuple[Draw, bytes]:
 
 def make_plan(draw: Draw, spare: bytes, created_at: int, max_requests: int = 50_000) -> Plan:
     """One batch's fixed facts; the same draws always give the same batch."""
-    window, window_s = _pick(draw, WINDOWS)
+    window, window_s = pick(draw, WINDOWS)
     expires_at = created_at + window_s
     timeline = plan_timeline(draw, created_at, expires_at)
     total = max(1, int(_log_uniform(draw, 1, max_requests)))
@@ -694,7 +695,7 @@ def make_plan(draw: Draw, spare: bytes, created_at: int, max_requests: int = 50_
         timeline=timeline,
         total=total,
         failed_total=failed_total,
-        counts_shape=_pick(draw, COUNT_SHAPES),
+        counts_shape=pick(draw, COUNT_SHAPES),
         errors_null_when_fine=draw() < 0.6,
         errors_as_strings=draw() < 0.5,
         error_entries=_error_entries(draw),
@@ -721,7 +722,7 @@ def plan_timeline(draw: Draw, created: int, expires: int) -> Timeline:
     # Longer windows attract longer jobs; every job must still fit inside its window.
     longest = min(window * 0.9, 22 * HOUR * math.sqrt(window / DAY))
     work = min(int(_log_uniform(draw, 1800, longest)), window - queue - finalize - 1)
-    outcome = _pick(draw, OUTCOMES)
+    outcome = pick(draw, OUTCOMES)
     if outcome == "completed":
         return _completed(draw, created, expires, queue, work, finalize)
     if outcome == "failed":
@@ -815,15 +816,6 @@ def _file_name(draw: Draw) -> str:
 
 def _choice(draw: Draw, options: Sequence[T]) -> T:
     return options[int(draw() * len(options))]
-
-
-def _pick(draw: Draw, choices: Sequence[tuple[T, float]]) -> T:
-    roll = draw()
-    for value, weight in choices:
-        roll -= weight
-        if roll < 0:
-            return value
-    return choices[-1][0]
 
 
 def _log_uniform(draw: Draw, low: float, high: float) -> float:
