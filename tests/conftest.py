@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from pipelines import cli
 from pipelines.simulator import Simulator, World
@@ -30,6 +31,14 @@ def no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     # Result files are what tests/test_results.py is about; elsewhere they would only slow a
     # sync down (the default world's batches run up to 50,000 requests each).
     monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "false")
+
+
+@pytest.fixture
+def api(sim: Simulator) -> Iterator[requests.Session]:
+    """A session that sends the key of `sim`, the simulator fixture of the test's module."""
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {sim.api_key}"
+        yield session
 
 
 @pytest.fixture

@@ -42,13 +42,6 @@ def small_sim() -> Iterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-def api(sim: Simulator) -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.headers["Authorization"] = f"Bearer {sim.api_key}"
-        yield session
-
-
 def list_batches(api: requests.Session, sim: Simulator, **params: Any) -> requests.Response:
     return api.get(f"{sim.base_url}/batches", params=params, timeout=5)
 

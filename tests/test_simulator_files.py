@@ -46,13 +46,6 @@ def sim() -> Iterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-def api(sim: Simulator) -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.headers["Authorization"] = f"Bearer {sim.api_key}"
-        yield session
-
-
 def parse(file: ResultFile) -> tuple[list[dict], list[bytes]]:
     """The request lines of a file as objects, and the lines that are not JSON objects."""
     good, bad = [], []
