@@ -31,7 +31,7 @@ def world() -> World:
 
 
 def stuck(sim: Simulator) -> dict[str, str]:
-    """Make three batches stuck: one waiting in the queue for 15-20 h (window still open), one
+    """Make three batches stuck: one waiting in the queue for 15-22 h (window still open), one
     finalizing for 3 h, one in progress past its window. Returns rule -> batch id."""
     world, now = sim.world, sim.world.now
     batches = sorted(world.visible(), key=lambda b: b["created_at"])
@@ -44,8 +44,18 @@ def stuck(sim: Simulator) -> dict[str, str]:
             and (window is None or b["completion_window"] == window)
         )
 
+    # the newest 24h batch at least 15 h old: 15-22 h at any time of day, while the 5-10 h
+    # and 30-40 h spans of the others always hold a batch
+    queue = max(
+        (
+            b
+            for b in batches
+            if b["created_at"] <= now - 15 * HOUR and b["completion_window"] == "24h"
+        ),
+        key=lambda b: b["created_at"],
+    )
     picked = {
-        "queue": created_between(15, 20, "24h"),
+        "queue": queue["id"],
         "finalizing": created_between(5, 10),
         "past_window": created_between(30, 40, "24h"),
     }
