@@ -316,7 +316,7 @@ def test_rows_a_rerun_load_job_appended_twice_are_dropped_after_recovery(simulat
         con.execute("delete from siliconflow._sfbatches_recorded")
         con.execute("delete from siliconflow.batch_status_history")
 
-    with database.connect(db_path, config=database.sync_config(db_path)) as con:  # as a sync
+    with database.connect_for_sync(db_path) as con:  # as a sync
         history.record_observations(con)
 
     assert_warehouse_equals(db_path, simulator.world.visible())

@@ -163,6 +163,7 @@ def _environment() -> Environment:
 def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health) -> dict:
     span = [window.first, window.last]
     usage = usage_rows(con, span)
+    (open_count,) = fetch_one(con, _OPEN_COUNT)
     currency = " / ".join(row[0] for row in con.execute(_CURRENCIES).fetchall())
     return {
         "title": f"SiliconFlow batches, last {counted(len(window.days), 'day')}",
@@ -171,7 +172,7 @@ def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health)
         "generated": f"{window.now:%Y-%m-%d %H:%M} UTC",
         "problems": health.problems,
         "limits": health.limits,
-        "cards": cards(con, window, span),
+        "cards": cards(con, window, span, open_count),
         "charts": [
             *turnaround_charts(con, span),
             *throughput_charts(con, span),
@@ -180,7 +181,7 @@ def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health)
         ],
         "daily": daily_rows(con, span),
         "open_rows": open_rows(con),
-        "open_count": fetch_one(con, _OPEN_COUNT)[0],
+        "open_count": open_count,
         "usage": usage_table(usage),
         "currency": currency,
     }
@@ -189,7 +190,9 @@ def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health)
 # --- headline figures --------------------------------------------------------------------------
 
 
-def cards(con: duckdb.DuckDBPyConnection, window: Window, span: list[date]) -> list[Card]:
+def cards(
+    con: duckdb.DuckDBPyConnection, window: Window, span: list[date], open_now: int
+) -> list[Card]:
     created = con.execute(
         "select count(*) from analytics.batch_turnaround "
         "where cast(timezone('UTC', created_at) as date) between ? and ?",
@@ -197,7 +200,6 @@ def cards(con: duckdb.DuckDBPyConnection, window: Window, span: list[date]) -> l
     ).fetchone()[0]
     done, t50, t90, *_ = fetch_one(con, CREATED_SQL, span)
     ended, requests, failed, batch_rps = fetch_one(con, COMPLETED_SQL, span)
-    (open_now,) = fetch_one(con, _OPEN_COUNT)
     found = [
         Card("batches_created", "Batches created", f"{created:,}", f"{done:,} completed"),
         Card("turnaround_p50", "Turnaround p50", duration(t50), f"p90 {duration(t90)}"),

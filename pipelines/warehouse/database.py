@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import duckdb
@@ -191,6 +191,11 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def connect_for_sync(db_path: Path) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+    """`connect` with a sync's settings (`sync_config`)."""
+    return connect(db_path, config=sync_config(db_path))
 
 
 def _open(

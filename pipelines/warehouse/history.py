@@ -265,7 +265,7 @@ def _append_history(
 
 def record_run(db_path: Path, row: dict[str, object]) -> None:
     """Append one sync's `sync_runs` row."""
-    with database.connect(db_path, config=database.sync_config(db_path)) as con:
+    with database.connect_for_sync(db_path) as con:
         con.execute(
             f"""
             create table if not exists {SCHEMA}.{SYNC_RUNS} (

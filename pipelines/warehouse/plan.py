@@ -19,7 +19,7 @@ from pipelines.vocabulary import (
     sql_list,
 )
 
-from .database import connect, sync_config
+from .database import connect_for_sync
 
 IS_OPEN = f"lower(status) not in ({sql_list(TERMINAL_STATUSES)})"
 # Result files one sync tries at most; the rest wait for the next.
@@ -43,7 +43,7 @@ def read_plan(db_path: Path, full: bool = False) -> SyncPlan:
     the last sync left for this one."""
     if not db_path.exists():
         return SyncPlan()
-    with connect(db_path, config=sync_config(db_path)) as con:
+    with connect_for_sync(db_path) as con:
         tables = stored_tables(con)
         if BATCHES not in tables:
             return SyncPlan()
@@ -119,42 +119,43 @@ class FilePlan:
     tables_exist: bool = False
 
 
-def pending_files(db_path: Path, wanted: bool = True, retry_gone: bool = False) -> FilePlan:
+def pending_files(
+    con: duckdb.DuckDBPyConnection, wanted: bool = True, retry_gone: bool = False
+) -> FilePlan:
     """Result files of ended batches not loaded yet (none unless `wanted`), oldest first, as
     their links expire first, at most MAX_FILES a sync: those never tried, those that failed,
     and (when `retry_gone`) those the API said were gone."""
-    with connect(db_path, config=sync_config(db_path)) as con:
-        tables = stored_tables(con)
-        if BATCHES not in tables or not wanted:
-            return FilePlan(tables_exist={BATCH_FILES, BATCH_REQUESTS} <= tables)
-        rows = con.execute(
-            f"""
-            with named as (
-                select id as batch_id, 'output' as kind, output_file_id as file_id, created_at
-                from {DATASET}.{BATCHES}
-                where not ({IS_OPEN}) and output_file_id is not null
-                union all
-                select id, 'error', error_file_id, created_at
-                from {DATASET}.{BATCHES}
-                where not ({IS_OPEN}) and error_file_id is not null
-            ),
+    tables = stored_tables(con)
+    if BATCHES not in tables or not wanted:
+        return FilePlan(tables_exist={BATCH_FILES, BATCH_REQUESTS} <= tables)
+    rows = con.execute(
+        f"""
+        with named as (
+            select id as batch_id, 'output' as kind, output_file_id as file_id, created_at
+            from {DATASET}.{BATCHES}
+            where not ({IS_OPEN}) and output_file_id is not null
+            union all
+            select id, 'error', error_file_id, created_at
+            from {DATASET}.{BATCHES}
+            where not ({IS_OPEN}) and error_file_id is not null
+        ),
 
-            tried as ({TRIED if BATCH_FILES in tables else NONE_TRIED})
+        tried as ({TRIED if BATCH_FILES in tables else NONE_TRIED})
 
-            select
-                named.batch_id,
-                named.kind,
-                named.file_id,
-                coalesce(tried.attempts, 0),
-                count(*) over () as pending
-            from named
-            left join tried using (batch_id, kind)
-            where tried.state is null or list_contains($again, tried.state)
-            order by named.created_at, named.batch_id, named.kind
-            limit {MAX_FILES}
-            """,
-            {"again": [FAILED, GONE] if retry_gone else [FAILED]},
-        ).fetchall()
+        select
+            named.batch_id,
+            named.kind,
+            named.file_id,
+            coalesce(tried.attempts, 0),
+            count(*) over () as pending
+        from named
+        left join tried using (batch_id, kind)
+        where tried.state is null or list_contains($again, tried.state)
+        order by named.created_at, named.batch_id, named.kind
+        limit {MAX_FILES}
+        """,
+        {"again": [FAILED, GONE] if retry_gone else [FAILED]},
+    ).fetchall()
     return FilePlan(
         files=[ResultFile(*row[:4]) for row in rows],
         pending=rows[0][4] if rows else 0,

@@ -133,8 +133,10 @@ def sync_into(result: SyncResult, config: SourceConfig, full_refresh: bool, prog
     result.full = sync_plan.is_full
     extract(pipeline, source(config, sync_plan, result.stats, deadline))
     deadline.check()
-    result.new, result.changed = load_and_record(pipeline, db_path, result.stats)
-    fetch_results(pipeline, db_path, config, deadline, full_refresh, result.files)
+    with database.connect_for_sync(db_path) as con:
+        result.new, result.changed = load_and_record(pipeline, con, result.stats)
+        todo = plan.pending_files(con, config.results, retry_gone=full_refresh)
+    fetch_results(pipeline, db_path, todo, config, deadline, result.files)
 
 
 def prepare(
@@ -181,18 +183,17 @@ def extract(pipeline: dlt.Pipeline, batches: DltSource) -> None:
 def fetch_results(
     pipeline: dlt.Pipeline,
     db_path: Path,
+    todo: plan.FilePlan,
     config: SourceConfig,
     deadline: Deadline,
-    retry_gone: bool,
     stats: ResultStats,
 ) -> None:
-    """Load the result files of ended batches, now that the batches are stored.
+    """Load the result files `todo` names, now that the batches are stored.
 
     Runs with no files too while the result tables do not exist yet, so that the views over
     them build from the first sync on. Past the deadline it loads the files it has finished and
     leaves the rest for the next sync.
     """
-    todo = plan.pending_files(db_path, config.results, retry_gone)
     stats.left = todo.pending - len(todo.files)
     if not todo.files and todo.tables_exist:
         return
@@ -210,21 +211,21 @@ def fetch_results(
             key_source=config.key_source,
         ),
     )
-    load_and_record(pipeline, db_path)
+    with database.connect_for_sync(db_path) as con:
+        load_and_record(pipeline, con)
 
 
 def load_and_record(
-    pipeline: dlt.Pipeline, db_path: Path, stats: ReadStats | None = None
+    pipeline: dlt.Pipeline, con: duckdb.DuckDBPyConnection, stats: ReadStats | None = None
 ) -> tuple[int, int]:
-    """Load the package and do the bookkeeping on one connection; return (new, changed)."""
-    with database.connect(db_path, config=database.sync_config(db_path)) as con:
-        if stats is not None:
-            history.widen_columns(con, stats.columns.widened)
-        _guard(lambda: pipeline.load(credentials=load_credentials(con)))
-        # Rows the load merged stay in memory until a checkpoint; at 1M batches they left
-        # the bookkeeping's join over the history too little of DuckDB's memory.
-        con.execute("checkpoint")
-        new, changed = history.record_observations(con)
+    """Load the package through `con` and do the bookkeeping on it; return (new, changed)."""
+    if stats is not None:
+        history.widen_columns(con, stats.columns.widened)
+    _guard(lambda: pipeline.load(credentials=load_credentials(con)))
+    # Rows the load merged stay in memory until a checkpoint; at 1M batches they left the
+    # bookkeeping's join over the history too little of DuckDB's memory.
+    con.execute("checkpoint")
+    new, changed = history.record_observations(con)
     drop_loaded_packages(pipeline)
     return new, changed
 
@@ -285,7 +286,7 @@ def finish_pending_loads(pipeline: dlt.Pipeline, db_path: Path) -> Leftovers:
         if pipeline.list_extracted_load_packages():
             _guard(pipeline.normalize)
         if pipeline.list_normalized_load_packages():
-            with database.connect(db_path, config=database.sync_config(db_path)) as con:
+            with database.connect_for_sync(db_path) as con:
                 _guard(lambda: pipeline.load(credentials=load_credentials(con)))
     except SfBatchesError:
         raise
