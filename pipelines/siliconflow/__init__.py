@@ -23,7 +23,7 @@ from pipelines.vocabulary import (
 from .client import BatchApi, Deadline, RetryPolicy
 from .paging import Floor, HeldIds, ReadStats, SyncPlan, read_batches
 from .prefetch import prefetched
-from .results import Fetcher, ResultFile, ResultStats, result_rows
+from .results import Fetcher, ResultFile, ResultStats, empty_tables, result_rows
 from .rows import ExtraColumns, TableChunk
 from .settings import (
     CHUNK_ROWS,
@@ -81,6 +81,10 @@ def siliconflow(
         base_url, api_key, retry or RetryPolicy(), deadline or Deadline(None), key_source
     )
 
+    # The result files' tables come into being with the first batches, empty, so the views over
+    # them build even when no file is read, without a load of their own.
+    results = {} if plan.result_tables else empty_tables()
+
     @dlt.resource(name="batch_chunks", selected=False)
     def batch_chunks() -> Iterator[dict[str, pa.Table]]:
         # The next pages download while this one is turned into Arrow tables.
@@ -95,10 +99,12 @@ def siliconflow(
         stats.warnings += stats.columns.warnings
         # Where the next sync goes on travels in the same load package as the pages it follows
         # from, so a package loaded after a kill brings its own.
-        yield last | {SYNC_STATE: stats.state_table()}
+        yield last | {SYNC_STATE: stats.state_table()} | results
 
     resources = [batch_chunks | batches_resource()]
     resources += [batch_chunks | child_resource(name) for name in CHILD_TABLES]
+    if results:
+        resources += result_resources(batch_chunks)
     if plan.is_first_load:
         # Nothing stored yet, so nothing to merge with: appending skips dlt's staging tables
         # and merge SQL (a third of the load time).
@@ -171,8 +177,13 @@ def result_files(
 
         yield from result_rows(fetcher, files, stats, done)
 
+    return result_resources(rows)
+
+
+def result_resources(producer: DltResource) -> list[DltResource]:
+    """The resources of the result tables, fed by `producer`'s items."""
     return [
-        rows | part(BATCH_REQUESTS, write_disposition="append"),
-        rows
+        producer | part(BATCH_REQUESTS, write_disposition="append"),
+        producer
         | part(BATCH_FILES, write_disposition=MERGE, primary_key=list(PRIMARY_KEYS[BATCH_FILES])),
     ]

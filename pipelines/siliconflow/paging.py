@@ -73,6 +73,8 @@ class SyncPlan:
         previous_ids: id → the id stored just before it (newest first), for each open batch:
             `after` that id, a page starts with the open batch.
         column_types: stored type of each column for a field the API added.
+        result_tables: whether `batch_files` and `batch_requests` exist; if not, the batches'
+            load creates them (empty), so the views over them build from the first sync on.
     """
 
     held: HeldIds = field(default_factory=HeldIds)
@@ -82,6 +84,7 @@ class SyncPlan:
     open_positions: dict[str, int] = field(default_factory=dict)
     previous_ids: dict[str, str | None] = field(default_factory=dict)
     column_types: dict[str, str] = field(default_factory=dict)
+    result_tables: bool = False
 
     @property
     def is_first_load(self) -> bool:

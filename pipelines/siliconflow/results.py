@@ -281,13 +281,15 @@ class Buffer:
 
     def rest(self) -> dict[str, pa.Table]:
         """Everything gathered, as one item, with both tables even when empty."""
-        schemas = {BATCH_REQUESTS: REQUESTS_SCHEMA, BATCH_FILES: FILES_SCHEMA}
-        item = {
-            name: pa.concat_tables([schemas[name].empty_table(), *parts])
-            for name, parts in self.parts.items()
-        }
+        empty = empty_tables()
+        item = {name: pa.concat_tables([empty[name], *parts]) for name, parts in self.parts.items()}
         self._clear()
         return item
+
+
+def empty_tables() -> dict[str, pa.Table]:
+    """Both result tables without a row: what creates them before any file is read."""
+    return {BATCH_REQUESTS: REQUESTS_SCHEMA.empty_table(), BATCH_FILES: FILES_SCHEMA.empty_table()}
 
 
 def rows_of(

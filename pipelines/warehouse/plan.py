@@ -24,6 +24,7 @@ from .database import connect_for_sync
 IS_OPEN = f"lower(status) not in ({sql_list(TERMINAL_STATUSES)})"
 # Result files one sync tries at most; the rest wait for the next.
 MAX_FILES = 10_000
+RESULT_TABLES = {BATCH_FILES, BATCH_REQUESTS}
 TRIED = f"select batch_id, kind, state, attempts from {DATASET}.{BATCH_FILES}"
 NONE_TRIED = (
     "select ''::varchar as batch_id, ''::varchar as kind, ''::varchar as state, "
@@ -45,13 +46,14 @@ def read_plan(db_path: Path, full: bool = False) -> SyncPlan:
         return SyncPlan()
     with connect_for_sync(db_path) as con:
         tables = stored_tables(con)
+        result_tables = tables >= RESULT_TABLES
         if BATCHES not in tables:
-            return SyncPlan()
+            return SyncPlan(result_tables=result_tables)
         digests = con.execute(
             f"select md5_number_lower(id) as digest from {DATASET}.{BATCHES} order by digest"
         ).fetchnumpy()["digest"]
         if not len(digests):
-            return SyncPlan()
+            return SyncPlan(result_tables=result_tables)
         open_rows = _open_batches(con)
         floor, sweep_after = _state(con) if SYNC_STATE in tables else (None, None)
         column_types = _added_column_types(con)
@@ -63,6 +65,7 @@ def read_plan(db_path: Path, full: bool = False) -> SyncPlan:
         open_positions={batch_id: position for batch_id, position, _ in open_rows},
         previous_ids={batch_id: previous for batch_id, _, previous in open_rows},
         column_types=column_types,
+        result_tables=result_tables,
     )
 
 
@@ -127,7 +130,7 @@ def pending_files(
     and (when `retry_gone`) those the API said were gone."""
     tables = stored_tables(con)
     if BATCHES not in tables or not wanted:
-        return FilePlan(tables_exist={BATCH_FILES, BATCH_REQUESTS} <= tables)
+        return FilePlan(tables_exist=tables >= RESULT_TABLES)
     rows = con.execute(
         f"""
         with named as (
@@ -159,5 +162,5 @@ def pending_files(
     return FilePlan(
         files=[ResultFile(*row[:4]) for row in rows],
         pending=rows[0][4] if rows else 0,
-        tables_exist={BATCH_FILES, BATCH_REQUESTS} <= tables,
+        tables_exist=tables >= RESULT_TABLES,
     )

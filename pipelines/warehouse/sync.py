@@ -190,9 +190,9 @@ def fetch_results(
 ) -> None:
     """Load the result files `todo` names, now that the batches are stored.
 
-    Runs with no files too while the result tables do not exist yet, so that the views over
-    them build from the first sync on. Past the deadline it loads the files it has finished and
-    leaves the rest for the next sync.
+    Runs with no files too while the result tables do not exist yet (the batches' load creates
+    them unless a killed sync's leftovers came first). Past the deadline it loads the files it
+    has finished and leaves the rest for the next sync.
     """
     stats.left = todo.pending - len(todo.files)
     if not todo.files and todo.tables_exist:
