@@ -465,6 +465,16 @@ def test_a_line_longer_than_the_reader_takes_is_a_bad_line_and_the_rest_load(tmp
     assert warning.endswith("(batch_a output line 2; batch_b output line 1, 2, 4, 5)")
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 16], ids=["byte by byte", "5 bytes", "whole"])
+def test_blank_lines_keep_their_place_in_the_count_and_are_no_request(tmp_path, chunk):
+    lines = [b"", b"   ", completion_line(3, 2)[:-1], b"\r", b"\t \r", b"{}", b"x", b""]
+    lines.append(completion_line(9, 2)[:-1])  # the last line has no newline
+    requests, files, warning = read_lines(tmp_path, {"batch_a": b"\n".join(lines)}, chunk)
+    assert sorted((r[2], r[3]) for r in requests) == [(3, "r-3"), (6, None), (9, "r-9")]
+    assert [(f["lines"], f["bad_lines"]) for f in files] == [(4, 1)]
+    assert warning.endswith("(batch_a output line 7)")
+
+
 def embedding_line(number: int, dimensions: int) -> bytes:
     body = {
         "object": "list",

@@ -503,7 +503,7 @@ class Numbered:
         *ended, rest = chunk.split(b"\n")
         if ended:
             ended[0] = self._end(ended[0])
-            self.out.write(b"".join(map(self._numbered, ended)))
+            self.out.write(b"".join(self._numbered(ended)))
         self._go_on(rest)
 
     def _go_on(self, part: bytes) -> None:
@@ -520,16 +520,21 @@ class Numbered:
         self.parts, self.started = [], 0
         return line
 
-    def _numbered(self, line: bytes | None) -> bytes:
-        self.number += 1
-        if line is not None and not line.strip():
-            return b""  # a blank line is no request, but keeps its place in the count
-        self.lines += 1
-        return b"%d%s%s\n" % (self.number, SEPARATOR, readable(line))
+    def _numbered(self, lines: list[bytes | None]) -> list[bytes]:
+        """The parts of `lines` as written, a line's text never copied on the way: a file's
+        lines pass here one by one, and a thread that copies them holds up the rest."""
+        parts: list[bytes] = []
+        for number, line in enumerate(lines, self.number + 1):
+            # a blank line is no request, but keeps its place in the count
+            if line is None or (line and not line.isspace()):
+                parts += (b"%d%s" % (number, SEPARATOR), readable(line), b"\n")
+        self.number += len(lines)
+        self.lines += len(parts) // 3
+        return parts
 
     def close(self) -> None:
         if self.started and not self.out.closed:
-            self.out.write(self._numbered(self._end(b"")))
+            self.out.write(b"".join(self._numbered([self._end(b"")])))
         self.out.close()
 
     def keep(self) -> None:
