@@ -1,13 +1,16 @@
 """Pages of API batches into Arrow tables, page by page, then one chunk per warehouse table."""
 
+import json
 import threading
 import time
 from datetime import UTC, datetime
 
+import pyarrow.compute as pc
 import pytest
 
 from pipelines.siliconflow.prefetch import prefetched
 from pipelines.siliconflow.rows import ExtraColumns, TableChunk
+from pipelines.simulator import World
 
 
 def batch(batch_id: str, **fields: object) -> dict:
@@ -70,6 +73,47 @@ def test_an_empty_chunk_still_has_every_column():
     assert str(tables["batches"].schema.field("created_at").type) == "timestamp[us, tz=UTC]"
     assert tables["batch_errors"].column_names[:2] == ["batch_id", "position"]
     assert all(table.num_rows == 0 for table in tables.values())
+
+
+def odd_shapes() -> list[dict]:
+    return [
+        batch("o1", request_counts={}, metadata={"n": 3, "obj": {"a": [1]}, "none": None}),
+        batch("o2", request_counts=None, errors={"data": [{"code": "x", "line": 4}]}),
+        batch("o3", errors=[{"message": "m", "param": None}, "plain"], metadata={}),
+        batch("o4", request_counts={"total": 2, "cancelled": 1}, priority=2**60),
+        batch("o5", usage={"total_tokens": 9, "details": {"cached": 1}}, tags=["a", "b"]),
+    ]
+
+
+def chunk_of(pages: list[list[dict]]) -> dict:
+    chunk = TableChunk(ExtraColumns())
+    for page in pages:
+        chunk.add(page)
+    return chunk.take()
+
+
+def test_the_json_reader_and_the_conversion_value_by_value_agree_on_every_variant():
+    # ~5 MB of lines: more than one block of the reader
+    listed = json.loads(json.dumps(World(batches=9000, seed=7).visible()))
+    pages = [listed[start : start + 100] for start in range(0, len(listed), 100)]
+    pages.append(odd_shapes())
+    # A count the JSON reader refuses sends the whole chunk value by value.
+    refused = batch("o6", request_counts={"total": "12", "completed": 5})
+
+    read = chunk_of(pages)
+    converted = chunk_of([*pages, [refused]])
+
+    counts = converted["batch_request_counts"].to_pylist()
+    assert {"batch_id": "o6", "total": 12, "completed": 5, "failed": None} in counts
+    for name, table in converted.items():
+        kept = table.filter(pc.invert(pc.equal(table.column(0), "o6")))
+        columns = sorted(read[name].column_names)  # dlt stores columns by name
+        assert sorted(kept.column_names) == columns, name
+        assert kept.select(columns).schema == read[name].select(columns).schema, name
+        assert kept.select(columns).to_pylist() == read[name].select(columns).to_pylist(), name
+    assert read["batches"].num_rows == len(listed) + 5
+    assert read["batches"].column("id").num_chunks > 1
+    assert {"model", "usage__total_tokens", "priority", "tags"} <= set(read["batches"].column_names)
 
 
 def test_prefetched_yields_everything_in_order():

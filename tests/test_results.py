@@ -540,6 +540,22 @@ def test_a_long_line_is_read_as_the_reader_reads_a_short_one(tmp_path):
     assert warning.endswith("(batch_a output line 5, 6, 7)")
 
 
+def test_a_sync_leaves_pandas_unimported(simulator, db_path):
+    # pandas is ~30 MB and a good part of the start-up; nothing a sync does needs it
+    code = (
+        "import sys; from pipelines.cli import main; "
+        f"code = main(['sync', '--no-models', '--db', {str(db_path)!r}]); "
+        "print('pandas imported' if 'pandas' in sys.modules else 'no pandas'); sys.exit(code)"
+    )
+    for _ in range(2):  # a full sync with result files, then an incremental one
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "no pandas"
+    assert_results_equal(db_path, simulator)
+
+
 def test_a_terminal_sees_the_files_done_out_of_all_as_they_download(simulator, db_path):
     simulator.faults.latency_ms = 100  # ~4 s of downloads: dlt's progress log speaks every 2 s
     total = len(served(simulator))

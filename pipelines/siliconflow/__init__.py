@@ -24,7 +24,7 @@ from .client import BatchApi, Deadline, RetryPolicy
 from .paging import Floor, HeldIds, ReadStats, SyncPlan, read_batches
 from .prefetch import prefetched
 from .results import Fetcher, ResultFile, ResultStats, empty_tables, result_rows
-from .rows import ExtraColumns, TableChunk
+from .rows import ExtraColumns, TableChunk, with_load_id
 from .settings import (
     CHUNK_ROWS,
     DEFAULT_BASE_URL,
@@ -87,7 +87,7 @@ def siliconflow(
 
     @dlt.resource(name="batch_chunks", selected=False)
     def batch_chunks() -> Iterator[dict[str, pa.Table]]:
-        # The next pages download while this one is turned into Arrow tables.
+        # The next pages download while a chunk of pages is read into Arrow tables.
         chunk = TableChunk(stats.columns)
         pages = read_batches(api, plan, page_size, sweep_pages, stats)
         for page in prefetched(pages, PREFETCH_PAGES):
@@ -119,7 +119,7 @@ def part(name: str, **hints: Any) -> DltResource:
     @dlt.transformer(name=name, **hints)
     def table(item: dict[str, pa.Table]) -> Iterator[pa.Table]:
         if name in item:
-            yield item[name]
+            yield with_load_id(item[name], dlt.current.load_package_state()["load_id"])
 
     return table
 

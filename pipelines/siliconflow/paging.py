@@ -22,10 +22,13 @@ from requests.exceptions import HTTPError, RequestException
 from pipelines.vocabulary import KNOWN_STATUSES
 
 from .client import BatchApi
-from .rows import ExtraColumns, check_batches
+from .rows import ExtraColumns, check_batches, rows_table
 from .settings import CONNECT_RUN, PARALLEL_REQUESTS
 
 BatchPages = Generator[list[dict], None, Any]
+STATE_SCHEMA = pa.schema(
+    [("floor_id", pa.string()), ("floor_created_at", pa.int64()), ("sweep_after", pa.string())]
+)
 
 
 def id_digest(batch_id: str) -> int:
@@ -114,13 +117,12 @@ class ReadStats:
     def state_table(self) -> pa.Table:
         """Where the next sync goes on, as the one row of `_sfbatches_state`."""
         floor = self.floor
-        return pa.table(
-            {
-                "floor_id": pa.array([floor and floor.batch_id], pa.string()),
-                "floor_created_at": pa.array([floor and floor.created_at], pa.int64()),
-                "sweep_after": pa.array([self.sweep_after], pa.string()),
-            }
-        )
+        row = {
+            "floor_id": floor and floor.batch_id,
+            "floor_created_at": floor and floor.created_at,
+            "sweep_after": self.sweep_after,
+        }
+        return rows_table([row], STATE_SCHEMA)
 
     def read(self, batches: list[Any], pages: int = 1) -> None:
         """Count what was read, after refusing anything that is not a batch object."""

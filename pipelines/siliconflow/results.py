@@ -29,6 +29,7 @@ from pipelines.errors import SyncTimeout
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
 from .client import BatchApi, is_under, read_chunks
+from .rows import no_rows, rows_table
 from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
 # Between a line's number and its text: a control character, which JSON never holds unescaped.
@@ -80,7 +81,7 @@ REQUESTS_SCHEMA = pa.schema(
 
 # The numbered copies of a group of files, each line with the file it came from.
 NUMBERED_LINES = f"""
-    select files.batch_id, files.kind, numbered.line, numbered.raw
+    select files.batch_id, files.kind, files.file, numbered.line, numbered.raw
     from read_csv(
         $paths,
         columns = {{'line': 'BIGINT', 'raw': 'VARCHAR'}},
@@ -95,7 +96,11 @@ NUMBERED_LINES = f"""
         buffer_size = {2 * KEPT_LINE}
     ) as numbered
     inner join (
-        select unnest($paths) as path, unnest($batch_ids) as batch_id, unnest($kinds) as kind
+        select
+            unnest($paths) as path,
+            unnest($batch_ids) as batch_id,
+            unnest($kinds) as kind,
+            unnest(range(len($paths))) as file
     ) as files
         on numbered.filename = files.path
 """
@@ -145,9 +150,10 @@ REQUEST_ROWS_SQL = f"""
         r.response.body.usage.prompt_tokens_details.cached_tokens as cached_tokens,
         coalesce(r.error.code, r.response.body.error.code) as error_code,
         coalesce(r.error.message, r.response.body.error.message) as error_message,
-        r is null as is_bad
+        r is null as is_bad,
+        file
     from (
-        select batch_id, kind, line, {PARSED} as r
+        select batch_id, kind, file, line, {PARSED} as r
         from ({NUMBERED_LINES})
     )
 """
@@ -289,7 +295,7 @@ class Buffer:
 
 def empty_tables() -> dict[str, pa.Table]:
     """Both result tables without a row: what creates them before any file is read."""
-    return {BATCH_REQUESTS: REQUESTS_SCHEMA.empty_table(), BATCH_FILES: FILES_SCHEMA.empty_table()}
+    return {BATCH_REQUESTS: no_rows(REQUESTS_SCHEMA), BATCH_FILES: no_rows(FILES_SCHEMA)}
 
 
 def rows_of(
@@ -297,7 +303,7 @@ def rows_of(
 ) -> Iterator[tuple[str, pa.Table]]:
     """A group's request rows, then each file's `batch_files` row, each with its table."""
     loaded = [download for download in group if download.path is not None]
-    counts = LineCounts()
+    counts = LineCounts([(download.file.batch_id, download.file.kind) for download in loaded])
     try:
         if loaded:
             for table in _requests(loaded, con):
@@ -312,22 +318,26 @@ def rows_of(
 class LineCounts:
     """Per file, the lines read as requests and the first few numbers of the bad ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, files: list[tuple[str, str]]) -> None:
+        self.files = files  # (batch_id, kind) of each file of the group, by its place in it
         self.good: Counter[tuple[str, str]] = Counter()
         self.bad: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
 
     def add(self, table: pa.Table) -> pa.Table:
-        """Count the rows of `table`; its request rows."""
+        """Count the rows of `table`; its request rows.
+
+        Counted with Arrow's kernels, by the file's place: a group_by would import pyarrow's
+        dataset module and with it pandas, for a sync that uses neither.
+        """
         is_bad = table.column("is_bad")
-        table = table.drop_columns("is_bad")
         if pc.any(is_bad).as_py():
-            for row in table.filter(is_bad).select(["batch_id", "kind", "line"]).to_pylist():
-                numbers = self.bad[row["batch_id"], row["kind"]]
+            for row in table.select(["file", "line"]).filter(is_bad).to_pylist():
+                numbers = self.bad[self.files[row["file"]]]
                 numbers[:] = sorted([*numbers, row["line"]])[:NAMED]
             table = table.filter(pc.invert(is_bad))
-        for row in table.group_by(["batch_id", "kind"]).aggregate([("line", "count")]).to_pylist():
-            self.good[row["batch_id"], row["kind"]] += row["line_count"]
-        return table.cast(REQUESTS_SCHEMA)
+        for count in pc.value_counts(table.column("file")).to_pylist():
+            self.good[self.files[count["values"]]] += count["counts"]
+        return table.drop_columns(["is_bad", "file"]).cast(REQUESTS_SCHEMA)
 
 
 def _tally(download: Download, counts: LineCounts, stats: ResultStats) -> pa.Table:
@@ -376,7 +386,7 @@ def file_row(download: Download, bad_lines: int = 0) -> pa.Table:
         "loaded_at": datetime.now(UTC) if loaded else None,
         "message": download.message,
     }
-    return pa.Table.from_pylist([row], schema=FILES_SCHEMA)
+    return rows_table([row], FILES_SCHEMA)
 
 
 class Fetcher:

@@ -1,12 +1,14 @@
-"""Turn API batch objects into Arrow tables, one per warehouse table, column by column."""
+"""Turn API batch objects into Arrow tables, one per warehouse table."""
 
 import hashlib
+import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from pipelines.errors import ApiError
@@ -32,6 +34,13 @@ EXACT_IN_DOUBLE = 2**53
 API_BATCHES_SCHEMA = pa.schema(
     [pa.field(name, pa.string(), nullable=name != "id") for name in STRING_FIELDS]
     + [pa.field(name, API_TIME) for name in TIMESTAMP_FIELDS]
+)
+# How the API sends the batches' fields: times in unix seconds.
+API_BATCHES_JSON = pa.schema(
+    [
+        field.with_type(pa.int64()) if field.type == API_TIME else field
+        for field in API_BATCHES_SCHEMA
+    ]
 )
 REQUEST_COUNTS_SCHEMA = pa.schema(
     [
@@ -59,6 +68,10 @@ ERRORS_SCHEMA = pa.schema(
     ]
 )
 KNOWN_FIELDS = frozenset(API_BATCHES_SCHEMA.names) | CHILD_FIELDS
+LOAD_ID = "_dlt_load_id"
+LOAD_ID_SCHEMA = pa.schema([("load_id", pa.string())])
+# A block holds whole lines: a page longer than this is converted value by value.
+JSON_READ = pj.ReadOptions(block_size=4 << 20)
 
 
 def check_batches(batches: list[Any]) -> None:
@@ -94,7 +107,7 @@ ARROW_TYPES = {
     "text": pa.string(),
 }
 DUCKDB_TYPES = {"boolean": "BOOLEAN", "bigint": "BIGINT", "double": "DOUBLE", "text": "VARCHAR"}
-RESERVED = frozenset(KNOWN_FIELDS | {"_dlt_load_id", "_dlt_id"})
+RESERVED = frozenset(KNOWN_FIELDS | {LOAD_ID, "_dlt_id"})
 
 
 def kind_of(value: Any) -> str:
@@ -174,6 +187,19 @@ class ExtraColumns:
 
     def array(self, name: str, values: list[Any]) -> pa.Array:
         """`values` of one column as Arrow, in the column's type widened to hold them all."""
+        kind = self.kind(name, values)
+        return pa.array([as_kind(value, kind) for value in values], ARROW_TYPES[kind])
+
+    def table(self, columns: dict[str, list[Any]]) -> pa.Table:
+        """Columns of added fields as one table, as `array` makes each (see TableChunk)."""
+        kinds = {name: self.kind(name, values) for name, values in columns.items()}
+        converted = [[as_kind(value, kinds[name]) for value in columns[name]] for name in kinds]
+        schema = pa.schema([(name, ARROW_TYPES[kind]) for name, kind in kinds.items()])
+        rows = [dict(zip(kinds, row, strict=True)) for row in zip(*converted, strict=True)]
+        return rows_table(rows, schema)
+
+    def kind(self, name: str, values: list[Any]) -> str:
+        """The column's type, widened to hold `values` too."""
         kinds = {kind_of(value) for value in values if value is not None}
         if any(isinstance(v, int) and abs(v) > EXACT_IN_DOUBLE for v in values):
             self.big_ints.add(name)
@@ -181,7 +207,7 @@ class ExtraColumns:
             kinds.add(self.kinds[name])
         kind = widest(kinds, exact_in_double=name not in self.big_ints)
         self._widen(name, kind)
-        return pa.array([as_kind(value, kind) for value in values], ARROW_TYPES[kind])
+        return kind
 
     def _widen(self, name: str, kind: str) -> None:
         before = self.kinds.get(name)
@@ -194,14 +220,6 @@ class ExtraColumns:
                 f"column batches.{name} is widened to {DUCKDB_TYPES[kind]}, no value was lost"
             )
         self.widened[name] = kind
-
-    def conform(self, table: pa.Table) -> pa.Table:
-        """Cast the added columns of a table converted earlier to their widest type so far."""
-        fields = [
-            f.with_type(ARROW_TYPES[self.kinds[f.name]]) if f.name in self.kinds else f
-            for f in table.schema
-        ]
-        return table.cast(pa.schema(fields))
 
 
 # --- the tables --------------------------------------------------------------------------------
@@ -244,12 +262,15 @@ def _check_range(table: pa.Table, name: str) -> None:
     )
 
 
-def request_counts_table(batches: list[dict]) -> pa.Table:
-    rows = [
+def request_counts_rows(batches: list[dict]) -> list[dict]:
+    return [
         {**counts, "batch_id": batch["id"]}
         for batch in batches
         if isinstance(counts := batch.get("request_counts"), dict) and counts
     ]
+
+
+def request_counts_table(rows: list[dict]) -> pa.Table:
     try:
         return _table(rows, REQUEST_COUNTS_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
@@ -266,26 +287,17 @@ def request_counts_table(batches: list[dict]) -> pa.Table:
         return _table(rows, REQUEST_COUNTS_SCHEMA)
 
 
-def metadata_table(batches: list[dict]) -> pa.Table:
-    batch_ids: list[str] = []
-    keys: list[str] = []
-    values: list[str | None] = []
-    for batch in batches:
-        metadata = batch.get("metadata")
-        if isinstance(metadata, dict) and metadata:
-            batch_ids.extend([batch["id"]] * len(metadata))
-            keys.extend(metadata)
-            values.extend(metadata.values())
-    if not all(value is None or type(value) is str for value in values):
-        values = [_as_text(value) for value in values]
-    return pa.Table.from_arrays(
-        [pa.array(batch_ids), pa.array(keys, pa.string()), pa.array(values, pa.string())],
-        schema=METADATA_SCHEMA,
-    )
+def metadata_rows(batches: list[dict]) -> list[dict]:
+    return [
+        {"batch_id": batch["id"], "key": key, "value": _as_text(value)}
+        for batch in batches
+        if isinstance(metadata := batch.get("metadata"), dict)
+        for key, value in metadata.items()
+    ]
 
 
-def errors_table(batches: list[dict]) -> pa.Table:
-    rows = [
+def errors_rows(batches: list[dict]) -> list[dict]:
+    return [
         dict(
             zip(
                 ERRORS_SCHEMA.names,
@@ -297,15 +309,18 @@ def errors_table(batches: list[dict]) -> pa.Table:
         if batch.get("errors")
         for position, error in enumerate(_error_list(batch["errors"]))
     ]
-    return _table(rows, ERRORS_SCHEMA)
 
 
 class TableChunk:
-    """Arrow tables of many pages, converted a page at a time as the pages arrive.
+    """Pages of batches gathered as JSON lines, then read into one Arrow table per warehouse
+    table at a time.
 
-    A conversion holds the GIL from start to end: page-sized ones let the thread downloading
-    the next page run in between, so both go on at once. Raw pages are not kept: holding
-    thousands of dicts makes every garbage collection slower.
+    Arrow's JSON reader does the reading: in C++, letting the thread that downloads the next
+    pages go on meanwhile, and without pyarrow's constructors, which on their first call with a
+    list import pandas (when installed) to ask whether it is pandas data: a good part of a
+    sync's start-up and memory. A chunk with a value that does not fit its column is converted
+    value by value instead, which reads a count sent as text as a number and names a value that
+    fits no column. Fields the API added are gathered as values, to widen their columns' types.
     """
 
     def __init__(self, extras: ExtraColumns) -> None:
@@ -313,31 +328,91 @@ class TableChunk:
         self._clear()
 
     def _clear(self) -> None:
-        self.batches: list[pa.Table] = []
-        self.children: dict[str, list[pa.Table]] = {name: [] for name in CHILD_BUILDERS}
+        self.lines: dict[str, list[bytes]] = {name: [] for name in (BATCHES, *CHILD_ROWS)}
+        self.added: dict[str, list[Any]] = {}  # column of an added field → its values
         self.rows = 0
 
     def add(self, page: list[dict]) -> None:
+        self.lines[BATCHES].append(json_line(page))
+        for name, rows_of in CHILD_ROWS.items():
+            self.lines[name].append(json_line(rows_of(page)))
+        for name, values in _extra_columns(page, self.extras).items():
+            self.added.setdefault(name, [None] * self.rows).extend(values)
         self.rows += len(page)
-        self.batches.append(batches_table(page, self.extras))
-        for name, to_table in CHILD_BUILDERS.items():
-            self.children[name].append(to_table(page))
+        for values in self.added.values():
+            values.extend([None] * (self.rows - len(values)))
 
     def take(self) -> dict[str, pa.Table]:
         """One table per warehouse table, with every column even when no page came."""
-        if not self.batches:
-            self.add([])
-        # Pages converted before an added field widened get its wider type too.
-        batches = _combine([self.extras.conform(part) for part in self.batches])
-        tables = {BATCHES: in_microseconds(batches)}
-        tables |= {name: _combine(parts) for name, parts in self.children.items()}
+        lines = {name: b"".join(parts) for name, parts in self.lines.items()}
+        try:
+            tables = read_tables(lines)
+        except pa.ArrowInvalid:
+            tables = self._convert(lines)
+        else:
+            if self.added:
+                added = self.extras.table(self.added)
+                for name, column in zip(added.column_names, added.columns, strict=True):
+                    tables[BATCHES] = tables[BATCHES].append_column(name, column)
         self._clear()
         return tables
 
+    def _convert(self, lines: dict[str, bytes]) -> dict[str, pa.Table]:
+        batches = batches_table(parsed(lines[BATCHES]), self.extras)
+        tables = {BATCHES: in_microseconds(batches)}
+        return tables | {name: CHILD_TABLES[name](parsed(lines[name])) for name in CHILD_ROWS}
 
-def _combine(parts: list[pa.Table]) -> pa.Table:
-    # A field the API added later may be missing from some pages: those get nulls.
-    return pa.concat_tables(parts, promote_options="default")
+
+def read_tables(lines: dict[str, bytes]) -> dict[str, pa.Table]:
+    """The tables of a chunk's JSON lines; ArrowInvalid when a value does not fit its column."""
+    seconds = read_json_lines(lines[BATCHES], API_BATCHES_JSON)
+    tables = {name: read_json_lines(lines[name], CHILD_SCHEMAS[name]) for name in CHILD_ROWS}
+    return {BATCHES: in_microseconds(seconds.cast(API_BATCHES_SCHEMA))} | tables
+
+
+def json_line(rows: list[Any]) -> bytes:
+    """Rows as one line of JSON, as `read_json_lines` reads them."""
+    return orjson.dumps({"data": rows}, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def parsed(lines: bytes) -> list[Any]:
+    return [row for line in lines.splitlines() for row in orjson.loads(line)["data"]]
+
+
+def read_json_lines(lines: bytes, schema: pa.Schema) -> pa.Table:
+    """The rows of lines of `json_line` as a table of `schema` (fields outside it are left
+    out); ArrowInvalid when a value is not of its column's type."""
+    if not lines:
+        return no_rows(schema)
+    wrapped = pa.schema([("data", pa.list_(pa.struct(schema)))])
+    table = pj.read_json(
+        io.BytesIO(lines),
+        read_options=JSON_READ,
+        parse_options=pj.ParseOptions(explicit_schema=wrapped, unexpected_field_behavior="ignore"),
+    )
+    return pa.Table.from_struct_array(pc.list_flatten(table.column("data"))).cast(schema)
+
+
+def with_load_id(table: pa.Table, load_id: str) -> pa.Table:
+    """`table` stamped with the id of the load package it goes into, as dlt's `_dlt_load_id`:
+    that tells a batch's current child rows from stale ones, and when a status was observed.
+
+    dlt stamps Arrow tables itself when told to (`add_dlt_load_id`), but through pyarrow's
+    constructors (see TableChunk).
+    """
+    (value,) = rows_table([{"load_id": load_id}], LOAD_ID_SCHEMA).column(0).chunk(0)
+    column = pc.fill_null(pa.nulls(table.num_rows, pa.string()), value)
+    return table.append_column(pa.field(LOAD_ID, pa.string(), nullable=False), column)
+
+
+def no_rows(schema: pa.Schema) -> pa.Table:
+    """An empty table of `schema` (`Schema.empty_table` imports pandas, see TableChunk)."""
+    return pa.Table.from_batches([], schema=schema)
+
+
+def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """A few rows as a table of `schema`, without pyarrow's constructors (see TableChunk)."""
+    return read_json_lines(json_line(rows), schema)
 
 
 def _plain_column(rows: list[dict], field: pa.Field) -> pa.Array:
@@ -433,8 +508,19 @@ def _checked_int(value: Any, batch_id: str, name: str) -> int | None:
     return number
 
 
-CHILD_BUILDERS: dict[str, Callable[[list[dict]], pa.Table]] = {
+CHILD_ROWS: dict[str, Callable[[list[dict]], list[dict]]] = {
+    REQUEST_COUNTS: request_counts_rows,
+    METADATA: metadata_rows,
+    ERRORS: errors_rows,
+}
+CHILD_SCHEMAS = {
+    REQUEST_COUNTS: REQUEST_COUNTS_SCHEMA,
+    METADATA: METADATA_SCHEMA,
+    ERRORS: ERRORS_SCHEMA,
+}
+# Value by value (see TableChunk), from the rows of CHILD_ROWS.
+CHILD_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
     REQUEST_COUNTS: request_counts_table,
-    METADATA: metadata_table,
-    ERRORS: errors_table,
+    METADATA: lambda rows: _table(rows, METADATA_SCHEMA),
+    ERRORS: lambda rows: _table(rows, ERRORS_SCHEMA),
 }

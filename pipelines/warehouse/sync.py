@@ -35,9 +35,8 @@ PIPELINE_NAME = "sfbatches"
 
 # dlt settings this pipeline relies on (the environment wins over .dlt/*.toml, so set them there):
 DLT_SETTINGS = {
-    # Arrow tables skip dlt's row normalizer, which is what would stamp `_dlt_load_id`; the load
-    # id tells a batch's current child rows from stale ones, and when a status was observed.
-    "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true",
+    # The resources stamp `_dlt_load_id` on their Arrow tables themselves (`with_load_id`).
+    "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "false",
     # DuckDB writes one table at a time anyway; parallel load jobs only add up their memory.
     "LOAD__WORKERS": "1",
     # A loaded job's file is of no use: a cron job must not pile them up.
