@@ -70,8 +70,10 @@ ERRORS_SCHEMA = pa.schema(
 KNOWN_FIELDS = frozenset(API_BATCHES_SCHEMA.names) | CHILD_FIELDS
 LOAD_ID = "_dlt_load_id"
 LOAD_ID_SCHEMA = pa.schema([("load_id", pa.string())])
-# A block holds whole lines: a page longer than this is converted value by value.
-JSON_READ = pj.ReadOptions(block_size=4 << 20)
+# A block holds whole lines: a page longer than this is converted value by value. One thread:
+# the other core downloads the next pages, and Arrow's pool of threads would hold buffers of its
+# own.
+JSON_READ = pj.ReadOptions(block_size=4 << 20, use_threads=False)
 
 
 def check_batches(batches: list[Any]) -> None:

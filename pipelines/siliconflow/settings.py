@@ -23,8 +23,8 @@ DEFAULT_SWEEP_PAGES = 10
 DEFAULT_SYNC_TIMEOUT_S = 900.0
 
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
-# per-item cost vanishes, small enough to keep memory flat.
-CHUNK_ROWS = 10_000
+# per-item cost vanishes, small enough to keep memory flat (see bench/README.md).
+CHUNK_ROWS = 5_000
 # Pages downloaded ahead of the one being converted:
 # enough that the download goes on while dlt writes a chunk.
 PREFETCH_PAGES = 20
