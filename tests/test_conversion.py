@@ -116,6 +116,19 @@ def test_the_json_reader_and_the_conversion_value_by_value_agree_on_every_varian
     assert {"model", "usage__total_tokens", "priority", "tags"} <= set(read["batches"].column_names)
 
 
+def test_long_values_of_added_fields_are_kept_whole():
+    pages = [
+        [batch(f"b{page}-{n}", note="x" * 3_000 + str(n)) for n in range(100)] for page in range(50)
+    ]
+    pages.append([batch("huge", note="y" * (5 << 20))])  # one line longer than a reader block
+
+    table = chunk_of(pages)["batches"]
+
+    notes = dict(zip(table.column("id").to_pylist(), table.column("note").to_pylist(), strict=True))
+    assert len(notes) == 5_001
+    assert notes["b49-99"] == "x" * 3_000 + "99" and notes["huge"] == "y" * (5 << 20)
+
+
 def test_prefetched_yields_everything_in_order():
     assert list(prefetched((n for n in range(100)), depth=3)) == list(range(100))
 

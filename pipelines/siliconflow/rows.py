@@ -348,15 +348,18 @@ class TableChunk:
         """One table per warehouse table, with every column even when no page came."""
         lines = {name: b"".join(parts) for name, parts in self.lines.items()}
         try:
-            tables = read_tables(lines)
+            tables = self._read(lines)
         except pa.ArrowInvalid:
             tables = self._convert(lines)
-        else:
-            if self.added:
-                added = self.extras.table(self.added)
-                for name, column in zip(added.column_names, added.columns, strict=True):
-                    tables[BATCHES] = tables[BATCHES].append_column(name, column)
         self._clear()
+        return tables
+
+    def _read(self, lines: dict[str, bytes]) -> dict[str, pa.Table]:
+        tables = read_tables(lines)
+        if self.added:
+            added = self.extras.table(self.added)
+            for name, column in zip(added.column_names, added.columns, strict=True):
+                tables[BATCHES] = tables[BATCHES].append_column(name, column)
         return tables
 
     def _convert(self, lines: dict[str, bytes]) -> dict[str, pa.Table]:
@@ -413,8 +416,9 @@ def no_rows(schema: pa.Schema) -> pa.Table:
 
 
 def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """A few rows as a table of `schema`, without pyarrow's constructors (see TableChunk)."""
-    return read_json_lines(json_line(rows), schema)
+    """Rows as a table of `schema`, without pyarrow's constructors (see TableChunk); a line
+    each, so that no line outgrows the reader's block however many rows there are."""
+    return read_json_lines(b"".join(json_line([row]) for row in rows), schema)
 
 
 def _plain_column(rows: list[dict], field: pa.Field) -> pa.Array:
