@@ -75,6 +75,28 @@ def test_an_empty_chunk_still_has_every_column():
     assert all(table.num_rows == 0 for table in tables.values())
 
 
+@pytest.mark.parametrize(
+    ("values", "wanted_type", "wanted"),
+    [
+        ([1, None, 2.5], "double", [1.0, None, 2.5]),
+        ([2**53 + 1, 2.5], "string", [str(2**53 + 1), "2.5"]),  # a double would round it
+        ([2**63, 1], "string", [str(2**63), "1"]),  # beyond BIGINT
+        ([True, 1], "string", ["true", "1"]),
+        ([False, None], "bool", [False, None]),
+        ([-(2**63), 7], "int64", [-(2**63), 7]),
+        (["a", 3, 0.5, None], "string", ["a", "3", "0.5", None]),
+    ],
+    ids=["int-float", "big-int-float", "beyond-bigint", "bool-int", "bool", "bigint", "mixed"],
+)
+def test_an_added_field_takes_the_narrowest_type_that_changes_no_value(values, wanted_type, wanted):
+    pages = [[batch(f"b{n}", priority=value)] for n, value in enumerate(values)]
+
+    column = chunk_of(pages)["batches"].column("priority")
+
+    assert str(column.type) == wanted_type
+    assert column.to_pylist() == wanted
+
+
 def odd_shapes() -> list[dict]:
     return [
         batch("o1", request_counts={}, metadata={"n": 3, "obj": {"a": [1]}, "none": None}),

@@ -74,6 +74,8 @@ LOAD_ID_SCHEMA = pa.schema([("load_id", pa.string())])
 # the other core downloads the next pages, and Arrow's pool of threads would hold buffers of its
 # own.
 JSON_READ = pj.ReadOptions(block_size=4 << 20, use_threads=False)
+# Rows of each line `columns_table` writes: a page's worth.
+LINE_ROWS = 100
 
 
 def check_batches(batches: list[Any]) -> None:
@@ -112,14 +114,8 @@ DUCKDB_TYPES = {"boolean": "BOOLEAN", "bigint": "BIGINT", "double": "DOUBLE", "t
 RESERVED = frozenset(KNOWN_FIELDS | {LOAD_ID, "_dlt_id"})
 
 
-def kind_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "bigint" if INT64[0] <= value <= INT64[1] else "text"
-    if isinstance(value, float):
-        return "double"
-    return "text"
+# The kind of each type of value but int, whose kind depends on its size (`ExtraColumns.kind`).
+KINDS = {bool: "boolean", float: "double", str: "text"}
 
 
 def widest(kinds: set[str], exact_in_double: bool = True) -> str:
@@ -137,6 +133,14 @@ def as_kind(value: Any, kind: str) -> Any:
     if kind == "double":
         return float(value)
     return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _as_kind(values: list[Any], kind: str) -> list[Any]:
+    """`values` as `columns_table` reads them into a column of `kind`: a double column reads
+    whole numbers as they are, so only values of a text column that are not text change."""
+    if kind != "text" or set(map(type, values)) <= {str, type(None)}:
+        return values
+    return [as_kind(value, kind) for value in values]
 
 
 def from_duckdb(data_type: str) -> str:
@@ -195,16 +199,21 @@ class ExtraColumns:
     def table(self, columns: dict[str, list[Any]]) -> pa.Table:
         """Columns of added fields as one table, as `array` makes each (see TableChunk)."""
         kinds = {name: self.kind(name, values) for name, values in columns.items()}
-        converted = [[as_kind(value, kinds[name]) for value in columns[name]] for name in kinds]
         schema = pa.schema([(name, ARROW_TYPES[kind]) for name, kind in kinds.items()])
-        rows = [dict(zip(kinds, row, strict=True)) for row in zip(*converted, strict=True)]
-        return rows_table(rows, schema)
+        return columns_table(
+            {name: _as_kind(values, kinds[name]) for name, values in columns.items()}, schema
+        )
 
     def kind(self, name: str, values: list[Any]) -> str:
         """The column's type, widened to hold `values` too."""
-        kinds = {kind_of(value) for value in values if value is not None}
-        if any(isinstance(v, int) and abs(v) > EXACT_IN_DOUBLE for v in values):
-            self.big_ints.add(name)
+        types = set(map(type, values)) - {type(None)}
+        kinds = {KINDS.get(value_type, "text") for value_type in types - {int}}
+        if int in types:
+            ints = [value for value in values if type(value) is int]
+            low, high = min(ints), max(ints)
+            kinds.add("bigint" if INT64[0] <= low and high <= INT64[1] else "text")
+            if max(-low, high) > EXACT_IN_DOUBLE:
+                self.big_ints.add(name)
         if name in self.kinds:
             kinds.add(self.kinds[name])
         kind = widest(kinds, exact_in_double=name not in self.big_ints)
@@ -416,9 +425,32 @@ def no_rows(schema: pa.Schema) -> pa.Table:
 
 
 def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Rows as a table of `schema`, without pyarrow's constructors (see TableChunk); a line
-    each, so that no line outgrows the reader's block however many rows there are."""
-    return read_json_lines(b"".join(json_line([row]) for row in rows), schema)
+    """Rows as a table of `schema`, without pyarrow's constructors (see TableChunk)."""
+    return columns_table({name: [row.get(name) for row in rows] for name in schema.names}, schema)
+
+
+def columns_table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    """Equally long lists of values as a table of `schema`, without pyarrow's constructors
+    (see TableChunk): each line holds a slice of every column, short enough that it takes a
+    value longer than a reader block for a line to outgrow one."""
+    rows = len(next(iter(columns.values()), []))
+    lines = b"".join(
+        orjson.dumps(
+            {name: values[start : start + LINE_ROWS] for name, values in columns.items()},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+        for start in range(0, rows, LINE_ROWS)
+    )
+    if not lines:
+        return no_rows(schema)
+    lists = pa.schema([field.with_type(pa.list_(field.type)) for field in schema])
+    table = pj.read_json(
+        io.BytesIO(lines),
+        read_options=JSON_READ,
+        parse_options=pj.ParseOptions(explicit_schema=lists),
+    )
+    flat = [pc.list_flatten(column) for column in table.columns]
+    return pa.Table.from_arrays(flat, schema=schema)
 
 
 def _plain_column(rows: list[dict], field: pa.Field) -> pa.Array:
