@@ -135,9 +135,10 @@ def as_kind(value: Any, kind: str) -> Any:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _as_kind(values: list[Any], kind: str) -> list[Any]:
-    """`values` as `columns_table` reads them into a column of `kind`: a double column reads
-    whole numbers as they are, so only values of a text column that are not text change."""
+def _for_reader(values: list[Any], kind: str) -> list[Any]:
+    """`values` as `as_kind` makes them, for `columns_table` to read into a column of `kind`:
+    the reader makes a double of a whole number itself, so only a text column's values that are
+    not text need converting."""
     if kind != "text" or set(map(type, values)) <= {str, type(None)}:
         return values
     return [as_kind(value, kind) for value in values]
@@ -201,7 +202,7 @@ class ExtraColumns:
         kinds = {name: self.kind(name, values) for name, values in columns.items()}
         schema = pa.schema([(name, ARROW_TYPES[kind]) for name, kind in kinds.items()])
         return columns_table(
-            {name: _as_kind(values, kinds[name]) for name, values in columns.items()}, schema
+            {name: _for_reader(values, kinds[name]) for name, values in columns.items()}, schema
         )
 
     def kind(self, name: str, values: list[Any]) -> str:
