@@ -19,6 +19,9 @@ LOADED, GONE, FAILED = "loaded", "gone", "failed"  # a file's state
 SYNC_RUNS = "sync_runs"
 # One row: the floor a broken walk left and the sweep's cursor, for the next sync.
 SYNC_STATE = "_sfbatches_state"
+# One row per batch: a digest of the API object it was last loaded from, so that a batch read
+# again unchanged is not loaded again.
+FINGERPRINTS = "_sfbatches_fingerprints"
 # One row per key in each table; children are also replaced as a whole per `batch_id`.
 PRIMARY_KEYS = {
     BATCHES: ("id",),

@@ -83,6 +83,7 @@ def test_incremental_sync_reads_only_new_and_previously_open_batches(
 
 def test_second_sync_with_nothing_new_reads_little_and_changes_nothing(simulator, db_path, run):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    first_load = load_ids(db_path)
     history_rows = query(db_path, "select count(*) from siliconflow.batch_status_history")
     simulator.requests.clear()
 
@@ -92,32 +93,72 @@ def test_second_sync_with_nothing_new_reads_little_and_changes_nothing(simulator
     assert "(0 new, 0 changed)" in outcome.out
     assert query(db_path, "select count(*) from siliconflow.batch_status_history") == history_rows
     assert_warehouse_equals(db_path, simulator.world.visible())
+    assert load_ids(db_path) == first_load  # read again, but nothing loaded again
 
 
-def test_terminal_batches_read_again_around_open_ones_are_not_loaded_again(
+def load_ids(db_path: Path) -> dict[str, str]:
+    return dict(query(db_path, "select id, _dlt_load_id from siliconflow.batches"))
+
+
+def loaded_again(before: dict[str, str], db_path: Path) -> set[str]:
+    return {i for i, load_id in load_ids(db_path).items() if load_id != before.get(i)}
+
+
+def test_a_sync_loads_again_exactly_the_batches_whose_object_changed(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    first_load = load_ids(db_path)
+    before = {b["id"]: b for b in simulator.world.visible()}
+    simulator.world.advance(4 * 3600)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    truth = simulator.world.visible()
+    changed = {b["id"] for b in truth if before.get(b["id"]) != b}
+    was_open = {i for i, b in before.items() if b["status"] not in TERMINAL}
+    # New batches, batches that moved on, and open batches read again that did not move on.
+    assert changed - set(before) and changed & was_open and was_open - changed
+    assert loaded_again(first_load, db_path) == changed
+    assert_warehouse_equals(db_path, truth)
+
+
+def test_a_batch_whose_metadata_alone_changed_is_loaded_again(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    first_load = load_ids(db_path)
+    visible = simulator.world.visible()
+    deepest_open = [b["id"] for b in visible if b["status"] not in TERMINAL][-1]
+    simulator.world.set_metadata(deepest_open, {"team": "search", "run": "2"})
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert loaded_again(first_load, db_path) == {deepest_open}
+    assert query(
+        db_path,
+        f"select key, value from siliconflow.batch_metadata where batch_id = '{deepest_open}' "
+        "order by key",
+    ) == [("run", "2"), ("team", "search")]
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_fingerprints_of_a_load_that_did_not_finish_are_not_trusted(
     simulator, db_path, run, monkeypatch
 ):
-    monkeypatch.setenv("SOURCES__SILICONFLOW__SWEEP_PAGES", "0")  # the sweep loads all it reads
+    # Without the sweep, the third sync reads again just what the second one did.
+    monkeypatch.setenv("SOURCES__SILICONFLOW__SWEEP_PAGES", "0")
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
-    first_load = dict(query(db_path, "select id, _dlt_load_id from siliconflow.batches"))
-    visible = simulator.world.visible()
-    was_open = {b["id"] for b in visible if b["status"] not in TERMINAL}
-    simulator.world.advance(60)
+    with duckdb.connect(str(db_path)) as con:
+        # As a load cut short leaves them: stored, but not by a load dlt finished.
+        con.execute("update siliconflow._sfbatches_fingerprints set _dlt_load_id = '1.0'")
+    first_load = load_ids(db_path)
+    was_open = {b["id"] for b in simulator.world.visible() if b["status"] not in TERMINAL}
 
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    second_load = load_ids(db_path)
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
 
-    truth = simulator.world.visible()
-    second_load = dict(query(db_path, "select id, _dlt_load_id from siliconflow.batches"))
-    reloaded = {i for i, load_id in second_load.items() if load_id != first_load.get(i)}
-    new = {b["id"] for b in truth} - set(first_load)
-    head_pages = math.ceil((len(new) + 1) / PAGE)
-    on_head_pages = {b["id"] for b in truth[: head_pages * PAGE]}
-    # Open batches deeper down sit among terminal ones on the pages read again: only the open
-    # ones are loaded again, besides everything on the pages read from the top.
-    deepest_open = max(i for i, b in enumerate(truth) if b["id"] in was_open)
-    assert deepest_open > 3 * PAGE and was_open <= reloaded
-    assert reloaded - was_open - on_head_pages == set()
-    assert_warehouse_equals(db_path, truth)
+    assert was_open and was_open <= loaded_again(first_load, db_path)
+    assert loaded_again(second_load, db_path) == set()  # trusted again once loaded
+    assert_warehouse_equals(db_path, simulator.world.visible())
 
 
 def test_status_history_appends_a_row_only_when_status_or_counts_change(simulator, db_path, run):

@@ -15,13 +15,14 @@ from pipelines.vocabulary import (
     BATCHES,
     CHILD_TABLES,
     DATASET,
+    FINGERPRINTS,
     PRIMARY_KEYS,
     SYNC_STATE,
     TIMESTAMP_FIELDS,
 )
 
 from .client import BatchApi, Deadline, RetryPolicy
-from .paging import Floor, HeldIds, ReadStats, SyncPlan, read_batches
+from .paging import Fingerprints, Floor, HeldIds, ReadStats, SyncPlan, read_batches
 from .prefetch import prefetched
 from .results import Fetcher, ResultFile, ResultStats, empty_tables, result_rows
 from .rows import ExtraColumns, TableChunk, with_load_id
@@ -36,6 +37,7 @@ from .settings import (
 __all__ = [
     "Deadline",
     "ExtraColumns",
+    "Fingerprints",
     "Floor",
     "HeldIds",
     "ReadStats",
@@ -91,7 +93,7 @@ def siliconflow(
         chunk = TableChunk(stats.columns)
         pages = read_batches(api, plan, page_size, sweep_pages, stats)
         for page in prefetched(pages, PREFETCH_PAGES):
-            chunk.add(page)
+            chunk.add(plan.fingerprints.changed(page))
             if chunk.rows >= CHUNK_ROWS:
                 yield chunk.take()
         # An empty last chunk still carries every table's columns, so a new account gets them.
@@ -103,6 +105,7 @@ def siliconflow(
 
     resources = [batch_chunks | batches_resource()]
     resources += [batch_chunks | child_resource(name) for name in CHILD_TABLES]
+    resources += [batch_chunks | part(FINGERPRINTS, write_disposition=MERGE, primary_key=["id"])]
     if results:
         resources += result_resources(batch_chunks)
     if plan.is_first_load:

@@ -22,7 +22,7 @@ from requests.exceptions import HTTPError, RequestException
 from pipelines.vocabulary import KNOWN_STATUSES
 
 from .client import BatchApi
-from .rows import ExtraColumns, check_batches, rows_table
+from .rows import ExtraColumns, check_batches, fingerprint, rows_table
 from .settings import CONNECT_RUN, PARALLEL_REQUESTS
 
 BatchPages = Generator[list[dict], None, Any]
@@ -36,6 +36,18 @@ def id_digest(batch_id: str) -> int:
     return int.from_bytes(hashlib.md5(batch_id.encode()).digest()[8:], "little")
 
 
+def digests_of(batches: list[dict]) -> np.ndarray:
+    return np.fromiter((id_digest(b["id"]) for b in batches), np.uint64, len(batches))
+
+
+def find_digests(digests: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each wanted digest sits in the sorted `digests`, and whether it is there."""
+    if not len(digests):
+        return np.zeros(len(wanted), np.intp), np.zeros(len(wanted), bool)
+    at = np.minimum(np.searchsorted(digests, wanted), len(digests) - 1)
+    return at, digests[at] == wanted
+
+
 class HeldIds:
     """The ids the warehouse holds, as sorted 64-bit digests: 8 bytes a batch, not a set of
     strings. A digest collision can only lengthen a run of held batches by one."""
@@ -46,12 +58,29 @@ class HeldIds:
     def __len__(self) -> int:
         return len(self.digests)
 
-    def flags(self, batch_ids: list[str]) -> list[bool]:
-        if not len(self.digests) or not batch_ids:
-            return [False] * len(batch_ids)
-        wanted = np.fromiter((id_digest(i) for i in batch_ids), np.uint64, len(batch_ids))
-        at = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
-        return (self.digests[at] == wanted).tolist()
+    def flags(self, batches: list[dict]) -> list[bool]:
+        return self.holds(digests_of(batches)).tolist()
+
+    def holds(self, digests: np.ndarray) -> np.ndarray:
+        return find_digests(self.digests, digests)[1]
+
+
+class Fingerprints:
+    """The fingerprint of each stored batch by its id's digest, both sorted by the digest: a
+    batch read again whose fingerprint is the stored one is stored exactly so already."""
+
+    def __init__(self, digests: np.ndarray | None = None, prints: np.ndarray | None = None) -> None:
+        self.digests = np.empty(0, np.uint64) if digests is None else digests
+        self.prints = np.empty(0, np.int64) if prints is None else prints
+
+    def changed(self, batches: list[dict]) -> list[dict]:
+        """The batches that are not stored exactly as read: new, or changed since."""
+        if not len(self.digests) or not batches:
+            return batches
+        at, found = find_digests(self.digests, digests_of(batches))
+        prints = np.fromiter((fingerprint(b) for b in batches), np.int64, len(batches))
+        stored = found & (self.prints[at] == prints)
+        return [batch for batch, same in zip(batches, stored.tolist(), strict=True) if not same]
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,7 @@ class SyncPlan:
         previous_ids: id → the id stored just before it (newest first), for each open batch:
             `after` that id, a page starts with the open batch.
         column_types: stored type of each column for a field the API added.
+        fingerprints: of the stored batches; none on a full sync, which loads all it reads.
         result_tables: whether `batch_files` and `batch_requests` exist; if not, the batches'
             load creates them (empty), so the views over them build from the first sync on.
     """
@@ -87,6 +117,7 @@ class SyncPlan:
     open_positions: dict[str, int] = field(default_factory=dict)
     previous_ids: dict[str, str | None] = field(default_factory=dict)
     column_types: dict[str, str] = field(default_factory=dict)
+    fingerprints: Fingerprints = field(default_factory=Fingerprints)
     result_tables: bool = False
 
     @property
@@ -208,7 +239,7 @@ class TopWalk:
         self.stats.read(page)
         self.longest_page = max(self.longest_page, len(page))
         self._check_order(page)
-        for batch, held in zip(page, self.plan.held.flags([b["id"] for b in page]), strict=True):
+        for batch, held in zip(page, self.plan.held.flags(page), strict=True):
             self._step(batch, held)
         if page:
             self.oldest = page[-1]

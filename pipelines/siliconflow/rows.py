@@ -16,6 +16,7 @@ from pipelines.vocabulary import (
     BATCHES,
     CHILD_FIELDS,
     ERRORS,
+    FINGERPRINTS,
     METADATA,
     REQUEST_COUNTS,
     STRING_FIELDS,
@@ -67,6 +68,12 @@ ERRORS_SCHEMA = pa.schema(
         ("line", pa.int64()),
     ]
 )
+FINGERPRINTS_SCHEMA = pa.schema(
+    [pa.field("id", pa.string(), nullable=False), pa.field("fingerprint", pa.int64())]
+)
+# Part of every fingerprint: a change in how sfbatches stores a batch changes it, so that the
+# next sync loads every batch it reads again the new way.
+FINGERPRINT_VERSION = b"sfbatches-1"
 KNOWN_FIELDS = frozenset(API_BATCHES_SCHEMA.names) | CHILD_FIELDS
 LOAD_ID = "_dlt_load_id"
 LOAD_ID_SCHEMA = pa.schema([("load_id", pa.string())])
@@ -274,6 +281,17 @@ def _check_range(table: pa.Table, name: str) -> None:
     )
 
 
+def fingerprint(batch: dict) -> int:
+    """64 bits of a digest of the whole API object: any change in any field changes it."""
+    text = orjson.dumps(batch, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.blake2b(text, digest_size=8, person=FINGERPRINT_VERSION).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def fingerprint_rows(batches: list[dict]) -> list[dict]:
+    return [{"id": batch["id"], "fingerprint": fingerprint(batch)} for batch in batches]
+
+
 def request_counts_rows(batches: list[dict]) -> list[dict]:
     return [
         {**counts, "batch_id": batch["id"]}
@@ -340,13 +358,13 @@ class TableChunk:
         self._clear()
 
     def _clear(self) -> None:
-        self.lines: dict[str, list[bytes]] = {name: [] for name in (BATCHES, *CHILD_ROWS)}
+        self.lines: dict[str, list[bytes]] = {name: [] for name in (BATCHES, *DERIVED_ROWS)}
         self.added: dict[str, list[Any]] = {}  # column of an added field → its values
         self.rows = 0
 
     def add(self, page: list[dict]) -> None:
         self.lines[BATCHES].append(json_line(page))
-        for name, rows_of in CHILD_ROWS.items():
+        for name, rows_of in DERIVED_ROWS.items():
             self.lines[name].append(json_line(rows_of(page)))
         for name, values in _extra_columns(page, self.extras).items():
             self.added.setdefault(name, [None] * self.rows).extend(values)
@@ -375,13 +393,13 @@ class TableChunk:
     def _convert(self, lines: dict[str, bytes]) -> dict[str, pa.Table]:
         batches = batches_table(parsed(lines[BATCHES]), self.extras)
         tables = {BATCHES: in_microseconds(batches)}
-        return tables | {name: CHILD_TABLES[name](parsed(lines[name])) for name in CHILD_ROWS}
+        return tables | {name: DERIVED_TABLES[name](parsed(lines[name])) for name in DERIVED_ROWS}
 
 
 def read_tables(lines: dict[str, bytes]) -> dict[str, pa.Table]:
     """The tables of a chunk's JSON lines; ArrowInvalid when a value does not fit its column."""
     seconds = read_json_lines(lines[BATCHES], API_BATCHES_JSON)
-    tables = {name: read_json_lines(lines[name], CHILD_SCHEMAS[name]) for name in CHILD_ROWS}
+    tables = {name: read_json_lines(lines[name], DERIVED_SCHEMAS[name]) for name in DERIVED_ROWS}
     return {BATCHES: in_microseconds(seconds.cast(API_BATCHES_SCHEMA))} | tables
 
 
@@ -547,19 +565,23 @@ def _checked_int(value: Any, batch_id: str, name: str) -> int | None:
     return number
 
 
-CHILD_ROWS: dict[str, Callable[[list[dict]], list[dict]]] = {
+# The tables each batch gives besides `batches`: its child rows and its fingerprint.
+DERIVED_ROWS: dict[str, Callable[[list[dict]], list[dict]]] = {
     REQUEST_COUNTS: request_counts_rows,
     METADATA: metadata_rows,
     ERRORS: errors_rows,
+    FINGERPRINTS: fingerprint_rows,
 }
-CHILD_SCHEMAS = {
+DERIVED_SCHEMAS = {
     REQUEST_COUNTS: REQUEST_COUNTS_SCHEMA,
     METADATA: METADATA_SCHEMA,
     ERRORS: ERRORS_SCHEMA,
+    FINGERPRINTS: FINGERPRINTS_SCHEMA,
 }
-# Value by value (see TableChunk), from the rows of CHILD_ROWS.
-CHILD_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
+# Value by value (see TableChunk), from the rows of DERIVED_ROWS.
+DERIVED_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
     REQUEST_COUNTS: request_counts_table,
     METADATA: lambda rows: _table(rows, METADATA_SCHEMA),
     ERRORS: lambda rows: _table(rows, ERRORS_SCHEMA),
+    FINGERPRINTS: lambda rows: _table(rows, FINGERPRINTS_SCHEMA),
 }

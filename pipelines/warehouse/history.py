@@ -11,6 +11,7 @@ from pipelines.vocabulary import (
     BATCHES,
     CHILD_TABLES,
     DATASET,
+    FINGERPRINTS,
     PRIMARY_KEYS,
     REQUEST_COUNTS,
     STATUS_HISTORY,
@@ -101,6 +102,8 @@ def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], sinc
     dlt is told its merges hold no key twice (its deduplicating window does not fit a cron job's
     memory), but an API that lists an id twice, or a load job re-run after a kill, does stage
     rows twice. Finding them is one aggregate over what the load wrote; the newest load wins.
+    A batch listed twice loses its fingerprint, which may be the other listing's, so the next
+    sync that reads it loads it again.
     """
     for table, key in PRIMARY_KEYS.items():
         if table not in tables:
@@ -133,6 +136,10 @@ def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], sinc
                 )
                 """
             )
+            if table == BATCHES and FINGERPRINTS in tables:
+                con.execute(
+                    f"delete from {SCHEMA}.{FINGERPRINTS} where id in (select id from doubled)"
+                )
         con.execute("drop table doubled")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.siliconflow import Floor, HeldIds, ResultFile, SyncPlan
+from pipelines.siliconflow import Fingerprints, Floor, HeldIds, ResultFile, SyncPlan
 from pipelines.siliconflow.rows import RESERVED, from_duckdb
 from pipelines.vocabulary import (
     BATCH_FILES,
@@ -13,6 +13,7 @@ from pipelines.vocabulary import (
     BATCHES,
     DATASET,
     FAILED,
+    FINGERPRINTS,
     GONE,
     SYNC_STATE,
     TERMINAL_STATUSES,
@@ -57,14 +58,19 @@ def read_plan(db_path: Path, full: bool = False) -> SyncPlan:
         open_rows = _open_batches(con)
         floor, sweep_after = _state(con) if SYNC_STATE in tables else (None, None)
         column_types = _added_column_types(con)
+        held = HeldIds(digests)
+        fingerprints = (
+            _fingerprints(con, held) if FINGERPRINTS in tables and not full else Fingerprints()
+        )
     return SyncPlan(
-        held=HeldIds(digests),
+        held=held,
         full=full,
         floor=floor,
         sweep_after=sweep_after,
         open_positions={batch_id: position for batch_id, position, _ in open_rows},
         previous_ids={batch_id: previous for batch_id, _, previous in open_rows},
         column_types=column_types,
+        fingerprints=fingerprints,
         result_tables=result_tables,
     )
 
@@ -90,6 +96,22 @@ def _open_batches(con: duckdb.DuckDBPyConnection) -> list[tuple]:
         where {IS_OPEN}
         """
     ).fetchall()
+
+
+def _fingerprints(con: duckdb.DuckDBPyConnection, held: HeldIds) -> Fingerprints:
+    """The fingerprints of stored batches that dlt's loads finished with: a load cut short by a
+    kill may have stored a batch's fingerprint without the batch's rows, and a batch deleted
+    from the table is loaded again whatever its fingerprint says."""
+    found = con.execute(
+        f"""
+        select md5_number_lower(id) as digest, fingerprint
+        from {DATASET}.{FINGERPRINTS}
+        where _dlt_load_id in (select load_id from {DATASET}._dlt_loads where status = 0)
+        order by digest
+        """
+    ).fetchnumpy()
+    stored = held.holds(found["digest"])
+    return Fingerprints(found["digest"][stored], found["fingerprint"][stored])
 
 
 def _state(con: duckdb.DuckDBPyConnection) -> tuple[Floor | None, str | None]:
