@@ -22,7 +22,7 @@ from requests.exceptions import HTTPError, RequestException
 from pipelines.vocabulary import KNOWN_STATUSES
 
 from .client import BatchApi
-from .rows import ExtraColumns, check_batches, fingerprint, rows_table
+from .rows import ExtraColumns, batch_text, check_batches, fingerprint, rows_table
 from .settings import CONNECT_RUN, PARALLEL_REQUESTS
 
 BatchPages = Generator[list[dict], None, Any]
@@ -78,7 +78,7 @@ class Fingerprints:
         if not len(self.digests) or not batches:
             return batches
         at, found = find_digests(self.digests, digests_of(batches))
-        prints = np.fromiter((fingerprint(b) for b in batches), np.int64, len(batches))
+        prints = np.fromiter((fingerprint(batch_text(b)) for b in batches), np.int64, len(batches))
         stored = found & (self.prints[at] == prints)
         return [batch for batch, same in zip(batches, stored.tolist(), strict=True) if not same]
 

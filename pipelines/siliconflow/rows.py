@@ -281,15 +281,15 @@ def _check_range(table: pa.Table, name: str) -> None:
     )
 
 
-def fingerprint(batch: dict) -> int:
-    """64 bits of a digest of the whole API object: any change in any field changes it."""
-    text = orjson.dumps(batch, option=orjson.OPT_SORT_KEYS)
+def batch_text(batch: dict) -> bytes:
+    """A batch object as JSON, keys sorted: the same object always gives the same text."""
+    return orjson.dumps(batch, option=orjson.OPT_SORT_KEYS)
+
+
+def fingerprint(text: bytes) -> int:
+    """64 bits of a digest of a batch's `batch_text`: any change in any field changes it."""
     digest = hashlib.blake2b(text, digest_size=8, person=FINGERPRINT_VERSION).digest()
     return int.from_bytes(digest, "little", signed=True)
-
-
-def fingerprint_rows(batches: list[dict]) -> list[dict]:
-    return [{"id": batch["id"], "fingerprint": fingerprint(batch)} for batch in batches]
 
 
 def request_counts_rows(batches: list[dict]) -> list[dict]:
@@ -358,13 +358,18 @@ class TableChunk:
         self._clear()
 
     def _clear(self) -> None:
-        self.lines: dict[str, list[bytes]] = {name: [] for name in (BATCHES, *DERIVED_ROWS)}
+        self.lines: dict[str, list[bytes]] = {name: [] for name in (BATCHES, *CHILD_ROWS)}
         self.added: dict[str, list[Any]] = {}  # column of an added field → its values
+        self.fingerprints: dict[str, list[Any]] = {"id": [], "fingerprint": []}
         self.rows = 0
 
     def add(self, page: list[dict]) -> None:
-        self.lines[BATCHES].append(json_line(page))
-        for name, rows_of in DERIVED_ROWS.items():
+        # One text per batch makes both the page's line and the batch's fingerprint.
+        texts = [batch_text(batch) for batch in page]
+        self.lines[BATCHES].append(b'{"data":[' + b",".join(texts) + b"]}\n")
+        self.fingerprints["id"] += [batch["id"] for batch in page]
+        self.fingerprints["fingerprint"] += map(fingerprint, texts)
+        for name, rows_of in CHILD_ROWS.items():
             self.lines[name].append(json_line(rows_of(page)))
         for name, values in _extra_columns(page, self.extras).items():
             self.added.setdefault(name, [None] * self.rows).extend(values)
@@ -379,6 +384,7 @@ class TableChunk:
             tables = self._read(lines)
         except pa.ArrowInvalid:
             tables = self._convert(lines)
+        tables[FINGERPRINTS] = columns_table(self.fingerprints, FINGERPRINTS_SCHEMA)
         self._clear()
         return tables
 
@@ -393,13 +399,13 @@ class TableChunk:
     def _convert(self, lines: dict[str, bytes]) -> dict[str, pa.Table]:
         batches = batches_table(parsed(lines[BATCHES]), self.extras)
         tables = {BATCHES: in_microseconds(batches)}
-        return tables | {name: DERIVED_TABLES[name](parsed(lines[name])) for name in DERIVED_ROWS}
+        return tables | {name: CHILD_TABLES[name](parsed(lines[name])) for name in CHILD_ROWS}
 
 
 def read_tables(lines: dict[str, bytes]) -> dict[str, pa.Table]:
     """The tables of a chunk's JSON lines; ArrowInvalid when a value does not fit its column."""
     seconds = read_json_lines(lines[BATCHES], API_BATCHES_JSON)
-    tables = {name: read_json_lines(lines[name], DERIVED_SCHEMAS[name]) for name in DERIVED_ROWS}
+    tables = {name: read_json_lines(lines[name], CHILD_SCHEMAS[name]) for name in CHILD_ROWS}
     return {BATCHES: in_microseconds(seconds.cast(API_BATCHES_SCHEMA))} | tables
 
 
@@ -565,23 +571,19 @@ def _checked_int(value: Any, batch_id: str, name: str) -> int | None:
     return number
 
 
-# The tables each batch gives besides `batches`: its child rows and its fingerprint.
-DERIVED_ROWS: dict[str, Callable[[list[dict]], list[dict]]] = {
+CHILD_ROWS: dict[str, Callable[[list[dict]], list[dict]]] = {
     REQUEST_COUNTS: request_counts_rows,
     METADATA: metadata_rows,
     ERRORS: errors_rows,
-    FINGERPRINTS: fingerprint_rows,
 }
-DERIVED_SCHEMAS = {
+CHILD_SCHEMAS = {
     REQUEST_COUNTS: REQUEST_COUNTS_SCHEMA,
     METADATA: METADATA_SCHEMA,
     ERRORS: ERRORS_SCHEMA,
-    FINGERPRINTS: FINGERPRINTS_SCHEMA,
 }
-# Value by value (see TableChunk), from the rows of DERIVED_ROWS.
-DERIVED_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
+# Value by value (see TableChunk), from the rows of CHILD_ROWS.
+CHILD_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
     REQUEST_COUNTS: request_counts_table,
     METADATA: lambda rows: _table(rows, METADATA_SCHEMA),
     ERRORS: lambda rows: _table(rows, ERRORS_SCHEMA),
-    FINGERPRINTS: lambda rows: _table(rows, FINGERPRINTS_SCHEMA),
 }
