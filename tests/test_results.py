@@ -28,6 +28,7 @@ from pipelines.siliconflow.results import (
     rows_of,
 )
 from pipelines.simulator import Simulator, World
+from pipelines.warehouse import database, history
 
 REQUEST_COLUMNS = (
     "batch_id, kind, line, custom_id, status_code, request_id, model, finish_reason, "
@@ -101,6 +102,39 @@ def test_every_line_of_every_served_file_is_stored_once(simulator, db_path, run)
     assert any(f.gone for f in files) and any(f.signed for f in files)
     assert_results_equal(db_path, simulator)
     assert f"{sum(not f.gone for f in files):,} result files" in outcome.out
+
+
+@pytest.mark.parametrize(
+    "doubled",
+    [
+        "true",  # a whole file's rows, as its one load job run twice
+        "line % 3 = 0",  # a third of a file's lines, as one of its several jobs run twice
+    ],
+)
+def test_request_lines_a_rerun_load_job_stored_twice_are_dropped_after_recovery(
+    simulator, db_path, run, doubled
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    (file,) = query(
+        db_path,
+        "select batch_id, kind from siliconflow.batch_files where state = 'loaded' "
+        "order by lines desc limit 1",
+    )
+    # As a sync killed after its load and before its bookkeeping.
+    with duckdb.connect(str(db_path)) as con:
+        con.execute(
+            "insert into siliconflow.batch_requests select * from siliconflow.batch_requests "
+            f"where batch_id = ? and kind = ? and {doubled}",
+            list(file),
+        )
+        con.execute("delete from siliconflow._sfbatches_recorded")
+    stored = query(db_path, "select count(*) from siliconflow.batch_requests")[0][0]
+    assert stored > len(expected_requests(served(simulator))[0])
+
+    with database.connect_for_sync(db_path) as con:  # as the next sync
+        history.record_observations(con)
+
+    assert_results_equal(db_path, simulator)
 
 
 def test_files_of_long_lines_are_stored_whole(simulator, db_path, run):

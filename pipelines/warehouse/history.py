@@ -8,6 +8,8 @@ import duckdb
 
 from pipelines.siliconflow.rows import DUCKDB_TYPES
 from pipelines.vocabulary import (
+    BATCH_FILES,
+    BATCH_REQUESTS,
     BATCHES,
     CHILD_TABLES,
     DATASET,
@@ -106,7 +108,7 @@ def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], sinc
     sync that reads it loads it again.
     """
     for table, key in PRIMARY_KEYS.items():
-        if table not in tables:
+        if table not in tables or not _may_hold_doubles(con, table, tables, since):
             continue
         columns = ", ".join(key)
         # The keys first, on their own: an aggregate spills to disk within the memory limit,
@@ -141,6 +143,34 @@ def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], sinc
                     f"delete from {SCHEMA}.{FINGERPRINTS} where id in (select id from doubled)"
                 )
         con.execute("drop table doubled")
+
+
+def _may_hold_doubles(
+    con: duckdb.DuckDBPyConnection, table: str, tables: set[str], since: object
+) -> bool:
+    """Whether rows of `table` loaded since `since` may hold a key twice.
+
+    A result file's rows all come from one read of it, so a line of it can be stored twice only
+    where the file has more rows than `batch_files` counts lines read from it. Counting rows per
+    file groups by a few dozen files; looking for doubled keys groups by every line.
+    """
+    if table != BATCH_REQUESTS or BATCH_FILES not in tables:
+        return True
+    (exceeding,) = con.execute(
+        f"""
+        select count(*)
+        from (
+            select batch_id, kind, count(*) as stored
+            from {SCHEMA}.{BATCH_REQUESTS}
+            where {LOADED_AT.format(table=BATCH_REQUESTS)} > $since
+            group by all
+        ) as loaded
+        left join {SCHEMA}.{BATCH_FILES} as files using (batch_id, kind)
+        where loaded.stored > coalesce(files.lines - files.bad_lines, 0)
+        """,
+        {"since": since},
+    ).fetchone()
+    return exceeding > 0
 
 
 def _recorded_through(con: duckdb.DuckDBPyConnection) -> object:
