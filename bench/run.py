@@ -12,6 +12,11 @@ client's own cost, not the simulator's rendering. Then it measures, every step i
 4. `sfbatches models`
 5. the peer - dlt's generic `rest_api` source, merge on `id`, into its own DuckDB file
 
+Steps 1-3 run `--rounds` times in turn (the result files' baseline and sync too): a step's row
+shows its median round, the range of its rounds and their highest peak RSS, and its ratio is the
+median of each round's ratio to the same round's reference, so a drift in the machine's speed
+between rounds cancels out instead of deciding a target.
+
 Wall seconds and peak RSS come from a small wrapper process (`MEASURE`) that starts the step and
 collects it with `os.wait4`: that rusage belongs to the step alone (and whatever it waited for).
 The wrapper is needed because on Linux a child's `ru_maxrss` starts at the peak RSS of the
@@ -24,15 +29,17 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,7 @@ from typing import Any
 from pipelines.vocabulary import TERMINAL_STATUSES
 
 DEFAULT_BATCHES = 100_000
+DEFAULT_ROUNDS = 3
 MAX_BATCHES = 1_000_000
 PAGE_SIZE = 100
 SEED = 7
@@ -105,6 +113,13 @@ class Measure:
     lookups: int | None = None
     ratio: float | None = None  # wall_s / bare fetch wall_s
     error: str = ""
+    walls: list[float] = field(default_factory=list)  # every round's wall_s
+
+    @property
+    def spread(self) -> str:
+        if len(self.walls) < 2:
+            return "-"
+        return f"{min(self.walls):.2f}-{max(self.walls):.2f}"
 
     @property
     def rows_per_s(self) -> float:
@@ -293,13 +308,33 @@ def parse_json_line(step: Measure, text: str) -> None:
             return
 
 
+def median_step(rounds: list[Measure]) -> Measure:
+    """One step over its rounds: the round of median wall time, with every round's wall time,
+    the highest peak RSS, the median ratio, and the first failure if a round failed."""
+    ordered = sorted(rounds, key=lambda m: m.wall_s)
+    middle = replace(ordered[(len(ordered) - 1) // 2])
+    middle.walls = [m.wall_s for m in rounds]
+    middle.peak_rss_mb = max(m.peak_rss_mb for m in rounds)
+    ratios = [m.ratio for m in rounds if m.ratio is not None]
+    middle.ratio = statistics.median_low(ratios) if ratios else None
+    if failed := next((m for m in rounds if m.exit_code), None):
+        middle.exit_code, middle.error = failed.exit_code, failed.error
+    return middle
+
+
+def set_ratio(measured: Measure, reference: Measure) -> None:
+    if reference.wall_s > 0 and not reference.exit_code:
+        measured.ratio = measured.wall_s / reference.wall_s
+
+
 # --- one latency --------------------------------------------------------------------------------
 
 
-def run_latency(server: Server, latency_ms: float, skip_peer: bool, root: Path) -> LatencyRun:
+def run_latency(
+    args: argparse.Namespace, server: Server, latency_ms: float, root: Path
+) -> LatencyRun:
     run = LatencyRun(latency_ms)
     workdir = Path(tempfile.mkdtemp(prefix=f"lat{latency_ms:g}-", dir=root))
-    db = workdir / "bench.duckdb"
     url = server.base_url
     warm_up(server, run, workdir)
     server.set_latency(latency_ms)
@@ -311,24 +346,32 @@ def run_latency(server: Server, latency_ms: float, skip_peer: bool, root: Path) 
         parse(measured, text)
         if rows is not None:
             measured.rows = rows
-        run.steps.append(measured)
         return measured
 
-    bare = step("bare fetch", this_script("--step", "bare", "--base-url", url), parse_json_line)
-    full = step("sync (full)", sync_batches(db), parse_sync)
-    run.open_batches = count_open(db, server, workdir)
-    step("sync (incremental)", sync_batches(db), parse_sync)
-    step("models", sfbatches("models", "--db", str(db)), lambda *_: None, rows=full.rows)
-    if not skip_peer:
+    rounds: defaultdict[str, list[Measure]] = defaultdict(list)
+    for number in range(args.rounds):
+        db = workdir / f"bench{number}.duckdb"
+        bare = step("bare fetch", this_script("--step", "bare", "--base-url", url), parse_json_line)
+        full = step("sync (full)", sync_batches(db), parse_sync)
+        if not number:
+            run.open_batches = count_open(db, server, workdir)
+        incremental = step("sync (incremental)", sync_batches(db), parse_sync)
+        for measured in (bare, full, incremental):
+            set_ratio(measured, bare)
+            rounds[measured.step].append(measured)
+    run.steps = [median_step(measured) for measured in rounds.values()]
+    bare, full = run.steps[0], run.steps[1]
+    later = [step("models", sfbatches("models", "--db", str(db)), lambda *_: None, rows=full.rows)]
+    if not args.skip_peer:
         peer_db = workdir / "peer.duckdb"
         argv = this_script("--step", "peer", "--base-url", url, "--db", str(peer_db))
-        step("dlt rest_api (peer)", argv, parse_json_line)
+        later.append(step("dlt rest_api (peer)", argv, parse_json_line))
+    for measured in later:
+        set_ratio(measured, bare)
+    run.steps += later
     hits, misses = server.cache_counts()
     run.cached_answers, run.rendered_answers = hits - hits_before, misses - misses_before
     run.cache_mb = server.state()["cache_bytes"] / MB
-    for measured in run.steps:
-        if bare.wall_s > 0 and not bare.exit_code:
-            measured.ratio = measured.wall_s / bare.wall_s
     shutil.rmtree(workdir, ignore_errors=True)
     return run
 
@@ -370,55 +413,57 @@ def count_open(db: Path, server: Server, workdir: Path) -> int:
 # --- result files -----------------------------------------------------------------------------
 
 
-def run_results(root: Path) -> LatencyRun:
+def run_results(rounds: int, root: Path) -> LatencyRun:
     """Result files: RESULT_FILES files of RESULT_LINES lines next to downloading the same
-    files and reading them with DuckDB's read_json; then one file of about 1 GB."""
+    files and reading them with DuckDB's read_json, in turn; then one file of about 1 GB."""
     run = LatencyRun(0.0, name="result files")
     workdir = Path(tempfile.mkdtemp(prefix="results-", dir=root))
     world = ("--batches", str(RESULT_WORLD), "--seed", str(SEED), "--max-requests", "1")
+    baselines: list[Measure] = []
+    ours: list[Measure] = []
     with simulator(*world, cache_mb=1) as server:
         for batch_id in server.completed_with_output(RESULT_FILES):
             server.enlarge(batch_id, RESULT_LINES, LINE_BYTES)
-        baseline = results_step(
-            run,
-            server,
-            workdir,
-            "download + read_json",
-            this_script("--step", "files", "--base-url", server.base_url),
-            parse_json_line,
-        )
-        ours = results_step(
-            run,
-            server,
-            workdir,
-            "sync with result files",
-            sfbatches("sync", "--no-models", "--db", str(workdir / "files.duckdb")),
-            parse_request_lines,
-        )
-    for measured in (baseline, ours):
-        measured.ratio = measured.wall_s / baseline.wall_s if baseline.wall_s else None
+        for number in range(rounds):
+            baseline = results_step(
+                server,
+                workdir,
+                "download + read_json",
+                this_script("--step", "files", "--base-url", server.base_url),
+                parse_json_line,
+            )
+            db = workdir / f"files{number}.duckdb"
+            sync = results_step(
+                server,
+                workdir,
+                "sync with result files",
+                sfbatches("sync", "--no-models", "--db", str(db)),
+                parse_request_lines,
+            )
+            set_ratio(baseline, baseline)
+            set_ratio(sync, baseline)
+            baselines.append(baseline)
+            ours.append(sync)
+    run.steps = [median_step(baselines), median_step(ours)]
     with simulator(*world, cache_mb=1) as server:
         (big,) = server.completed_with_output(1)
         server.enlarge(big, BIG_FILE_LINES, BIG_LINE_BYTES)
-        results_step(
-            run,
+        big_file = results_step(
             server,
             workdir,
             "sync, one 1 GB file",
             sfbatches("sync", "--no-models", "--db", str(workdir / "big.duckdb")),
             parse_request_lines,
         )
+        run.steps.append(big_file)
     shutil.rmtree(workdir, ignore_errors=True)
     return run
 
 
-def results_step(
-    run: LatencyRun, server: Server, workdir: Path, name: str, argv: list[str], parse: Any
-) -> Measure:
+def results_step(server: Server, workdir: Path, name: str, argv: list[str], parse: Any) -> Measure:
     print(f"bench: result files: {name} ...", file=sys.stderr, flush=True)
     measured, text = run_step(name, argv, server, workdir)
     parse(measured, text)
-    run.steps.append(measured)
     return measured
 
 
@@ -579,14 +624,14 @@ def table(run: LatencyRun) -> str:
 
 def step_rows(steps: list[Measure], ratio_name: str) -> list[str]:
     head = (
-        f"{'step':<22} {'wall s':>8} {'peak RSS MB':>12} {'rows':>9} {'rows/s':>10} "
-        f"{ratio_name:>13} {'requests':>9}"
+        f"{'step':<22} {'wall s':>8} {'rounds s':>11} {'peak RSS MB':>12} {'rows':>9} "
+        f"{'rows/s':>10} {ratio_name:>13} {'requests':>9}"
     )
     lines = [head, "-" * len(head)]
     for m in steps:
         ratio = f"{m.ratio:.2f}x" if m.ratio is not None else "-"
         lines.append(
-            f"{m.step:<22} {m.wall_s:>8.2f} {m.peak_rss_mb:>12.0f} {m.rows:>9,} "
+            f"{m.step:<22} {m.wall_s:>8.2f} {m.spread:>11} {m.peak_rss_mb:>12.0f} {m.rows:>9,} "
             f"{m.rows_per_s:>10,.0f} {ratio:>13} {m.requests:>9,}"
         )
         if m.error:
@@ -713,6 +758,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-results", action="store_true", help="leave out the result files' run"
     )
+    parser.add_argument(
+        "--rounds",
+        type=round_count,
+        default=DEFAULT_ROUNDS,
+        help=f"times each compared step runs, in turn with its reference ({DEFAULT_ROUNDS})",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--step", choices=("bare", "peer", "open", "files"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -724,6 +775,13 @@ def batch_count(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_BATCHES:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_BATCHES:,}, not {value:,}")
+    return value
+
+
+def round_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
 
 
@@ -754,8 +812,8 @@ def bench(args: argparse.Namespace) -> int:
             "--batches", str(args.batches), "--seed", str(SEED), cache_mb=cache_mb
         ) as server:
             for latency_ms in args.latencies:
-                runs.append(run_latency(server, latency_ms, args.skip_peer, root))
-        results = None if args.skip_results else run_results(root)
+                runs.append(run_latency(args, server, latency_ms, root))
+        results = None if args.skip_results else run_results(args.rounds, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(args, runs, floor, results)
