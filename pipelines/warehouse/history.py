@@ -152,7 +152,7 @@ def _may_hold_doubles(
 
     A result file's rows all come from one read of it, so a line of it can be stored twice only
     where the file has more rows than `batch_files` counts lines read from it. Counting rows per
-    file groups by a few dozen files; looking for doubled keys groups by every line.
+    file groups by file; looking for doubled keys groups by every line.
     """
     if table != BATCH_REQUESTS or BATCH_FILES not in tables:
         return True
