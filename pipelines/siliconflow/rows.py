@@ -399,7 +399,7 @@ class TableChunk:
     def _convert(self, lines: dict[str, bytes]) -> dict[str, pa.Table]:
         batches = batches_table(parsed(lines[BATCHES]), self.extras)
         tables = {BATCHES: in_microseconds(batches)}
-        return tables | {name: CHILD_TABLES[name](parsed(lines[name])) for name in CHILD_ROWS}
+        return tables | {name: CHILD_CONVERTERS[name](parsed(lines[name])) for name in CHILD_ROWS}
 
 
 def read_tables(lines: dict[str, bytes]) -> dict[str, pa.Table]:
@@ -582,7 +582,7 @@ CHILD_SCHEMAS = {
     ERRORS: ERRORS_SCHEMA,
 }
 # Value by value (see TableChunk), from the rows of CHILD_ROWS.
-CHILD_TABLES: dict[str, Callable[[list[dict]], pa.Table]] = {
+CHILD_CONVERTERS: dict[str, Callable[[list[dict]], pa.Table]] = {
     REQUEST_COUNTS: request_counts_table,
     METADATA: lambda rows: _table(rows, METADATA_SCHEMA),
     ERRORS: lambda rows: _table(rows, ERRORS_SCHEMA),
