@@ -349,8 +349,8 @@ def run_latency(
         return measured
 
     rounds: defaultdict[str, list[Measure]] = defaultdict(list)
-    for number in range(args.rounds):
-        db = workdir / f"bench{number}.duckdb"
+    dbs = [workdir / f"bench{number}.duckdb" for number in range(args.rounds)]
+    for number, db in enumerate(dbs):
         bare = step("bare fetch", this_script("--step", "bare", "--base-url", url), parse_json_line)
         full = step("sync (full)", sync_batches(db), parse_sync)
         if not number:
@@ -360,8 +360,9 @@ def run_latency(
             set_ratio(measured, bare)
             rounds[measured.step].append(measured)
     run.steps = [median_step(measured) for measured in rounds.values()]
-    bare, full = run.steps[0], run.steps[1]
-    later = [step("models", sfbatches("models", "--db", str(db)), lambda *_: None, rows=full.rows)]
+    bare, full = run.get("bare fetch"), run.get("sync (full)")
+    models = sfbatches("models", "--db", str(dbs[-1]))
+    later = [step("models", models, lambda *_: None, rows=full.rows)]
     if not args.skip_peer:
         peer_db = workdir / "peer.duckdb"
         argv = this_script("--step", "peer", "--base-url", url, "--db", str(peer_db))
