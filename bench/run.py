@@ -416,7 +416,8 @@ def count_open(db: Path, server: Server, workdir: Path) -> int:
 
 def run_results(rounds: int, root: Path) -> LatencyRun:
     """Result files: RESULT_FILES files of RESULT_LINES lines next to downloading the same
-    files and reading them with DuckDB's read_json, in turn; then one file of about 1 GB."""
+    files and reading them with DuckDB's read_json, in turn; then one file of about 1 GB, next
+    to the same baseline for it (one round: it shows how large files fare, no target)."""
     run = LatencyRun(0.0, name="result files")
     workdir = Path(tempfile.mkdtemp(prefix="results-", dir=root))
     world = ("--batches", str(RESULT_WORLD), "--seed", str(SEED), "--max-requests", "1")
@@ -449,6 +450,13 @@ def run_results(rounds: int, root: Path) -> LatencyRun:
     with simulator(*world, cache_mb=1) as server:
         (big,) = server.completed_with_output(1)
         server.enlarge(big, BIG_FILE_LINES, BIG_LINE_BYTES)
+        big_baseline = results_step(
+            server,
+            workdir,
+            "1 GB: download + read",
+            this_script("--step", "files", "--base-url", server.base_url),
+            parse_json_line,
+        )
         big_file = results_step(
             server,
             workdir,
@@ -456,7 +464,9 @@ def run_results(rounds: int, root: Path) -> LatencyRun:
             sfbatches("sync", "--no-models", "--db", str(workdir / "big.duckdb")),
             parse_request_lines,
         )
-        run.steps.append(big_file)
+        set_ratio(big_baseline, big_baseline)
+        set_ratio(big_file, big_baseline)
+        run.steps += [big_baseline, big_file]
     shutil.rmtree(workdir, ignore_errors=True)
     return run
 

@@ -233,6 +233,25 @@ def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(
     ) == [(2,)]
 
 
+def test_copies_a_killed_sync_left_go_with_the_next_fetch(simulator, db_path, run):
+    simulator.faults.queue(kind="file_error", times=100_000)
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.faults.reset()
+    scratch = database.work_dir(db_path) / "results"
+    # as a sync killed while it downloaded: one copy it would fetch again, one it never will
+    (file,) = query(db_path, "select batch_id from siliconflow.batch_files limit 1")
+    leftovers = [scratch / f"{file[0]}.output.lines", scratch / "batch_none.error.lines"]
+    for path in leftovers:
+        path.write_bytes(b'1\x1f{"custom_id": "stale"}\n' * 1_000)
+    theirs = scratch / "notes.txt"
+    theirs.write_text("not ours")
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert sorted(path.name for path in scratch.iterdir()) == ["notes.txt"]
+    assert_results_equal(db_path, simulator)
+
+
 def test_archive_keeps_each_served_file_gzipped_whole(
     simulator, db_path, run, monkeypatch, tmp_path
 ):

@@ -400,6 +400,9 @@ class Fetcher:
     def downloads(self, files: list[ResultFile], stats: ResultStats) -> Iterator[Download]:
         """Each file's download, in the order given; none started once the deadline passed."""
         self.scratch.mkdir(parents=True, exist_ok=True)
+        # A killed sync's copies: each file it was fetching is fetched again from the start.
+        for leftover in self.scratch.glob("*.lines"):
+            leftover.unlink()
         waiting = iter(files)
         with ThreadPoolExecutor(max_workers=FILE_DOWNLOADS) as pool:
             running: deque[Future[Download]] = deque()
