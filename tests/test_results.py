@@ -8,19 +8,26 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import zlib
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import duckdb
 import pytest
 from conftest import REPO, START
 from truth import expected_requests
 
+from pipelines.siliconflow.client import BatchApi, Deadline, RetryPolicy
 from pipelines.siliconflow.results import (
     LONGEST_LINE,
     READER,
     Download,
+    Fetcher,
     Numbered,
     ResultFile,
     ResultStats,
@@ -481,6 +488,58 @@ def completion_line(number: int, words: int) -> bytes:
     }
     line = {"custom_id": f"r-{number}", "response": {"status_code": 200, "body": body}}
     return json.dumps(line).encode() + b"\n"
+
+
+class EncodedFiles(BaseHTTPRequestHandler):
+    """Serves BODY encoded as the path names (`/gzip`, `/deflate`), under the Content-Length of
+    the encoded bytes; `/gzip-cut` hangs up halfway through them."""
+
+    ENCODERS: ClassVar[dict[str, Callable[[bytes], bytes]]] = {
+        "gzip": gzip.compress,
+        "deflate": zlib.compress,
+    }
+    BODY = b"".join(completion_line(n, 50) for n in range(1, 3_001))
+
+    def do_GET(self) -> None:
+        encoding, _, cut = self.path.strip("/").partition("-")
+        sent = self.ENCODERS[encoding](self.BODY)
+        self.send_response(200)
+        self.send_header("Content-Encoding", encoding)
+        self.send_header("Content-Length", str(len(sent)))
+        self.end_headers()
+        self.wfile.write(sent[: len(sent) // 2] if cut else sent)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def encoded_files() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EncodedFiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_file_sent_encoded_loads_whole_and_one_cut_short_does_not(
+    encoded_files, tmp_path, encoding
+):
+    # Content-Length counts the encoded bytes, fewer than the file's
+    retry = RetryPolicy(max_attempts=2, backoff_factor=0)
+    api = BatchApi(encoded_files, "sk-test", retry, Deadline(None))
+    fetcher = Fetcher(api, tmp_path / "scratch")
+    files = [
+        ResultFile("batch_a", "output", f"{encoded_files}/{encoding}"),
+        ResultFile("batch_b", "output", f"{encoded_files}/{encoding}-cut"),
+    ]
+
+    whole, cut = fetcher.downloads(files, ResultStats())
+
+    assert (whole.state, whole.lines, whole.bytes) == ("loaded", 3_000, len(EncodedFiles.BODY))
+    assert whole.path.read_bytes().count(b"\n") == 3_000
+    assert (cut.state, cut.path) == ("failed", None)
 
 
 def test_long_completions_load_within_the_readers_memory(tmp_path):

@@ -1,5 +1,6 @@
 """The simulator serves the result files of ended batches, in every shape the real API has."""
 
+import gzip
 import hashlib
 import json
 import re
@@ -432,6 +433,19 @@ def test_signed_urls_are_served_by_the_storage_without_a_key(sim, api):
     assert response.status_code == 200 and response.content == file.content()
     assert response.headers["Content-Type"] == "application/jsonl"
     assert sim.storage_requests()[-1].authorization is None
+
+
+def test_the_storage_gzips_a_small_file_for_a_client_that_accepts_it(sim):
+    file = next(f for f in sim.world.result_files() if f.signed and not f.gone)
+    plain = requests.get(file.file_id, headers={"Accept-Encoding": "identity"}, stream=True)
+    packed = requests.get(file.file_id, headers={"Accept-Encoding": "gzip"}, stream=True)
+
+    assert "Content-Encoding" not in plain.headers
+    assert plain.raw.read() == file.content()
+    assert packed.headers["Content-Encoding"] == "gzip"
+    sent = packed.raw.read(decode_content=False)
+    assert packed.headers["Content-Length"] == str(len(sent)) != str(len(file.content()))
+    assert gzip.decompress(sent) == file.content()
 
 
 def test_the_storage_rejects_nothing_and_logs_what_it_was_sent(sim):

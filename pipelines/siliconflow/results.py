@@ -464,9 +464,10 @@ class Fetcher:
                     copy.write(chunk)
             for copy in copies:
                 copy.close()
-            expected = response.headers.get("Content-Length", "")
-            if expected.isdigit() and int(expected) != numbered.bytes:
-                raise BodyCutShort(f"the body ended after {numbered.bytes:,} of {expected} bytes")
+            # Content-Length counts the body as sent: gzip-encoded, it is shorter than the file.
+            expected, received = response.headers.get("Content-Length", ""), response.raw.tell()
+            if expected.isdigit() and int(expected) != received:
+                raise BodyCutShort(f"the body ended after {received:,} of {expected} bytes")
         except BaseException as error:
             for copy in copies:
                 copy.discard()

@@ -1,11 +1,13 @@
 """The simulator's HTTP face: SiliconFlow's batch routes, auth and errors, plus faults on demand.
 
 Two servers: the API (batches and result files, behind the key) and a signed object storage
-that serves the result files some batches name as signed URLs (rejects nothing, logs all).
+that serves the result files some batches name as signed URLs (rejects nothing, logs all; a
+small file gzip-encoded to a client that accepts it, as a CDN in front of a bucket does).
 """
 
 import contextlib
 import copy
+import gzip
 import json
 import os
 import random
@@ -122,6 +124,10 @@ def to_json(payload: Any) -> bytes:
         return orjson.dumps(payload)
     except TypeError:  # orjson stops at 64-bit integers; overrides may serve bigger ones
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def accepts_gzip(headers: Mapping[str, str]) -> bool:
+    return "gzip" in (headers.get("Accept-Encoding") or "").lower()
 
 
 def json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -663,7 +669,7 @@ class Simulator:
         """The storage's reply: any file asked for by its path, whatever the headers say."""
         path, _, query_string = target.partition("?")
         query = dict(parse_qsl(query_string, keep_blank_values=True))
-        reply = self._storage_route(method, path)
+        reply = self._storage_route(method, path, accepts_gzip(headers))
         self._log(method, path, query, reply, headers, "storage")
         return reply
 
@@ -796,23 +802,32 @@ class Simulator:
         fault = self.faults.take_file(api=True)
         return self._download(file_id, fault, storage=False, host=headers.get("Host"))
 
-    def _storage_route(self, method: str, path: str) -> Reply | None:
+    def _storage_route(self, method: str, path: str, gzipped: bool) -> Reply | None:
         name = path.removeprefix(STORAGE_PREFIX)
         if method != "GET" or name == path or not name.endswith(STORAGE_SUFFIX):
             return NO_SUCH_KEY
         if self.faults.latency_ms > 0:
             time.sleep(self.faults.latency_ms / 1000)
         fault = self.faults.take_file(api=False)
-        return self._download(name.removesuffix(STORAGE_SUFFIX), fault, storage=True)
+        return self._download(
+            name.removesuffix(STORAGE_SUFFIX), fault, storage=True, gzipped=gzipped
+        )
 
     def _download(
-        self, file_id: str, fault: Fault | None, *, storage: bool, host: str | None = None
+        self,
+        file_id: str,
+        fault: Fault | None,
+        *,
+        storage: bool,
+        host: str | None = None,
+        gzipped: bool = False,
     ) -> Reply | None:
-        """A result file as the API (storage=False) or the storage answers it, `fault` applied."""
+        """A result file as the API (storage=False) or the storage answers it, `fault` applied;
+        `gzipped`: a small file's body gzip-encoded, as a CDN in front of the storage sends it."""
         if fault is None or fault.kind in (*SERVING_KINDS, "cut_short"):
             if fault is not None and fault.kind == "slow":
                 time.sleep(fault.seconds)
-            return self._file_reply(file_id, fault, storage)
+            return self._file_reply(file_id, fault, storage, gzipped)
         kind = fault.kind
         if kind == "drop":
             return None
@@ -822,7 +837,9 @@ class Simulator:
         origin = self.storage_origin if storage else f"http://{host}" if host else self.origin
         return canned_reply(fault, origin)
 
-    def _file_reply(self, file_id: str, fault: Fault | None, storage: bool) -> Reply:
+    def _file_reply(
+        self, file_id: str, fault: Fault | None, storage: bool, gzipped: bool = False
+    ) -> Reply:
         file = self.world.file(file_id)
         if file is None:
             return NO_SUCH_KEY if storage else FILE_NOT_FOUND
@@ -838,6 +855,9 @@ class Simulator:
         content = self._file_content(file)
         cut = fault is not None and fault.kind == "cut_short"
         if isinstance(content, bytes):
+            if gzipped:
+                content = gzip.compress(content, compresslevel=1)
+                reply = reply._replace(headers=(*headers, ("Content-Encoding", "gzip")))
             return reply._replace(body=content, cut_at=len(content) // 2 if cut else None)
         if cut:
             length = sum(map(len, file.lines()))  # one pass to count, then the real one
