@@ -213,13 +213,21 @@ def test_signed_links_are_fetched_without_the_key_and_the_api_with_it(simulator,
     assert {r.authorization for r in api} == {f"Bearer {simulator.api_key}"}
 
 
-@pytest.mark.parametrize("fault", ["file_error", "cut_short"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "file_error",
+        "cut_short",
+        "envelope",  # HTTP 200, but SiliconFlow's overload envelope instead of the file
+        "bad_json",  # HTTP 200, but a proxy's HTML page
+    ],
+)
 def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(
     simulator, db_path, run, fault, monkeypatch, tmp_path
 ):
     archive = tmp_path / "archive"
     monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(archive))
-    simulator.faults.queue(kind=fault, times=100_000)
+    simulator.faults.queue(kind=fault, times=100_000, files=True)
 
     outcome = run("sync", "--db", str(db_path), "--no-models")
 

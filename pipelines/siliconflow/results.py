@@ -28,7 +28,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from pipelines.errors import SyncTimeout
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
-from .client import BatchApi, is_under, read_chunks
+from .client import BatchApi, api_code, is_error_envelope, is_under, read_chunks
 from .rows import no_rows, rows_table
 from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
@@ -428,14 +428,14 @@ class Fetcher:
         retrying = Retrying(
             stop=stop_after_attempt(retry.max_attempts),
             wait=wait_exponential(multiplier=retry.backoff_factor, max=retry.max_delay_s),
-            retry=retry_if_exception_type(BodyCutShort),
+            retry=retry_if_exception_type((BodyCutShort, NotAResultFile)),
             reraise=True,
         )
         try:
             return retrying(self._fetch, file)
         except HTTPError as error:
             return self._refused(file, error.response)
-        except (RequestException, BodyCutShort) as error:
+        except (RequestException, BodyCutShort, NotAResultFile) as error:
             return Download(file, FAILED, message=_first_line(error))
 
     def _fetch(self, file: ResultFile) -> Download:
@@ -468,6 +468,7 @@ class Fetcher:
             expected, received = response.headers.get("Content-Length", ""), response.raw.tell()
             if expected.isdigit() and int(expected) != received:
                 raise BodyCutShort(f"the body ended after {received:,} of {expected} bytes")
+            check_is_result_file(numbered.head, numbered.lines)
         except BaseException as error:
             for copy in copies:
                 copy.discard()
@@ -494,6 +495,26 @@ class BodyCutShort(Exception):
     """The body ended before its Content-Length, or the connection broke while reading it."""
 
 
+class NotAResultFile(Exception):
+    """A 2xx whose body is no result file: a page (a proxy's HTML, an XML document) or
+    SiliconFlow's error envelope. Stored, it would pass for the file and never be fetched again."""
+
+
+def check_is_result_file(head: bytes, lines: int) -> None:
+    """Refuse a body by its first line that is not blank, and its count of such lines."""
+    if head.lstrip().startswith(b"<"):
+        raise NotAResultFile("the answer was a page (HTML or XML), not JSON lines")
+    if lines != 1:
+        return
+    try:
+        body = json.loads(head)
+    except (ValueError, RecursionError):
+        return
+    if is_error_envelope(body) and "custom_id" not in body:
+        message = str(body.get("message") or "no message")[:200]
+        raise NotAResultFile(f"the answer was an error (code {api_code(body)}: {message})")
+
+
 def _raise_unless_success(response: Response, *args: object, **kwargs: object) -> None:
     if not response.is_redirect and not 200 <= response.status_code < 300:
         raise HTTPError(response=response)
@@ -511,6 +532,7 @@ class Numbered:
         self.bytes = 0
         self.lines = 0
         self.number = 0
+        self.head = b""  # the start of the first line that is not blank: what the body is
 
     def write(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
@@ -537,6 +559,10 @@ class Numbered:
     def _numbered(self, lines: list[bytes | None]) -> list[bytes]:
         """The parts of `lines` as written, a line's text never copied on the way: a file's
         lines pass here one by one, and a thread that copies them holds up the rest."""
+        if not self.head:
+            self.head = next(
+                (line[:SHORT_LINE] for line in lines if line and not line.isspace()), b""
+            )
         parts: list[bytes] = []
         for number, line in enumerate(lines, self.number + 1):
             # a blank line is no request, but keeps its place in the count
