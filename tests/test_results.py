@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import duckdb
 import pytest
@@ -28,13 +29,16 @@ from pipelines.siliconflow.results import (
     READER,
     Download,
     Fetcher,
+    NotAResultFile,
     Numbered,
     ResultFile,
     ResultStats,
+    check_is_result_file,
     groups,
     rows_of,
 )
 from pipelines.simulator import Simulator, World
+from pipelines.simulator.server import STORAGE_ERRORS
 from pipelines.warehouse import database, history
 
 REQUEST_COLUMNS = (
@@ -246,6 +250,27 @@ def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(
     assert query(
         db_path, "select distinct attempts from siliconflow.batch_files where state = 'loaded'"
     ) == [(2,)]
+
+
+def test_a_failing_storage_is_named_by_its_host_and_code_never_by_the_signed_link(
+    simulator, db_path, run
+):
+    simulator.faults.queue(kind="file_error", times=100_000)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    signed = {(f.batch_id, f.kind) for f in served(simulator) if f.signed and not f.gone}
+    said = {
+        (batch_id, kind): (state, message)
+        for batch_id, kind, state, message in query(
+            db_path, "select batch_id, kind, state, message from siliconflow.batch_files"
+        )
+    }
+    host = urlsplit(simulator.storage_origin).netloc
+    assert signed and {said[key] for key in signed} == {
+        ("failed", f"the storage at {host} answered HTTP 503 {STORAGE_ERRORS[503][0]}")
+    }
+    assert "X-Amz" not in outcome.err and "/results/" not in outcome.err
 
 
 def test_copies_a_killed_sync_left_go_with_the_next_fetch(simulator, db_path, run):
@@ -548,6 +573,43 @@ def test_a_file_sent_encoded_loads_whole_and_one_cut_short_does_not(
     assert (whole.state, whole.lines, whole.bytes) == ("loaded", 3_000, len(EncodedFiles.BODY))
     assert whole.path.read_bytes().count(b"\n") == 3_000
     assert (cut.state, cut.path) == ("failed", None)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"code": 50505, "message": "Model service overloaded.", "data": null}\n', "50505"),
+        (b'{"code": 20000, "message": "Ok", "status": true, "data": {"id": "f"}}', "20000"),
+        (b'{"object": "list", "data": [{"id": "batch_1"}], "has_more": false}\n', "listing"),
+        (b"\n<!DOCTYPE html><html><body>Just a moment...</body></html>\n", "page"),
+        (b'<?xml version="1.0"?>\n<Error><Code>AccessDenied</Code></Error>\n', "page"),
+    ],
+    ids=["error envelope", "success envelope", "listing", "html", "xml"],
+)
+def test_a_body_that_is_no_result_file_is_refused(tmp_path, body, said):
+    numbered = Numbered(tmp_path / "copy.lines")
+    numbered.write(body)
+    numbered.close()
+    with pytest.raises(NotAResultFile, match=said):
+        check_is_result_file(numbered.head, numbered.lines)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        completion_line(1, 3),  # OpenAI's shape, one line
+        b'\n{"custom_id": "r-1", "response": {"body": {"model": "m"}}}',  # SiliconFlow's
+        b'{"custom_id": "r-1", "response": null, "error": {"code": "x", "message": "y"}}\n',
+        b'{"code": 1, "message": "a line without a custom_id"}\n' + completion_line(2, 3),
+        b"not json\n",
+    ],
+    ids=["openai", "siliconflow", "error line", "two lines", "a bad line"],
+)
+def test_a_result_file_of_any_shape_is_taken(tmp_path, body):
+    numbered = Numbered(tmp_path / "copy.lines")
+    numbered.write(body)
+    numbered.close()
+    check_is_result_file(numbered.head, numbered.lines)
 
 
 def test_long_completions_load_within_the_readers_memory(tmp_path):

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
@@ -28,7 +29,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from pipelines.errors import SyncTimeout
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
-from .client import BatchApi, api_code, is_error_envelope, is_under, read_chunks
+from .client import BatchApi, api_code, is_under, read_chunks
 from .rows import no_rows, rows_table
 from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
@@ -481,14 +482,30 @@ class Fetcher:
 
     def _refused(self, file: ResultFile, response: Response | None) -> Download:
         """A file the API or storage would not serve: gone for good, or failed for now."""
-        status = response.status_code if response is not None else 0
-        from_storage = response is not None and not is_under(response.url, self.api.base_url)
-        if status == 404:
+        if response is not None and not is_under(response.url, self.api.base_url):
+            return _refused_by_storage(file, response)
+        if response is not None and response.status_code == 404:
             return Download(file, GONE, message="the API no longer has it (HTTP 404)")
-        if status == 403 and from_storage:
-            return Download(file, GONE, message="its signed link expired (HTTP 403)")
         failure = self.api.failure(HTTPError(response=response))
         return Download(file, FAILED, message=_first_line(failure or HTTPError(response=response)))
+
+
+def _refused_by_storage(file: ResultFile, response: Response) -> Download:
+    """The answer of the storage a signed link (named, or redirected to) points at; never its
+    URL, whose query is the credential."""
+    status = response.status_code
+    if status == 404:
+        return Download(file, GONE, message="the storage no longer has it (HTTP 404)")
+    if status == 403:
+        return Download(file, GONE, message="its signed link expired (HTTP 403)")
+    try:
+        start = next(response.iter_content(4096), b"")  # an error document; never read it all
+    except RequestException:
+        start = b""
+    code = re.search(rb"<Code>([^<]{1,80})</Code>", start)
+    why = f" {code[1].decode(errors='replace')}" if code else ""
+    host = urlsplit(response.url).netloc
+    return Download(file, FAILED, message=f"the storage at {host} answered HTTP {status}{why}")
 
 
 class BodyCutShort(Exception):
@@ -496,8 +513,9 @@ class BodyCutShort(Exception):
 
 
 class NotAResultFile(Exception):
-    """A 2xx whose body is no result file: a page (a proxy's HTML, an XML document) or
-    SiliconFlow's error envelope. Stored, it would pass for the file and never be fetched again."""
+    """A 2xx whose body is no result file: a page (a proxy's HTML, an XML document), or one JSON
+    document of the API (SiliconFlow's `{code, message, data}` envelope, a listing). Stored, it
+    would pass for the file and never be fetched again."""
 
 
 def check_is_result_file(head: bytes, lines: int) -> None:
@@ -510,9 +528,15 @@ def check_is_result_file(head: bytes, lines: int) -> None:
         body = json.loads(head)
     except (ValueError, RecursionError):
         return
-    if is_error_envelope(body) and "custom_id" not in body:
+    if not isinstance(body, dict) or "custom_id" in body:
+        return
+    if "code" in body:
         message = str(body.get("message") or "no message")[:200]
-        raise NotAResultFile(f"the answer was an error (code {api_code(body)}: {message})")
+        raise NotAResultFile(
+            f"the answer was SiliconFlow's envelope (code {api_code(body)}: {message})"
+        )
+    if body.get("object") == "list":
+        raise NotAResultFile("the answer was a listing (`object: list`), not JSON lines")
 
 
 def _raise_unless_success(response: Response, *args: object, **kwargs: object) -> None:
@@ -561,7 +585,7 @@ class Numbered:
         lines pass here one by one, and a thread that copies them holds up the rest."""
         if not self.head:
             self.head = next(
-                (line[:SHORT_LINE] for line in lines if line and not line.isspace()), b""
+                (line[:KEPT_LINE] for line in lines if line and not line.isspace()), b""
             )
         parts: list[bytes] = []
         for number, line in enumerate(lines, self.number + 1):
