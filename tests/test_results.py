@@ -657,6 +657,23 @@ def test_blank_lines_keep_their_place_in_the_count_and_are_no_request(tmp_path, 
     assert warning.endswith("(batch_a output line 7)")
 
 
+@pytest.mark.parametrize("chunk", [1, 1 << 16], ids=["byte by byte", "whole"])
+def test_a_byte_order_mark_before_the_first_line_is_no_part_of_it(tmp_path, chunk):
+    bom = b"\xef\xbb\xbf"
+    contents = {
+        "batch_a": bom + completion_line(1, 3) + completion_line(2, 3),
+        "batch_b": completion_line(1, 3) + bom + completion_line(2, 3),  # not a mark there
+    }
+    requests, files, warning = read_lines(tmp_path, contents, chunk)
+    assert sorted((r[0], r[2], r[3]) for r in requests) == [
+        ("batch_a", 1, "r-1"),
+        ("batch_a", 2, "r-2"),
+        ("batch_b", 1, "r-1"),
+    ]
+    assert [(f["lines"], f["bad_lines"]) for f in files] == [(2, 0), (2, 1)]
+    assert warning.endswith("(batch_b output line 2)")
+
+
 def embedding_line(number: int, dimensions: int) -> bytes:
     body = {
         "object": "list",

@@ -45,6 +45,7 @@ LONGEST_LINE = 4 << 20
 NOT_A_REQUEST = b"-"
 KEPT_LINE = 512 << 10  # the longest line the reader takes
 NAMED = 5  # files and line numbers a warning names
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some writers put before the first line
 
 FILES_SCHEMA = pa.schema(
     [
@@ -583,6 +584,8 @@ class Numbered:
     def _numbered(self, lines: list[bytes | None]) -> list[bytes]:
         """The parts of `lines` as written, a line's text never copied on the way: a file's
         lines pass here one by one, and a thread that copies them holds up the rest."""
+        if self.number == 0 and lines[0] is not None:
+            lines[0] = lines[0].removeprefix(BOM)  # a mark of the encoding, not of the line
         if not self.head:
             self.head = next(
                 (line[:KEPT_LINE] for line in lines if line and not line.isspace()), b""
