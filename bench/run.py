@@ -421,54 +421,47 @@ def run_results(rounds: int, root: Path) -> LatencyRun:
     run = LatencyRun(0.0, name="result files")
     workdir = Path(tempfile.mkdtemp(prefix="results-", dir=root))
     world = ("--batches", str(RESULT_WORLD), "--seed", str(SEED), "--max-requests", "1")
-    baselines: list[Measure] = []
-    ours: list[Measure] = []
     with simulator(*world, cache_mb=1) as server:
         for batch_id in server.completed_with_output(RESULT_FILES):
             server.enlarge(batch_id, RESULT_LINES, LINE_BYTES)
-        for number in range(rounds):
-            baseline = results_step(
-                server,
-                workdir,
-                "download + read_json",
-                this_script("--step", "files", "--base-url", server.base_url),
-                parse_json_line,
-            )
-            db = workdir / f"files{number}.duckdb"
-            sync = results_step(
-                server,
-                workdir,
-                "sync with result files",
-                sfbatches("sync", "--no-models", "--db", str(db)),
-                parse_request_lines,
-            )
-            set_ratio(baseline, baseline)
-            set_ratio(sync, baseline)
-            baselines.append(baseline)
-            ours.append(sync)
-    run.steps = [median_step(baselines), median_step(ours)]
+        names = ("download + read_json", "sync with result files")
+        pairs = [
+            files_against_baseline(server, workdir / f"files{number}.duckdb", names)
+            for number in range(rounds)
+        ]
+    run.steps = [median_step([pair[0] for pair in pairs]), median_step([pair[1] for pair in pairs])]
     with simulator(*world, cache_mb=1) as server:
         (big,) = server.completed_with_output(1)
         server.enlarge(big, BIG_FILE_LINES, BIG_LINE_BYTES)
-        big_baseline = results_step(
-            server,
-            workdir,
-            "1 GB: download + read",
-            this_script("--step", "files", "--base-url", server.base_url),
-            parse_json_line,
-        )
-        big_file = results_step(
-            server,
-            workdir,
-            "sync, one 1 GB file",
-            sfbatches("sync", "--no-models", "--db", str(workdir / "big.duckdb")),
-            parse_request_lines,
-        )
-        set_ratio(big_baseline, big_baseline)
-        set_ratio(big_file, big_baseline)
-        run.steps += [big_baseline, big_file]
+        names = ("1 GB: download + read", "sync, one 1 GB file")
+        run.steps += files_against_baseline(server, workdir / "big.duckdb", names)
     shutil.rmtree(workdir, ignore_errors=True)
     return run
+
+
+def files_against_baseline(
+    server: Server, db: Path, names: tuple[str, str]
+) -> tuple[Measure, Measure]:
+    """The baseline (download + read_json), then a sync into `db`, each with its ratio to the
+    baseline."""
+    workdir = db.parent
+    baseline = results_step(
+        server,
+        workdir,
+        names[0],
+        this_script("--step", "files", "--base-url", server.base_url),
+        parse_json_line,
+    )
+    sync = results_step(
+        server,
+        workdir,
+        names[1],
+        sfbatches("sync", "--no-models", "--db", str(db)),
+        parse_request_lines,
+    )
+    set_ratio(baseline, baseline)
+    set_ratio(sync, baseline)
+    return baseline, sync
 
 
 def results_step(server: Server, workdir: Path, name: str, argv: list[str], parse: Any) -> Measure:
