@@ -575,6 +575,14 @@ def test_a_file_sent_encoded_loads_whole_and_one_cut_short_does_not(
     assert (cut.state, cut.path) == ("failed", None)
 
 
+def check_body(tmp_path: Path, body: bytes) -> None:
+    """Save `body` as the fetcher does and judge it as the fetcher does."""
+    numbered = Numbered(tmp_path / "copy.lines")
+    numbered.write(body)
+    numbered.close()
+    check_is_result_file(numbered.head, numbered.lines)
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
@@ -587,11 +595,8 @@ def test_a_file_sent_encoded_loads_whole_and_one_cut_short_does_not(
     ids=["error envelope", "success envelope", "listing", "html", "xml"],
 )
 def test_a_body_that_is_no_result_file_is_refused(tmp_path, body, said):
-    numbered = Numbered(tmp_path / "copy.lines")
-    numbered.write(body)
-    numbered.close()
     with pytest.raises(NotAResultFile, match=said):
-        check_is_result_file(numbered.head, numbered.lines)
+        check_body(tmp_path, body)
 
 
 @pytest.mark.parametrize(
@@ -606,10 +611,7 @@ def test_a_body_that_is_no_result_file_is_refused(tmp_path, body, said):
     ids=["openai", "siliconflow", "error line", "two lines", "a bad line"],
 )
 def test_a_result_file_of_any_shape_is_taken(tmp_path, body):
-    numbered = Numbered(tmp_path / "copy.lines")
-    numbered.write(body)
-    numbered.close()
-    check_is_result_file(numbered.head, numbered.lines)
+    check_body(tmp_path, body)
 
 
 def test_long_completions_load_within_the_readers_memory(tmp_path):

@@ -430,14 +430,14 @@ class Fetcher:
         retrying = Retrying(
             stop=stop_after_attempt(retry.max_attempts),
             wait=wait_exponential(multiplier=retry.backoff_factor, max=retry.max_delay_s),
-            retry=retry_if_exception_type((BodyCutShort, NotAResultFile)),
+            retry=retry_if_exception_type(UnusableAnswer),
             reraise=True,
         )
         try:
             return retrying(self._fetch, file)
         except HTTPError as error:
             return self._refused(file, error.response)
-        except (RequestException, BodyCutShort, NotAResultFile) as error:
+        except (RequestException, UnusableAnswer) as error:
             return Download(file, FAILED, message=_first_line(error))
 
     def _fetch(self, file: ResultFile) -> Download:
@@ -509,11 +509,15 @@ def _refused_by_storage(file: ResultFile, response: Response) -> Download:
     return Download(file, FAILED, message=f"the storage at {host} answered HTTP {status}{why}")
 
 
-class BodyCutShort(Exception):
+class UnusableAnswer(Exception):
+    """A 2xx the file cannot be taken from: fetched again, as dlt retries a failed request."""
+
+
+class BodyCutShort(UnusableAnswer):
     """The body ended before its Content-Length, or the connection broke while reading it."""
 
 
-class NotAResultFile(Exception):
+class NotAResultFile(UnusableAnswer):
     """A 2xx whose body is no result file: a page (a proxy's HTML, an XML document), or one JSON
     document of the API (SiliconFlow's `{code, message, data}` envelope, a listing). Stored, it
     would pass for the file and never be fetched again."""
