@@ -510,6 +510,44 @@ ALL_VIEWS = [
 ]
 
 
+# One output file and one error file of b_done_a: (line, kind, status_code, error_code,
+# error_message, failed?) as SPEC 4 counts a failed request.
+REQUEST_LINES = [
+    (1, "output", 200, None, None, False),
+    (2, "output", None, None, None, False),  # SiliconFlow's shape: no status, no error
+    (3, "output", 200, None, "Internal error: upstream closed", True),  # an error as text
+    (4, "output", None, "rate_limited", None, True),
+    (5, "output", 500, None, None, True),
+    (6, "output", 429, "50603", "rate limited", True),
+    (1, "error", 400, "20012", "bad request", True),
+    (2, "error", None, None, None, True),  # an error-file line fails whatever it holds
+]
+
+
+def test_a_request_fails_with_an_error_code_or_message_a_non_2xx_status_or_in_the_error_file(
+    synced,
+):
+    synced.execute(
+        "insert into siliconflow.batch_files (batch_id, kind, state) "
+        "values ('b_done_a', 'output', 'loaded'), ('b_done_a', 'error', 'loaded')"
+    )
+    synced.executemany(
+        "insert into siliconflow.batch_requests (batch_id, line, kind, status_code, error_code, "
+        "error_message) values ('b_done_a', ?, ?, ?, ?, ?)",
+        [line[:5] for line in REQUEST_LINES],
+    )
+    failed = synced.execute(
+        "select line, kind, is_failed from analytics.stg_batch_requests"
+    ).fetchall()
+    assert sorted(failed) == sorted((line[0], line[1], line[5]) for line in REQUEST_LINES)
+    usage = rows(
+        synced,
+        "select requests, requests_succeeded, requests_failed from analytics.batch_usage "
+        "where batch_id = 'b_done_a'",
+    )
+    assert usage == [{"requests": 8, "requests_succeeded": 2, "requests_failed": 6}]
+
+
 def test_empty_tables_give_empty_views(con):
     create_tables(con)
     build_models(con)

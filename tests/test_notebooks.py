@@ -582,8 +582,8 @@ SLOWEST_TABLE = (
     "completion_tokens_per_second",
 )
 # Failed lines as SPEC 3 and 4 define them, read from the loaded lines themselves: error-file
-# lines, and output lines with an error code or a non-2xx status. They seldom name a model; the
-# batch's (batch_usage) stands in.
+# lines, and output lines with an error (code or message) or a non-2xx status. They seldom name a
+# model; the batch's (batch_usage) stands in.
 FAILED_LINES = f"""
     select
         coalesce(requests.error_code, '(no code)') as error_code,
@@ -595,6 +595,7 @@ FAILED_LINES = f"""
         on requests.batch_id = usage.batch_id
     where requests.kind = 'error'
         or requests.error_code is not null
+        or requests.error_message is not null
         or requests.status_code not between 200 and 299
 """
 

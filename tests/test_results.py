@@ -21,12 +21,13 @@ from urllib.parse import urlsplit
 import duckdb
 import pytest
 from conftest import REPO, START
-from truth import expected_requests
+from truth import expected_requests, request_row
 
 from pipelines.siliconflow.client import BatchApi, Deadline, RetryPolicy
 from pipelines.siliconflow.results import (
     LONGEST_LINE,
     READER,
+    SHORT_LINE,
     Download,
     Fetcher,
     NotAResultFile,
@@ -360,10 +361,11 @@ def prices() -> dict[str, tuple[float, float, str]]:
 
 
 def is_failed(row: tuple) -> bool:
-    kind, status_code, error_code = row[1], row[4], row[13]
+    kind, status_code, error_code, error_message = row[1], row[4], row[13], row[14]
     return (
         kind == "error"
         or error_code is not None
+        or error_message is not None
         or (status_code is not None and not 200 <= status_code <= 299)
     )
 
@@ -612,6 +614,39 @@ def test_a_body_that_is_no_result_file_is_refused(tmp_path, body, said):
 )
 def test_a_result_file_of_any_shape_is_taken(tmp_path, body):
     check_body(tmp_path, body)
+
+
+# Errors as servers send them: OpenAI's `{code, message}` at the top or in the response body,
+# and plain text in either place; the last ones carry no error at all.
+ERROR_SHAPES = [
+    {"error": {"code": "rate_limited", "message": "slow down"}},
+    {"response": {"status_code": 400, "body": {"error": {"code": 20012, "message": "bad"}}}},
+    {"error": {"message": "only a message"}},
+    {"error": "Internal error: upstream closed"},
+    {"response": {"status_code": 500, "body": {"error": "upstream said no"}}},
+    {"error": "plain", "response": {"body": {"error": {"code": "c", "message": "in the body"}}}},
+    {"error": {"code": "only_a_code"}},
+    {"error": None, "response": {"status_code": 200, "body": {"model": "m"}}},
+    {"error": "  \t "},
+    {"error": False},
+    {"error": {}},
+]
+
+
+@pytest.mark.parametrize("pad", [0, SHORT_LINE], ids=["short lines", "long lines"])
+def test_an_error_of_any_shape_gives_its_code_and_message(tmp_path, pad):
+    lines = [
+        json.dumps({"custom_id": f"r-{n}", **shape, "padding": "x" * pad}).encode()
+        for n, shape in enumerate(ERROR_SHAPES, 1)
+    ]
+    requests, files, warning = read_lines(tmp_path, {"batch_a": b"\n".join(lines)})
+    assert (warning, files[0]["bad_lines"]) == ("", 0)
+    expected = {request_row("batch_a", "output", n, line) for n, line in enumerate(lines, 1)}
+    assert set(requests) == expected
+    messages = {row[3]: row[14] for row in requests}
+    assert messages["r-4"] == "Internal error: upstream closed"
+    assert messages["r-5"] == "upstream said no"
+    assert [messages[f"r-{n}"] for n in range(7, 12)] == [None] * 5
 
 
 def test_long_completions_load_within_the_readers_memory(tmp_path):

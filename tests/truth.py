@@ -192,9 +192,25 @@ def request_row(batch_id: str, kind: str, line: int, raw: bytes) -> tuple | None
         _whole(_dig(usage, "total_tokens")),
         _whole(_dig(usage, "completion_tokens_details", "reasoning_tokens")),
         _whole(_dig(usage, "prompt_tokens_details", "cached_tokens")),
-        _text(_dig(obj, "error", "code") or _dig(body, "error", "code")),
-        _text(_dig(obj, "error", "message") or _dig(body, "error", "message")),
+        _text(_first(_dig(obj, "error", "code"), _dig(body, "error", "code"))),
+        _text(
+            _first(
+                _dig(obj, "error", "message"),
+                _dig(body, "error", "message"),
+                _plain(obj.get("error")),
+                _plain(_dig(body, "error")),
+            )
+        ),
     )
+
+
+def _first(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
+
+
+def _plain(error: Any) -> str | None:
+    """An error sent as a bare string: its text, unless blank."""
+    return error if isinstance(error, str) and error.strip(" \t\r\n") else None
 
 
 def expected_requests(files: Any) -> tuple[set[tuple], dict[tuple[str, str], int]]:

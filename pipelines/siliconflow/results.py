@@ -135,6 +135,21 @@ REQUEST_SHAPE = json.dumps(REQUEST_FIELDS)
 PARSED = (
     f"case when ltrim(raw, e' \\t\\r') like '{{%' then try(from_json(raw, '{REQUEST_SHAPE}')) end"
 )
+
+BLANK = r"e' \t\r\n'"  # what a blank text is made of, in DuckDB's escaped string syntax
+
+
+def plain_error(parsed: str, path: str) -> str:
+    """An error sent as plain text rather than as `{code, message}`: that text, unless blank.
+    The raw line is read again only where the parsed error has neither field, which is rare."""
+    text = f"(raw ->> '{path}')"
+    return (
+        f"case when {parsed} is not null and {parsed}.code is null and {parsed}.message is null "
+        f"and json_type(raw, '{path}') = 'VARCHAR' and trim({text}, {BLANK}) <> '' "
+        f"then {text} end"
+    )
+
+
 REQUEST_ROWS_SQL = f"""
     select
         batch_id,
@@ -151,11 +166,16 @@ REQUEST_ROWS_SQL = f"""
         r.response.body.usage.completion_tokens_details.reasoning_tokens as reasoning_tokens,
         r.response.body.usage.prompt_tokens_details.cached_tokens as cached_tokens,
         coalesce(r.error.code, r.response.body.error.code) as error_code,
-        coalesce(r.error.message, r.response.body.error.message) as error_message,
+        coalesce(
+            r.error.message,
+            r.response.body.error.message,
+            {plain_error("r.error", "$.error")},
+            {plain_error("r.response.body.error", "$.response.body.error")}
+        ) as error_message,
         r is null as is_bad,
         file
     from (
-        select batch_id, kind, file, line, {PARSED} as r
+        select batch_id, kind, file, line, raw, {PARSED} as r
         from ({NUMBERED_LINES})
     )
 """

@@ -27,10 +27,12 @@ final as (
         cached_tokens,
         error_code,
         error_message,
-        -- a line of the error file, or an output line that carries an error or a non-2xx status
+        -- a line of the error file, or an output line that carries an error (a code or a
+        -- message) or a non-2xx status
         (
             kind = 'error'
             or error_code is not null
+            or error_message is not null
             or coalesce(status_code not between 200 and 299, false)
         ) as is_failed
     from source
