@@ -218,6 +218,43 @@ def test_signed_links_are_fetched_without_the_key_and_the_api_with_it(simulator,
     assert {r.authorization for r in api} == {f"Bearer {simulator.api_key}"}
 
 
+def test_a_file_is_asked_for_by_its_whole_name_and_a_blank_name_names_none(simulator, db_path, run):
+    named = [batch for batch in simulator.world.visible() if batch["output_file_id"]]
+    plain = [batch["id"] for batch in named if batch["output_file_id"].startswith("file-")]
+    signed = next(batch for batch in named if batch["output_file_id"].startswith("http://"))
+    odd = "file-odd/../b?c=d#e f"  # asked for as it is: not as file-odd, not as b?c=d
+    upper = signed["output_file_id"].replace("http://", "HTTP://", 1)  # still a link
+    names = {plain[0]: "", plain[1]: " \t ", plain[2]: odd, signed["id"]: upper}
+    simulator.faults.overrides = {batch_id: {"output_file_id": n} for batch_id, n in names.items()}
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    outputs = {
+        batch_id: rest
+        for batch_id, *rest in query(
+            db_path,
+            "select batch_id, file_id, state, message from siliconflow.batch_files "
+            "where kind = 'output'",
+        )
+    }
+    assert plain[0] not in outputs and plain[1] not in outputs
+    assert outputs[plain[2]] == [odd, "gone", "the API no longer has it (HTTP 404)"]
+    assert outputs[signed["id"]][:2] == [upper, "loaded"]
+    requests = simulator.file_requests()
+    assert len(requests) == len(query(db_path, "select * from siliconflow.batch_files"))
+    assert [r.path for r in requests if "odd" in r.path] == [
+        "/v1/files/file-odd%2F..%2Fb%3Fc%3Dd%23e%20f/content"
+    ]
+    assert {r.authorization for r in simulator.storage_requests()} == {None}
+    stored = query(
+        db_path,
+        f"select {REQUEST_COLUMNS} from siliconflow.batch_requests "
+        f"where batch_id = '{signed['id']}' and kind = 'output'",
+    )
+    rows, _ = expected_requests([simulator.world.result_file(signed["id"], "output")])
+    assert rows and set(stored) == rows
+
+
 @pytest.mark.parametrize(
     "fault",
     [
@@ -291,6 +328,33 @@ def test_copies_a_killed_sync_left_go_with_the_next_fetch(simulator, db_path, ru
 
     assert sorted(path.name for path in scratch.iterdir()) == ["notes.txt"]
     assert_results_equal(db_path, simulator)
+
+
+def test_batch_ids_that_are_no_plain_file_names_get_copies_and_archives_of_their_own(
+    simulator, tmp_path
+):
+    # ids the API might send: two that differ only where a file name cannot, and two that
+    # would name the folder itself or the one above it
+    ids = ["batch/1", "batch_1", "..", "."]
+    served_files = [f for f in served(simulator) if not f.gone and not f.signed][: len(ids)]
+    api = BatchApi(simulator.base_url, simulator.api_key, RetryPolicy(), Deadline(None))
+    archive = tmp_path / "home" / "archive"
+    fetcher = Fetcher(api, tmp_path / "home" / "scratch", archive)
+    files = [ResultFile(i, "output", f.file_id) for i, f in zip(ids, served_files, strict=True)]
+
+    downloads = list(fetcher.downloads(files, ResultStats()))
+
+    assert [d.state for d in downloads] == ["loaded"] * len(ids)
+    for download, file in zip(downloads, served_files, strict=True):
+        content = file.content()
+        assert download.path.parent == tmp_path / "home" / "scratch"
+        assert download.path.read_bytes().count(b"\n") == download.lines == content.count(b"\n")
+    kept = sorted(archive.glob("*/output.jsonl.gz"))
+    assert len(kept) == len(ids) and all(path.parent.parent == archive for path in kept)
+    assert sorted(gzip.decompress(path.read_bytes()) for path in kept) == sorted(
+        f.content() for f in served_files
+    )
+    assert sorted(path.name for path in (tmp_path / "home").iterdir()) == ["archive", "scratch"]
 
 
 def test_archive_keeps_each_served_file_gzipped_whole(

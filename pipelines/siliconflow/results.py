@@ -8,6 +8,7 @@ its rows in Arrow batches, followed by the file's `batch_files` row.
 """
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import duckdb
 import pyarrow as pa
@@ -470,9 +471,11 @@ class Fetcher:
         return Download(file, LOADED, path=path, bytes=size, lines=lines)
 
     def url(self, file_id: str) -> str:
-        if re.match(r"https?://", file_id):
-            return file_id  # a signed storage URL: fetched as it is; the adapter drops the key
-        return f"{self.api.base_url}/{FILES_PATH.format(file_id=file_id)}"
+        named = file_id.strip()
+        if re.match(r"https?://", named, re.IGNORECASE):
+            return named  # a signed storage URL: fetched as it is; the adapter drops the key
+        # one path segment whatever it holds: a `/`, `?` or `..` in an id leads nowhere else
+        return f"{self.api.base_url}/{FILES_PATH.format(file_id=quote(named, safe=''))}"
 
     def _save(self, response: Response, path: Path, file: ResultFile) -> tuple[int, int]:
         """Stream the body into the numbered copy (and the archive); both or neither stay."""
@@ -689,8 +692,14 @@ class Archived:
 
 
 def _safe(name: str) -> str:
-    """A batch id as a file name."""
-    return re.sub(r"[^\w.-]", "_", name)[:120]
+    """A batch id as a file name of its own: the id itself when it is a plain name, else its
+    plain characters and a digest of the whole id, so that no two ids share a name and no id
+    (`..`, `a/b`) names a place outside the folder it is meant for."""
+    if re.fullmatch(r"\w[\w.-]{0,119}", name, re.ASCII):
+        return name
+    plain = re.sub(r"[^\w.-]", "_", name, flags=re.ASCII)[:100]
+    digest = hashlib.blake2b(name.encode(errors="surrogatepass"), digest_size=6).hexdigest()
+    return f"{plain}-{digest}"
 
 
 def _first_line(error: BaseException) -> str:

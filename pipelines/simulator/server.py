@@ -22,7 +22,7 @@ from http.client import responses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import chain
 from typing import Any, ClassVar, NamedTuple
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 
@@ -1153,12 +1153,13 @@ def serve(
 
 
 def _file_route(path: str) -> str | None:
-    """The file id of a /v1/files/{id}/content path (also under /alt), else None."""
+    """The file id of a /v1/files/{id}/content path (also under /alt), else None; the id's
+    segment percent-decoded, as any web server reads a path."""
     path = api_path(path)
     if not (path.startswith(FILES_PREFIX) and path.endswith(CONTENT_SUFFIX)):
         return None
     file_id = path[len(FILES_PREFIX) : -len(CONTENT_SUFFIX)]
-    return file_id if file_id and "/" not in file_id else None
+    return unquote(file_id) if file_id and "/" not in file_id else None
 
 
 def _chunks(lines: Iterable[bytes]) -> Iterator[bytes]:

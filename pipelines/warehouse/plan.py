@@ -26,6 +26,8 @@ IS_OPEN = f"lower(status) not in ({sql_list(TERMINAL_STATUSES)})"
 # Result files one sync tries at most; the rest wait for the next.
 MAX_FILES = 10_000
 RESULT_TABLES = {BATCH_FILES, BATCH_REQUESTS}
+# A batch names a file with an id or a link; null or blank text names none.
+NAMES_A_FILE = "regexp_matches({column}, '[^[:space:]]')"
 TRIED = f"select batch_id, kind, state, attempts from {DATASET}.{BATCH_FILES}"
 NONE_TRIED = (
     "select ''::varchar as batch_id, ''::varchar as kind, ''::varchar as state, "
@@ -158,11 +160,11 @@ def pending_files(
         with named as (
             select id as batch_id, 'output' as kind, output_file_id as file_id, created_at
             from {DATASET}.{BATCHES}
-            where not ({IS_OPEN}) and output_file_id is not null
+            where not ({IS_OPEN}) and {NAMES_A_FILE.format(column="output_file_id")}
             union all
             select id, 'error', error_file_id, created_at
             from {DATASET}.{BATCHES}
-            where not ({IS_OPEN}) and error_file_id is not null
+            where not ({IS_OPEN}) and {NAMES_A_FILE.format(column="error_file_id")}
         ),
 
         tried as ({TRIED if BATCH_FILES in tables else NONE_TRIED})
