@@ -255,6 +255,23 @@ def test_a_file_is_asked_for_by_its_whole_name_and_a_blank_name_names_none(simul
     assert rows and set(stored) == rows
 
 
+def test_downloads_the_api_redirects_to_its_storage_load_and_never_take_the_key_there(
+    simulator, db_path, run
+):
+    simulator.faults.files_via_storage = True
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert_results_equal(db_path, simulator)
+    files = served(simulator)
+    api = [r for r in simulator.file_requests() if r.host == "api"]
+    storage = simulator.storage_requests()
+    assert len(api) == sum(not f.signed for f in files) and {r.status for r in api} == {302}
+    assert len(storage) == len(files) and {r.authorization for r in storage} == {None}
+    assert {r.status for r in storage} == {200, 403}  # 403: a gone file's link has expired
+
+
 @pytest.mark.parametrize(
     "fault",
     [

@@ -418,6 +418,25 @@ def test_the_request_log_records_file_downloads_with_their_authorization(sim, ap
     assert sim.count("/v1/") == 2 and len(sim.list_requests()) == 1
 
 
+def test_files_via_storage_redirects_a_download_to_the_storages_link_for_that_file(sim, api):
+    sim.faults.files_via_storage = True
+    plain = next(f for f in sim.world.result_files() if not f.signed and not f.gone)
+
+    moved = download(api, sim, plain.plain_id)
+    unknown = download(api, sim, "file-000000000000000000000000")
+
+    (redirect,) = moved.history
+    assert redirect.status_code == 302 and SIGNED_URL.fullmatch(redirect.headers["Location"])
+    assert SIGNED_URL.fullmatch(moved.url)[2] == plain.plain_id
+    assert moved.status_code == 200 and moved.content == plain.content()
+    assert unknown.status_code == 404 and unknown.json() == FILE_NOT_FOUND
+    assert [(r.host, r.status) for r in sim.file_requests()] == [
+        ("api", 302),
+        ("storage", 200),
+        ("api", 404),
+    ]
+
+
 # --- the signed storage -----------------------------------------------------------------------
 
 

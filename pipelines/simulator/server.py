@@ -313,7 +313,9 @@ class Faults:
     first_id/last_id), `extra_fields` (fields set on every batch served), `overrides` (batch id
     -> fields set on that batch only; its place in the listing stays), `pin_to_top` (these ids
     listed first, in this order, and nowhere else; cursors stay consistent), `repeat` (batch id
-    -> the id after which it is served again, so it is listed twice; last_id ignores it).
+    -> the id after which it is served again, so it is listed twice; last_id ignores it),
+    `files_via_storage` (a file download on the API answers 302 to the storage's signed link
+    for that file, as an API that keeps its files in object storage does).
 
     `shape()` says what the settings make answers hold, for the server's cache of answers.
     """
@@ -331,6 +333,7 @@ class Faults:
         "overrides": _batch_overrides,
         "pin_to_top": _batch_ids,
         "repeat": _batch_pairs,
+        "files_via_storage": bool,
     }
     error_rate: float
     latency_ms: float
@@ -342,6 +345,7 @@ class Faults:
     overrides: dict[str, dict[str, Any]]
     pin_to_top: list[str]
     repeat: dict[str, str]
+    files_via_storage: bool
     version: int  # moves whenever a setting that shapes answers is assigned
 
     def __init__(self, seed: int = 7) -> None:
@@ -800,6 +804,9 @@ class Simulator:
         if self.faults.latency_ms > 0:
             time.sleep(self.faults.latency_ms / 1000)
         fault = self.faults.take_file(api=True)
+        link = self.world.signed_url(file_id) if self.faults.files_via_storage else None
+        if fault is None and link is not None and self.world.file(file_id) is not None:
+            return redirect_reply(Fault(kind="redirect", status=302, location=link), "")
         return self._download(file_id, fault, storage=False, host=headers.get("Host"))
 
     def _storage_route(self, method: str, path: str, gzipped: bool) -> Reply | None:

@@ -432,21 +432,17 @@ class World:
                 self._file_index = (array("Q", entries), shift)
             return self._file_index
 
+    def signed_url(self, plain_id: str) -> str | None:
+        """The storage's signed link to a file, or None while no storage is known."""
+        origin = self.storage_origin
+        return None if origin is None else _signed_url(origin, self.seed, plain_id)
+
     def _namer(self, plan: Plan) -> Callable[[str], str] | None:
         """How this batch's object names its files: as signed URLs, or None for plain ids."""
         origin = self.storage_origin
         if not plan.signed or origin is None:
             return None
-        seed = self.seed
-
-        def signed_url(plain_id: str) -> str:
-            signature = hashlib.sha256(b"%d:%s" % (seed, plain_id.encode())).hexdigest()
-            return (
-                f"{origin}/results/{plain_id}.jsonl"
-                f"?X-Amz-Expires={LINK_EXPIRES_S}&X-Amz-Signature={signature}"
-            )
-
-        return signed_url
+        return partial(_signed_url, origin, self.seed)
 
     def _make_line_plan(self, key: int) -> LinePlan:
         plan = self._plan(key)
@@ -506,6 +502,14 @@ class World:
 
         batch_id = _id_of_key(key, self._id_salt)
         return render(plan, timeline, t, batch_id, metadata, self._namer(plan), usage)
+
+
+def _signed_url(origin: str, seed: int, plain_id: str) -> str:
+    signature = hashlib.sha256(b"%d:%s" % (seed, plain_id.encode())).hexdigest()
+    return (
+        f"{origin}/results/{plain_id}.jsonl"
+        f"?X-Amz-Expires={LINK_EXPIRES_S}&X-Amz-Signature={signature}"
+    )
 
 
 def _line_source(
