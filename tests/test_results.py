@@ -775,6 +775,35 @@ def test_blank_lines_keep_their_place_in_the_count_and_are_no_request(tmp_path, 
     assert warning.endswith("(batch_a output line 7)")
 
 
+# Control characters where JSON allows them (a carriage return between values, as in CRLF line
+# ends) and where it does not (inside a string; the reader's own separator anywhere).
+CONTROL_LINES = [
+    b'{"custom_id": "r-1",\r "response": {"body": {"model": "m"}}}\r',
+    b'{"custom_id": "r-2\rx"}',
+    b"\r",  # a blank line, ended CRLF
+    b'{"custom_id": "r-4\x1fx"}',
+    b'{"custom_id":\x1f"r-5"}',
+    b'{"custom_id": "r-6", "response": {"status_code": 200}}\r',
+    b'{"custom_id": "r-7\tx"}',
+    b'{"custom_id": "r-8", "pad": "' + b"x" * SHORT_LINE + b'",\r "error": "e"}',
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 16], ids=["byte by byte", "whole"])
+def test_carriage_returns_and_control_characters_read_as_json_reads_them(tmp_path, chunk):
+    content = b"\n".join(CONTROL_LINES) + b"\n"
+    requests, files, warning = read_lines(tmp_path, {"batch_a": content}, chunk)
+    expected = {
+        row
+        for number, line in enumerate(CONTROL_LINES, 1)
+        if (row := request_row("batch_a", "output", number, line)) is not None
+    }
+    assert sorted(r[3] for r in expected) == ["r-1", "r-6", "r-8"]
+    assert set(requests) == expected
+    assert [(f["lines"], f["bad_lines"]) for f in files] == [(7, 4)]
+    assert warning.endswith("(batch_a output line 2, 4, 5, 7)")
+
+
 @pytest.mark.parametrize("chunk", [1, 1 << 16], ids=["byte by byte", "whole"])
 def test_a_byte_order_mark_before_the_first_line_is_no_part_of_it(tmp_path, chunk):
     bom = b"\xef\xbb\xbf"

@@ -36,6 +36,11 @@ from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
 # Between a line's number and its text: a control character, which JSON never holds unescaped.
 SEPARATOR = b"\x1f"
+# Bytes a line cannot carry to the reader, each swapped for one that JSON reads alike: a carriage
+# return (where DuckDB's CSV reader would end the row, or refuse the whole file) for a tab, which
+# JSON also takes as space between values and refuses inside a string; the separator for another
+# control character, which JSON refuses anywhere.
+TO_READER = bytes.maketrans(b"\r" + SEPARATOR, b"\t\x01")
 # DuckDB reads lines in whole vectors, so a file of long lines (long completions, embeddings)
 # would outgrow its memory: a longer line is cut down to what a request row keeps as it is saved.
 SHORT_LINE = 8 << 10
@@ -645,7 +650,7 @@ def readable(line: bytes | None) -> bytes:
     if line is None or len(line) > LONGEST_LINE:
         return NOT_A_REQUEST
     if len(line) <= SHORT_LINE:
-        return line.replace(SEPARATOR, b" ")
+        return line.translate(TO_READER)
     try:
         value = json.loads(line)
     except (ValueError, RecursionError):
