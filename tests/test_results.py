@@ -307,6 +307,20 @@ def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(
     ) == [(2,)]
 
 
+def test_a_download_that_fails_once_is_fetched_again_within_the_sync(simulator, db_path, run):
+    # one of each transient trouble, on the API or the storage, whichever file comes first
+    for kind in ("file_error", "cut_short", "envelope", "drop"):
+        simulator.faults.queue(kind=kind, files=True)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0 and "could not be fetched" not in outcome.err
+    assert_results_equal(db_path, simulator)
+    assert query(db_path, "select distinct attempts from siliconflow.batch_files") == [(1,)]
+    assert len(simulator.file_requests()) == len(served(simulator)) + 4
+    assert simulator.faults.pending() == 0
+
+
 def test_a_failing_storage_is_named_by_its_host_and_code_never_by_the_signed_link(
     simulator, db_path, run
 ):
