@@ -621,23 +621,30 @@ def completion_line(number: int, words: int) -> bytes:
 
 
 class EncodedFiles(BaseHTTPRequestHandler):
-    """Serves BODY encoded as the path names (`/gzip`, `/deflate`), under the Content-Length of
-    the encoded bytes; `/gzip-cut` hangs up halfway through them."""
+    """Serves BODY compressed as the path names, under the Content-Length of the bytes sent:
+    encoded for the transport (`/gzip`, `/deflate`; `/gzip-cut` hangs up halfway through), or
+    stored gzipped and sent as it is, without Content-Encoding (`/stored`; `/stored-members`, two
+    gzip members one after the other; `/stored-truncated`, the first half of the gzip file)."""
 
-    ENCODERS: ClassVar[dict[str, Callable[[bytes], bytes]]] = {
-        "gzip": gzip.compress,
-        "deflate": zlib.compress,
-    }
     BODY = b"".join(completion_line(n, 50) for n in range(1, 3_001))
+    HALF = BODY.index(b"\n", len(BODY) // 2) + 1
+    SENT: ClassVar[dict[str, tuple[bytes, str | None]]] = {
+        "gzip": (gzip.compress(BODY), "gzip"),
+        "deflate": (zlib.compress(BODY), "deflate"),
+        "stored": (gzip.compress(BODY), None),
+        "stored-members": (gzip.compress(BODY[:HALF]) + gzip.compress(BODY[HALF:]), None),
+    }
+    SENT["stored-truncated"] = (SENT["stored"][0][: len(SENT["stored"][0]) // 2], None)
 
     def do_GET(self) -> None:
-        encoding, _, cut = self.path.strip("/").partition("-")
-        sent = self.ENCODERS[encoding](self.BODY)
+        name = self.path.strip("/")
+        sent, encoding = self.SENT[name.removesuffix("-cut")]
         self.send_response(200)
-        self.send_header("Content-Encoding", encoding)
+        if encoding is not None:
+            self.send_header("Content-Encoding", encoding)
         self.send_header("Content-Length", str(len(sent)))
         self.end_headers()
-        self.wfile.write(sent[: len(sent) // 2] if cut else sent)
+        self.wfile.write(sent[: len(sent) // 2] if name.endswith("-cut") else sent)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -670,6 +677,26 @@ def test_a_file_sent_encoded_loads_whole_and_one_cut_short_does_not(
     assert (whole.state, whole.lines, whole.bytes) == ("loaded", 3_000, len(EncodedFiles.BODY))
     assert whole.path.read_bytes().count(b"\n") == 3_000
     assert (cut.state, cut.path) == ("failed", None)
+
+
+@pytest.mark.parametrize("stored", ["stored", "stored-members"])
+def test_a_file_stored_gzipped_and_sent_as_it_is_loads_unpacked(encoded_files, tmp_path, stored):
+    retry = RetryPolicy(max_attempts=2, backoff_factor=0)
+    fetcher = Fetcher(BatchApi(encoded_files, "sk-test", retry, Deadline(None)), tmp_path / "s")
+    files = [
+        ResultFile("batch_a", "output", f"{encoded_files}/{stored}"),
+        ResultFile("batch_b", "output", f"{encoded_files}/stored-truncated"),
+    ]
+
+    whole, truncated = fetcher.downloads(files, ResultStats())
+
+    assert (whole.state, whole.lines, whole.bytes) == ("loaded", 3_000, len(EncodedFiles.BODY))
+    numbered = whole.path.read_bytes().splitlines()
+    assert [line.split(b"\x1f", 1)[1] + b"\n" for line in numbered] == [
+        completion_line(n, 50) for n in range(1, 3_001)
+    ]
+    assert (truncated.state, truncated.path) == ("failed", None)
+    assert truncated.message == "the body is a gzip file that ends before its end"
 
 
 def check_body(tmp_path: Path, body: bytes) -> None:

@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import re
+import zlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -30,7 +32,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from pipelines.errors import SyncTimeout
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
-from .client import BatchApi, api_code, is_under, read_chunks
+from .client import READ_BYTES, BatchApi, api_code, is_under, read_chunks
 from .rows import no_rows, rows_table
 from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
@@ -52,6 +54,8 @@ NOT_A_REQUEST = b"-"
 KEPT_LINE = 512 << 10  # the longest line the reader takes
 NAMED = 5  # files and line numbers a warning names
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some writers put before the first line
+GZIP_MAGIC = b"\x1f\x8b"  # how a gzip file starts; no JSON text starts so
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's setting for the gzip format
 
 FILES_SCHEMA = pa.schema(
     [
@@ -489,7 +493,7 @@ class Fetcher:
         if self.archive is not None:
             copies.append(Archived(self.archive, file))
         try:
-            for chunk in read_chunks(response, self.api.deadline):
+            for chunk in unpacked(read_chunks(response, self.api.deadline)):
                 for copy in copies:
                     copy.write(chunk)
             for copy in copies:
@@ -570,6 +574,36 @@ def check_is_result_file(head: bytes, lines: int) -> None:
         )
     if body.get("object") == "list":
         raise NotAResultFile("the answer was a listing (`object: list`), not JSON lines")
+
+
+def unpacked(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The body's chunks, or, when the body is a gzip file itself (an object stored gzipped and
+    served without `Content-Encoding`), the file it holds: read as it is, each line would be a bad
+    line, and the file loaded, and never fetched again."""
+    first = b""
+    for chunk in chunks:
+        first += chunk
+        if len(first) >= len(GZIP_MAGIC):
+            break
+    body = chain([first], chunks)
+    return _gunzipped(body) if first.startswith(GZIP_MAGIC) else body
+
+
+def _gunzipped(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The content of gzip members in `chunks`, in pieces of at most READ_BYTES: a small body
+    may unpack to a great deal."""
+    unpack = zlib.decompressobj(wbits=GZIP_WBITS)
+    try:
+        for chunk in chunks:
+            while chunk:
+                if unpack.eof:  # another member follows, as `cat a.gz b.gz` makes
+                    unpack = zlib.decompressobj(wbits=GZIP_WBITS)
+                yield unpack.decompress(chunk, READ_BYTES)
+                chunk = unpack.unused_data if unpack.eof else unpack.unconsumed_tail
+    except zlib.error as error:
+        raise NotAResultFile(f"the body is a gzip file that cannot be unpacked ({error})") from None
+    if not unpack.eof:
+        raise BodyCutShort("the body is a gzip file that ends before its end")
 
 
 def _raise_unless_success(response: Response, *args: object, **kwargs: object) -> None:
