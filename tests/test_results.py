@@ -11,7 +11,7 @@ import sys
 import threading
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -624,7 +624,8 @@ class EncodedFiles(BaseHTTPRequestHandler):
     """Serves BODY compressed as the path names, under the Content-Length of the bytes sent:
     encoded for the transport (`/gzip`, `/deflate`; `/gzip-cut` hangs up halfway through), or
     stored gzipped and sent as it is, without Content-Encoding (`/stored`; `/stored-members`, two
-    gzip members one after the other; `/stored-truncated`, the first half of the gzip file)."""
+    gzip members one after the other; `/stored-truncated`, the first half of the gzip file), or
+    under an encoding no client decodes (`/compress`)."""
 
     BODY = b"".join(completion_line(n, 50) for n in range(1, 3_001))
     HALF = BODY.index(b"\n", len(BODY) // 2) + 1
@@ -635,6 +636,7 @@ class EncodedFiles(BaseHTTPRequestHandler):
         "stored-members": (gzip.compress(BODY[:HALF]) + gzip.compress(BODY[HALF:]), None),
     }
     SENT["stored-truncated"] = (SENT["stored"][0][: len(SENT["stored"][0]) // 2], None)
+    SENT["compress"] = (SENT["stored"][0], "compress")  # an encoding urllib3 does not decode
 
     def do_GET(self) -> None:
         name = self.path.strip("/")
@@ -697,6 +699,18 @@ def test_a_file_stored_gzipped_and_sent_as_it_is_loads_unpacked(encoded_files, t
     ]
     assert (truncated.state, truncated.path) == ("failed", None)
     assert truncated.message == "the body is a gzip file that ends before its end"
+
+
+def test_a_body_in_an_encoding_the_client_cannot_decode_is_refused(encoded_files, tmp_path):
+    retry = RetryPolicy(max_attempts=2, backoff_factor=0)
+    fetcher = Fetcher(BatchApi(encoded_files, "sk-test", retry, Deadline(None)), tmp_path / "s")
+    files = [ResultFile("batch_a", "output", f"{encoded_files}/compress")]
+
+    (refused,) = fetcher.downloads(files, ResultStats())
+
+    assert (refused.state, refused.path) == ("failed", None)
+    assert refused.message == "the body is encoded as compress, which this client cannot decode"
+    assert list((tmp_path / "s").iterdir()) == []
 
 
 def check_body(tmp_path: Path, body: bytes) -> None:

@@ -493,6 +493,7 @@ class Fetcher:
         if self.archive is not None:
             copies.append(Archived(self.archive, file))
         try:
+            check_decodable(response)
             for chunk in unpacked(read_chunks(response, self.api.deadline)):
                 for copy in copies:
                     copy.write(chunk)
@@ -574,6 +575,18 @@ def check_is_result_file(head: bytes, lines: int) -> None:
         )
     if body.get("object") == "list":
         raise NotAResultFile("the answer was a listing (`object: list`), not JSON lines")
+
+
+def check_decodable(response: Response) -> None:
+    """Refuse a body in a Content-Encoding that urllib3 does not decode (e.g. `br` without the
+    brotli package): it would pass through still encoded, and each line be a bad line."""
+    sent = [name.strip() for name in response.headers.get("Content-Encoding", "").split(",")]
+    known = {"", "identity", *response.raw.CONTENT_DECODERS}
+    unknown = [name for name in sent if name.lower() not in known]
+    if unknown:
+        raise NotAResultFile(
+            f"the body is encoded as {', '.join(unknown)}, which this client cannot decode"
+        )
 
 
 def unpacked(chunks: Iterator[bytes]) -> Iterator[bytes]:
