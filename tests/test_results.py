@@ -727,10 +727,11 @@ def check_body(tmp_path: Path, body: bytes) -> None:
         (b'{"code": 50505, "message": "Model service overloaded.", "data": null}\n', "50505"),
         (b'{"code": 20000, "message": "Ok", "status": true, "data": {"id": "f"}}', "20000"),
         (b'{"object": "list", "data": [{"id": "batch_1"}], "has_more": false}\n', "listing"),
+        (b' [{"custom_id": "r-1"}, {"custom_id": "r-2"}]\n', "array"),
         (b"\n<!DOCTYPE html><html><body>Just a moment...</body></html>\n", "page"),
         (b'<?xml version="1.0"?>\n<Error><Code>AccessDenied</Code></Error>\n', "page"),
     ],
-    ids=["error envelope", "success envelope", "listing", "html", "xml"],
+    ids=["error envelope", "success envelope", "listing", "array", "html", "xml"],
 )
 def test_a_body_that_is_no_result_file_is_refused(tmp_path, body, said):
     with pytest.raises(NotAResultFile, match=said):

@@ -552,7 +552,7 @@ class BodyCutShort(UnusableAnswer):
 
 class NotAResultFile(UnusableAnswer):
     """A 2xx whose body is no result file: a page (a proxy's HTML, an XML document), or one JSON
-    document of the API (SiliconFlow's `{code, message, data}` envelope, a listing). Stored, it
+    document (SiliconFlow's `{code, message, data}` envelope, a listing, an array). Stored, it
     would pass for the file and never be fetched again."""
 
 
@@ -562,6 +562,8 @@ def check_is_result_file(head: bytes, lines: int) -> None:
         raise NotAResultFile("the answer was a page (HTML or XML), not JSON lines")
     if lines != 1:
         return
+    if head.lstrip().startswith(b"["):
+        raise NotAResultFile("the answer was one JSON array, not JSON lines")
     try:
         body = json.loads(head)
     except (ValueError, RecursionError):
