@@ -137,10 +137,22 @@ def _yes_or_no(key: str, default: bool) -> bool:
 
 
 def _folder(key: str) -> Path | None:
+    """A folder a sync writes into, made when missing; refused before the sync starts when it
+    names a file or cannot be made, rather than failing each download later."""
     value = _setting(key, None)
     if value is None or not str(value).strip():
         return None
-    return Path(str(value).strip()).expanduser()
+    path = Path(str(value).strip()).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key} names {path}, which is a file, not a folder: name a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"{key}: cannot make the folder {path} ({error.strerror}); name a folder you can "
+            "write to"
+        ) from None
+    return path
 
 
 def _whole_number(key: str, default: int, least: int = 1) -> int:

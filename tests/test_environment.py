@@ -221,6 +221,36 @@ def test_models_on_a_read_only_database_exits_2(simulator, open_folder, run):
     assert report.returncode == 2 and "sfbatches models" in report.stderr, report.stderr
 
 
+@pytest.mark.parametrize("below", [False, True], ids=["a file", "a path below a file"])
+def test_an_archive_dir_that_is_a_file_exits_2_and_leaves_the_file_alone(
+    simulator, tmp_path, db_path, below
+):
+    theirs = tmp_path / "notes.txt"
+    theirs.write_text("not ours")
+    archive = theirs / "archive" if below else theirs
+
+    outcome = run_process(
+        "sync", "--db", str(db_path), env={"SOURCES__SILICONFLOW__ARCHIVE_DIR": str(archive)}
+    )
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1, outcome.err
+    assert "archive_dir" in outcome.err and "unexpected" not in outcome.err
+    assert theirs.read_text() == "not ours" and not db_path.exists()
+
+
+def test_an_archive_dir_nobody_may_make_exits_2(simulator, open_folder, monkeypatch):
+    locked = open_folder / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(locked / "archive"))
+
+    done = run_unprivileged("sync", "--db", str(open_folder / "w.duckdb"), cwd=open_folder)
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot make the folder" in done.stderr and "Permission denied" in done.stderr
+    assert not (locked / "archive").exists() and not (open_folder / "w.duckdb").exists()
+
+
 def test_simulate_on_a_port_in_use_exits_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
