@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dlt
+from dlt.common.configuration.exceptions import ConfigValueCannotBeCoercedException
 
 from pipelines.analytics.check import Limits
 from pipelines.errors import ConfigError
@@ -58,7 +59,7 @@ def resolve_source_config() -> SourceConfig:
             max_attempts=_whole_number("runtime.request_max_attempts", RetryPolicy.max_attempts),
             backoff_factor=_number("runtime.request_backoff_factor", RetryPolicy.backoff_factor),
             max_delay_s=_number("runtime.request_max_retry_delay", RetryPolicy.max_delay_s),
-            timeout_s=_number("runtime.request_timeout", RetryPolicy.timeout_s),
+            timeout_s=_number("runtime.request_timeout", RetryPolicy.timeout_s, 0.1),
         ),
     )
 
@@ -120,7 +121,14 @@ def checked_base_url(value: str) -> str:
 
 
 def _setting(key: str, default: object) -> object:
-    value = dlt.config.get(key)
+    try:
+        value = dlt.config.get(key)
+    except ConfigValueCannotBeCoercedException as error:
+        # dlt reads its runtime settings, typed, at the first lookup of any key
+        kind = getattr(error.hint, "__name__", str(error.hint))
+        raise ConfigError(
+            f"runtime.{error.field_name} must be of type {kind}, not {error.field_value!r}"
+        ) from None
     return default if value is None else value
 
 

@@ -301,6 +301,26 @@ def test_a_base_url_that_is_not_a_web_address_exits_2(db_path, url):
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("SFBATCHES_LOCK_TIMEOUT", "soon", "SFBATCHES_LOCK_TIMEOUT must be a number of seconds"),
+        ("SFBATCHES_LOCK_TIMEOUT", "-5", "SFBATCHES_LOCK_TIMEOUT must be a number of seconds"),
+        ("RUNTIME__REQUEST_TIMEOUT", "0", "runtime.request_timeout must be a number of seconds"),
+        ("RUNTIME__REQUEST_MAX_ATTEMPTS", "two", "runtime.request_max_attempts must be of type"),
+        ("SOURCES__SILICONFLOW__PAGE_SIZE", "1e3", "page_size must be a whole number"),
+        ("SOURCES__SILICONFLOW__SYNC_TIMEOUT", "nan", "sync_timeout must be a number of seconds"),
+        ("SOURCES__SILICONFLOW__RESULTS", "maybe", "results must be true or false"),
+    ],
+)
+def test_a_setting_out_of_its_range_exits_2_naming_it(simulator, db_path, name, value, said):
+    outcome = run_process("sync", "--db", str(db_path), env={name: value})
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1, outcome.err
+    assert said in outcome.err and repr(value) in outcome.err
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize(
     ("field", "value", "named"),
     [
         ("created_at", 10**15, "created_at = 1000000000000000"),

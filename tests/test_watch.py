@@ -211,7 +211,7 @@ def test_a_sync_that_cannot_get_the_database_records_nothing(simulator, db_path,
     sync_ok(run, db_path)
     holder = hold_sync_lock(db_path)
     try:
-        monkeypatch.setattr(database, "LOCK_WAIT_S", 0.5)
+        monkeypatch.setenv(database.LOCK_TIMEOUT_ENV, "0.5")
         outcome = run("sync", "--db", str(db_path), "--no-models")
     finally:
         holder.kill()
@@ -351,7 +351,7 @@ def test_check_waits_for_a_sync_holding_the_database_then_exits_5(db_path, run, 
     )
     try:
         assert writer.stdout.readline().strip() == "open"
-        monkeypatch.setattr(database, "LOCK_WAIT_S", 0.5)
+        monkeypatch.setenv(database.LOCK_TIMEOUT_ENV, "0.5")
         outcome = run("check", "--db", str(db_path))
     finally:
         writer.kill()

@@ -2,6 +2,7 @@
 and the scratch folder dlt works in beside it."""
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -20,7 +21,8 @@ from pipelines.vocabulary import DATASET
 
 DEFAULT_DB = "siliconflow.duckdb"
 # How long to wait for a lock held by another process before exit 5 (cron runs overlap rarely).
-LOCK_WAIT_S = float(os.environ.get("SFBATCHES_LOCK_TIMEOUT", "10"))
+LOCK_TIMEOUT_ENV = "SFBATCHES_LOCK_TIMEOUT"
+DEFAULT_LOCK_WAIT_S = 10.0
 # Bytes 8-11 of every DuckDB file; anything else at --db is someone else's file.
 DUCKDB_MAGIC = b"DUCK"
 
@@ -107,6 +109,20 @@ def busy_message(db_path: Path | str = "the database") -> str:
     )
 
 
+def lock_wait_s() -> float:
+    """Seconds to wait for a lock: SFBATCHES_LOCK_TIMEOUT, read when a lock is wanted."""
+    value = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(value) if value else DEFAULT_LOCK_WAIT_S
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:
+        raise ConfigError(
+            f"{LOCK_TIMEOUT_ENV} must be a number of seconds (0 or more), not {value!r}"
+        )
+    return seconds
+
+
 @contextmanager
 def sync_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[None]:
     """One sync per database: wait up to `timeout_s` for another one to finish, then give up.
@@ -114,7 +130,7 @@ def sync_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[None]:
     A lock file beside the database, held through the whole sync: DuckDB's own lock covers only
     the moments a connection is open, and the download runs without one.
     """
-    timeout_s = LOCK_WAIT_S if timeout_s is None else timeout_s
+    timeout_s = lock_wait_s() if timeout_s is None else timeout_s
     lock_path = db_path.with_name(db_path.name + ".lock")
     lock = FileLock(lock_path, timeout=timeout_s)
     try:
@@ -176,7 +192,7 @@ def connect(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the database, waiting a little while another process holds DuckDB's file lock."""
     check_is_duckdb(Path(db_path))
-    deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
+    deadline = time.monotonic() + (lock_wait_s() if wait_s is None else wait_s)
     while True:
         try:
             con = _open(db_path, read_only, config or {})
