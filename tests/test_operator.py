@@ -11,6 +11,8 @@ import duckdb
 import pytest
 from conftest import REPO, run_process
 
+from pipelines.simulator import TERMINAL
+
 DUCKDB_1X = Path(sys.executable).with_name("duckdb")  # pip's duckdb-cli 1.5, a dev extra
 
 
@@ -64,6 +66,42 @@ def test_the_warehouse_opens_in_duckdb_1x(simulator, db_path, run):
     batches, turnaround, version = done.stdout.strip().split(",")
     assert version.startswith("v1.")
     assert (int(batches), int(turnaround)) == wanted == (len(simulator.world.visible()),) * 2
+
+
+def test_a_file_named_like_its_schema_works_with_every_command(simulator, tmp_path):
+    # The default file name: opened by its path it names a database `siliconflow`, beside the
+    # schema `siliconflow`, and DuckDB refuses `siliconflow.batches` as ambiguous.
+    db_path = tmp_path / "siliconflow.duckdb"
+    visible = len(simulator.world.visible())
+
+    outcomes = [run_process(command, "--db", str(db_path)) for command in ("sync", "models")]
+    outcomes += [
+        run_process("report", "--db", str(db_path)),
+        run_process("check", "--db", str(db_path)),
+    ]
+
+    assert [o.code for o in outcomes[:3]] == [0, 0, 0], [o.err for o in outcomes]
+    assert outcomes[3].code in (0, 6) and "unexpected" not in outcomes[3].err
+    still_open = sum(batch["status"] not in TERMINAL for batch in simulator.world.visible())
+    assert "(last sync just now)" in outcomes[2].out
+    assert f"{still_open:,} batches, longest open first" in outcomes[2].out
+    # the DuckDB CLI reads it attached under another name, as the README shows
+    done = subprocess.run(
+        [
+            str(DUCKDB_1X),
+            "-csv",
+            "-noheader",
+            "-c",
+            f"attach '{db_path}' as wh (read_only); use wh; "
+            "select (select count(*) from siliconflow.batches), "
+            "(select count(*) from analytics.batch_turnaround)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"{visible},{visible}"]
 
 
 def test_demo_starts_from_an_empty_database_every_time(tmp_path):

@@ -37,7 +37,10 @@ MEMORY_LIMIT = "64MB"
 # a large insert straight into the file. A checkpoint by a connection with another size
 # regroups every table once: a DuckDB shell opened read-write does that, read-only ones never.
 ROW_GROUP_SIZE = 16_384
-# Only an attached database takes a row group size; a writer attaches it under this name.
+# Every connection attaches the file under this name: only an attached database takes a row
+# group size, and opened by its path a file keeps the name of its stem, so the default
+# `siliconflow.duckdb` would name a database `siliconflow` beside the schema `siliconflow`, and
+# DuckDB refuses `siliconflow.batches` as ambiguous.
 ATTACHED_AS = "warehouse"
 # New files are written in the storage format of DuckDB 1.0, which every DuckDB since reads:
 # the DuckDB users already have (pip's duckdb-cli 1.5, notebooks) cannot open DuckDB 2.0's own.
@@ -218,15 +221,16 @@ def _open(
     db_path: Path | str, read_only: bool, config: dict[str, object]
 ) -> duckdb.DuckDBPyConnection:
     path = str(db_path)
-    if read_only or path == ":memory:":
-        return duckdb.connect(path, read_only=read_only, config=config)
-    make_room_for_wal(Path(db_path))
-    options = f"row_group_size {ROW_GROUP_SIZE}"
-    if not Path(db_path).exists():
-        options += f", storage_version '{STORAGE_VERSION}'"
+    if path == ":memory:":
+        return duckdb.connect(path, config=config)
+    options = ["read_only"] if read_only else [f"row_group_size {ROW_GROUP_SIZE}"]
+    if not read_only:
+        make_room_for_wal(Path(db_path))
+        if not Path(db_path).exists():
+            options.append(f"storage_version '{STORAGE_VERSION}'")
     con = duckdb.connect(config=config)
     try:
-        con.execute(f"attach ? as {ATTACHED_AS} ({options})", [path])
+        con.execute(f"attach ? as {ATTACHED_AS} ({', '.join(options)})", [path])
         con.execute(f"use {ATTACHED_AS}")
     except BaseException:
         con.close()
