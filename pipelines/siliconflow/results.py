@@ -38,10 +38,10 @@ from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
 # Between a line's number and its text: a control character, which JSON never holds unescaped.
 SEPARATOR = b"\x1f"
-# Bytes a line cannot carry to the reader, each swapped for one that JSON reads alike: a carriage
-# return (where DuckDB's CSV reader would end the row, or refuse the whole file) for a tab, which
-# JSON also takes as space between values and refuses inside a string; the separator for another
-# control character, which JSON refuses anywhere.
+# Bytes a line cannot carry to the reader, each swapped as the body is saved for one that JSON
+# reads alike: a carriage return (where DuckDB's CSV reader would end the row, or refuse the whole
+# file) for a tab, which JSON also takes as space between values and refuses inside a string; the
+# separator for another control character, which JSON refuses anywhere.
 TO_READER = bytes.maketrans(b"\r" + SEPARATOR, b"\t\x01")
 # DuckDB reads lines in whole vectors, so a file of long lines (long completions, embeddings)
 # would outgrow its memory: a longer line is cut down to what a request row keeps as it is saved.
@@ -642,6 +642,8 @@ class Numbered:
 
     def write(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
+        if b"\r" in chunk or SEPARATOR in chunk:
+            chunk = chunk.translate(TO_READER)  # seldom: a scan for either costs far less
         *ended, rest = chunk.split(b"\n")
         if ended:
             ended[0] = self._end(ended[0])
@@ -699,7 +701,7 @@ def readable(line: bytes | None) -> bytes:
     if line is None or len(line) > LONGEST_LINE:
         return NOT_A_REQUEST
     if len(line) <= SHORT_LINE:
-        return line.translate(TO_READER)
+        return line
     try:
         value = json.loads(line)
     except (ValueError, RecursionError):
