@@ -31,6 +31,7 @@ DEMO_BATCHES = 2_000
 # Requests a simulated batch holds at most: real batches hold up to 50,000 (OpenAI) or 5,000
 # (SiliconFlow), but the demo's result files should download in seconds.
 DEMO_REQUESTS = 200
+MOST_DAYS = 36_500  # a report's window; far more would start before year 1
 
 
 def entry_point() -> NoReturn:
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", cmd_report, "print the throughput and turnaround summary")
     _db_option(report)
-    report.add_argument("--days", type=_positive, default=7, help="look back N days (7)")
+    report.add_argument("--days", type=_days, default=7, help="look back N days (7)")
     report.add_argument(
         "--html",
         type=Path,
@@ -191,6 +192,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _days(text: str) -> int:
+    value = _positive(text)
+    if value > MOST_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MOST_DAYS:,} (a century), not {value}")
     return value
 
 

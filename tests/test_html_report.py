@@ -2,6 +2,7 @@
 laptop and phone sizes, its charts drawn, its numbers those of the views, nothing fetched from
 the network, and the file written whole and never over someone else's."""
 
+import base64
 import html.parser
 import io
 import json
@@ -125,6 +126,23 @@ def test_the_page_needs_no_network_at_all(page):
 
 @pytest.mark.parametrize("size", [LAPTOP, PHONE], ids=["laptop", "phone"])
 def test_every_chart_is_drawn(chromium, page, size):
+    assert_every_chart_drawn(chromium, page, size)
+
+
+def test_a_decade_long_window_draws_every_chart_in_few_shapes(chromium, warehouse, tmp_path):
+    target = tmp_path / "decade.html"
+    argv = ["report", "--db", str(warehouse), "--html", str(target), "--days", "3650"]
+    assert cli.main(argv) == 0
+
+    assert_every_chart_drawn(chromium, target, LAPTOP)
+    found = Resources()
+    found.feed(target.read_text())
+    # a bar is a shape of its own: a decade of days by model would be tens of thousands
+    shapes = [base64.b64decode(url.split(",", 1)[1]).count(b"<path") for url in found.urls]
+    assert len(shapes) == 6 and max(shapes) < 1_000, shapes
+
+
+def assert_every_chart_drawn(chromium: webdriver.Chrome, page: Path, size: tuple[int, int]) -> None:
     show(chromium, page, size)
     images = chromium.find_elements(By.CSS_SELECTOR, "img.chart")
     names = [image.get_attribute("data-chart") for image in images]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import run_process
 from truth import RESULT_TABLES_DDL
 
 from pipelines.analytics.models import build_models
@@ -527,3 +528,14 @@ def test_an_irregular_plural_can_be_given():
 )
 def test_low_rates_read_per_minute_or_per_hour(per_second, text):
     assert rate(per_second) == text
+
+
+@pytest.mark.parametrize(
+    ("days", "says"),
+    [("0", "must be at least 1"), ("36501", "must be at most 36,500"), ("soon", "invalid")],
+)
+def test_a_window_of_no_days_or_of_more_than_a_century_is_a_usage_error(tmp_path, days, says):
+    outcome = run_process("report", "--db", str(tmp_path / "w.duckdb"), "--days", days)
+
+    assert outcome.code == 2 and says in outcome.err and "unexpected" not in outcome.err
+    assert not (tmp_path / "w.duckdb").exists()
