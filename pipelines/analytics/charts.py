@@ -27,8 +27,8 @@ STYLE = {
 # a colour per series, in order; the same model keeps its colour within a chart
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
 # A chart draws up to this many bars; beyond, one shape per series (filled steps, or one set of
-# lines): each bar is a shape of its own, in matplotlib and in the SVG, and a year of days by
-# seven models took 3 s a chart and a page of megabytes, a century minutes.
+# lines): each bar is a shape of its own, in matplotlib and in the SVG, so a long window of bars
+# is slow to draw and heavy to send, and thinner than a pixel anyway.
 MOST_BARS = 400
 
 
