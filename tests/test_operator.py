@@ -38,29 +38,25 @@ def test_a_dozen_cron_syncs_leave_no_pile_of_files(simulator, tmp_path, run, mon
     assert max(work_files[2:]) == min(work_files[2:]), f"dlt's files grow: {work_files}"
 
 
+COUNTS = (
+    "select (select count(*) from siliconflow.batches), "
+    "(select count(*) from analytics.batch_turnaround)"
+)
+
+
+def duckdb_1x(*args: str) -> subprocess.CompletedProcess:
+    """pip's DuckDB CLI 1.x with ARGS, its rows as CSV without a header."""
+    return subprocess.run(
+        [str(DUCKDB_1X), "-csv", "-noheader", *args], capture_output=True, text=True, timeout=60
+    )
+
+
 def test_the_warehouse_opens_in_duckdb_1x(simulator, db_path, run):
     assert run("sync", "--db", str(db_path)).code == 0
     with duckdb.connect(str(db_path), read_only=True) as con:
-        wanted = con.execute(
-            "select (select count(*) from siliconflow.batches), "
-            "(select count(*) from analytics.batch_turnaround)"
-        ).fetchone()
+        wanted = con.execute(COUNTS).fetchone()
 
-    done = subprocess.run(
-        [
-            str(DUCKDB_1X),
-            "-readonly",
-            "-csv",
-            "-noheader",
-            str(db_path),
-            "-c",
-            "select (select count(*) from siliconflow.batches), "
-            "(select count(*) from analytics.batch_turnaround), version()",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = duckdb_1x("-readonly", str(db_path), "-c", f"{COUNTS}, version()")
 
     assert done.returncode == 0, done.stderr
     batches, turnaround, version = done.stdout.strip().split(",")
@@ -86,20 +82,7 @@ def test_a_file_named_like_its_schema_works_with_every_command(simulator, tmp_pa
     assert "(last sync just now)" in outcomes[2].out
     assert f"{still_open:,} batches, longest open first" in outcomes[2].out
     # the DuckDB CLI reads it attached under another name, as the README shows
-    done = subprocess.run(
-        [
-            str(DUCKDB_1X),
-            "-csv",
-            "-noheader",
-            "-c",
-            f"attach '{db_path}' as wh (read_only); use wh; "
-            "select (select count(*) from siliconflow.batches), "
-            "(select count(*) from analytics.batch_turnaround)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = duckdb_1x("-c", f"attach '{db_path}' as wh (read_only); use wh; {COUNTS}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [f"{visible},{visible}"]
 
