@@ -1,5 +1,12 @@
 """Failures a user can act on, each with the exit code the CLI reports for it."""
 
+import errno
+import os
+
+# How the system says a disk or quota is full: DuckDB's errors carry only this text, no errno.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXTS = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
+
 
 class SfBatchesError(Exception):
     """A failure whose message says what failed and what to do."""
@@ -65,7 +72,7 @@ def exit_code_of(error: BaseException) -> int:
         return error.exit_code
     if isinstance(error, KeyboardInterrupt):
         return 130
-    return 2 if _is_file_error(error) else 1
+    return 2 if disk_full(error) or _is_file_error(error) else 1
 
 
 def one_line(error: BaseException) -> str:
@@ -74,16 +81,33 @@ def one_line(error: BaseException) -> str:
         return str(error)
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; the database keeps its last complete sync"
+    if full := disk_full(error):
+        return f"the disk is full ({_first_line(full)}); free some space and run again"
     if _is_file_error(error):
         return f"cannot use {error.filename}: {error.strerror}; check the path and its permissions"
     # dlt's wrappers say only where a step failed: the innermost error says why
     cause = _chain(error)[-1]
-    text = str(cause).strip()
-    first = text.splitlines()[0] if text else ""
     return (
-        f"unexpected {type(cause).__name__}: {first} "
+        f"unexpected {type(cause).__name__}: {_first_line(cause)} "
         "(rerun with --verbose for details, and report it)"
     )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def disk_full(error: BaseException) -> BaseException | None:
+    """The error, in `error`'s chain, that says a disk is full: the database's own disk, dlt's
+    working folder or a file written for the user, wherever a library wrapped it."""
+    for cause in reversed(_chain(error)):
+        if isinstance(cause, OSError):
+            if cause.errno in DISK_FULL_ERRNOS:
+                return cause
+        elif any(text in str(cause) for text in DISK_FULL_TEXTS):
+            return cause
+    return None
 
 
 def _is_file_error(error: BaseException) -> bool:

@@ -5,7 +5,9 @@ tokens/s and cost computed here independently of the SQL."""
 import csv
 import gzip
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +23,8 @@ from urllib.parse import urlsplit
 import duckdb
 import pytest
 from conftest import REPO, START
-from truth import expected_requests, request_row
+from truth import assert_warehouse_equals, expected_requests, request_row
+from truth import served as served_batches
 
 from pipelines.siliconflow.client import BatchApi, Deadline, RetryPolicy
 from pipelines.siliconflow.results import (
@@ -404,6 +407,109 @@ def test_archive_keeps_each_served_file_gzipped_whole(
         else:
             assert gzip.decompress(path.read_bytes()) == file.content()
     assert not list(archive.rglob("*.part"))
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A file system of 64 MB of its own, to fill up: a tmpfs, which only root may mount."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = (
+        os.geteuid() == 0
+        and not subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+    )
+    if not mounted:
+        pytest.skip("filling a disk of its own needs root, to mount a tmpfs")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Take all but `leave` bytes of the disk's free space; the file that holds them."""
+    filler = disk / "filler"
+    with open(filler, "wb") as file:
+        os.posix_fallocate(file.fileno(), 0, shutil.disk_usage(disk).free - leave)
+    return filler
+
+
+def assert_full_disk_said(outcome) -> None:
+    assert outcome.code == 2 and outcome.err.count("\n") == 1, outcome.err
+    assert "the disk is full" in outcome.err and "free some space" in outcome.err
+    assert "unexpected" not in outcome.err
+
+
+# The database's own disk: full before DuckDB wrote the file's header, before the first load
+# commits, before its checkpoint; dlt's working folder; the archive.
+@pytest.mark.parametrize(
+    ("where", "leave"),
+    [
+        ("database", 0),
+        ("database", 60_000),
+        ("database", 300_000),
+        ("work", 20_000),
+        ("archive", 20_000),
+    ],
+)
+def test_a_first_sync_on_a_full_disk_exits_2_and_the_next_one_loads_everything(
+    simulator, tmp_path, small_disk, run, monkeypatch, where, leave
+):
+    db_path = (small_disk if where == "database" else tmp_path) / "w.duckdb"
+    monkeypatch.setenv("XDG_CACHE_HOME", str((small_disk if where == "work" else tmp_path) / "c"))
+    archive = (small_disk if where == "archive" else tmp_path) / "archive"
+    monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(archive))
+    filler = fill(small_disk, leave)
+
+    assert_full_disk_said(run("sync", "--db", str(db_path), "--no-models"))
+
+    filler.unlink()
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert_warehouse_equals(db_path, served_batches(simulator))
+    assert_results_equal(db_path, simulator)
+    for file in served(simulator):
+        path = archive / file.batch_id / f"{file.kind}.jsonl.gz"
+        assert file.gone or gzip.decompress(path.read_bytes()) == file.content()
+
+
+def test_a_database_half_made_by_a_killed_sync_is_made_anew(simulator, tmp_path, run):
+    db_path = tmp_path / "w.duckdb"
+    (tmp_path / "w.duckdb.new").write_bytes(b"\0" * 4096)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["w.duckdb", "w.duckdb.lock"]
+    assert_warehouse_equals(db_path, served_batches(simulator))
+
+
+def test_a_full_disk_later_keeps_the_warehouse_as_it_was(simulator, small_disk, run):
+    db_path = small_disk / "w.duckdb"
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    tables = ("batches", "batch_requests", "batch_files", "sync_runs")
+    before = {t: query(db_path, f"select * from siliconflow.{t} order by all") for t in tables}
+    simulator.world.advance(6 * 3600)
+    filler = fill(small_disk, 20_000)
+
+    assert_full_disk_said(run("sync", "--db", str(db_path), "--full-refresh", "--no-models"))
+
+    after = {t: query(db_path, f"select * from siliconflow.{t} order by all") for t in tables}
+    assert after == before
+    filler.unlink()
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert_warehouse_equals(db_path, served_batches(simulator))
+    assert_results_equal(db_path, simulator)
+
+
+def test_a_page_for_a_full_disk_exits_2_and_leaves_no_file(simulator, db_path, small_disk, run):
+    assert run("sync", "--db", str(db_path)).code == 0
+    fill(small_disk, 20_000)
+
+    assert_full_disk_said(run("report", "--db", str(db_path), "--html", str(small_disk / "r.html")))
+
+    assert sorted(path.name for path in small_disk.iterdir()) == ["filler"]
 
 
 @pytest.mark.parametrize("how", ["flag", "config"])

@@ -16,7 +16,7 @@ import duckdb
 import platformdirs
 from filelock import FileLock, Timeout
 
-from pipelines.errors import ConfigError, DatabaseBusy
+from pipelines.errors import ConfigError, DatabaseBusy, disk_full
 from pipelines.vocabulary import DATASET
 
 DEFAULT_DB = "siliconflow.duckdb"
@@ -170,6 +170,10 @@ def open_database(
 def open_failure(db_path: Path | str, error: duckdb.Error, read_only: bool) -> ConfigError:
     """Why DuckDB could not open the file, as one line; a lock is handled by the caller."""
     text = str(error)
+    if disk_full(error):
+        return ConfigError(
+            f"cannot write {db_path}: the disk is full; free some space and run again"
+        )
     if "permission denied" in text.lower() or "read-only file system" in text.lower():
         need = "read" if read_only else "write"
         return ConfigError(
@@ -227,7 +231,7 @@ def _open(
     if not read_only:
         make_room_for_wal(Path(db_path))
         if not Path(db_path).exists():
-            options.append(f"storage_version '{STORAGE_VERSION}'")
+            _create(Path(db_path))
     con = duckdb.connect(config=config)
     try:
         con.execute(f"attach ? as {ATTACHED_AS} ({', '.join(options)})", [path])
@@ -236,6 +240,21 @@ def _open(
         con.close()
         raise
     return con
+
+
+def _create(db_path: Path) -> None:
+    """Make a new, empty database under another name and give it its own once whole: a sync
+    killed or out of disk while DuckDB writes the header leaves no half-written file at
+    `db_path`, which every later sync would refuse as no DuckDB database."""
+    part = db_path.with_name(db_path.name + ".new")
+    try:
+        part.unlink(missing_ok=True)
+        with duckdb.connect() as con:
+            con.execute(f"attach ? as created (storage_version '{STORAGE_VERSION}')", [str(part)])
+        part.rename(db_path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def work_dir(db_path: Path) -> Path:
