@@ -69,6 +69,15 @@ def sync_with_canary(sim: Simulator, db_path: Path, folder: Path, *args: str, **
     )
 
 
+FAULTS = ({"status": 500, "times": 50}, {"kind": "malformed"}, {"status": 401})
+# Error answers that quote the key they were sent, as a message, a plain text, a header.
+QUOTING_THE_KEY = (
+    {"status": 401, "body": f"Invalid token: Bearer {CANARY}"},
+    {"status": 400, "body": {"code": 20012, "message": f"bad key {CANARY}", "data": None}},
+    {"status": 429, "retry_after": 3600, "body": {"message": f"{CANARY} waits"}},
+)
+
+
 def test_the_key_is_written_nowhere_after_good_and_failed_syncs(tmp_path, world):
     project = tmp_path / "project"
     (project / ".dlt").mkdir(parents=True)
@@ -77,7 +86,7 @@ def test_the_key_is_written_nowhere_after_good_and_failed_syncs(tmp_path, world)
     outcomes = []
     with Simulator(world, api_key=CANARY) as sim:
         outcomes.append(sync_with_canary(sim, db_path, project))
-        for fault in ({"status": 500, "times": 50}, {"kind": "malformed"}, {"status": 401}):
+        for fault in (*FAULTS, *QUOTING_THE_KEY):
             sim.faults.queue(**fault)
             outcomes.append(sync_with_canary(sim, db_path, project, "--full-refresh"))
             sim.faults.reset()
@@ -87,9 +96,16 @@ def test_the_key_is_written_nowhere_after_good_and_failed_syncs(tmp_path, world)
                 sim, db_path, project, "--full-refresh", SOURCES__SILICONFLOW__SYNC_TIMEOUT="1"
             )
         )
+        sim.faults.latency_ms = 0
+        # A storage error that quotes the key, for each result file: stored in batch_files.
+        sim.faults.queue(status=500, files=True, times=100_000, body=f"no {CANARY} here")
+        outcomes.append(
+            sync_with_canary(sim, db_path, project, SOURCES__SILICONFLOW__RESULTS="true")
+        )
 
-    assert [o.returncode for o in outcomes] == [0, 4, 4, 3, 4]
+    assert [o.returncode for o in outcomes] == [0, 4, 4, 3, 3, 4, 4, 4, 0]
     assert "secrets.toml" in outcomes[3].stderr, "a 401 names where the key came from"
+    assert all("***" in outcome.stderr for outcome in [*outcomes[4:7], outcomes[-1]])
     for outcome in outcomes:
         assert CANARY not in outcome.stdout + outcome.stderr
     written = files_under(tmp_path)

@@ -281,6 +281,7 @@ class BatchApi:
         key_source: str = "the configuration",
     ) -> None:
         self.base_url = base_url
+        self.api_key = api_key
         self.key_source = key_source
         self.retry = retry
         self.deadline = deadline
@@ -364,12 +365,18 @@ class BatchApi:
         if wait is None or wait <= min(self.retry.max_delay_s, self.deadline.remaining()):
             return
         raise RateLimited(
-            f"the SiliconFlow API asks to wait {_duration(wait)} (HTTP {response.status_code}"
-            f"{_api_code_text(response)}: {_api_message(response)}; Retry-After: "
-            f"{response.headers['Retry-After']}), longer than the retries may wait "
-            f"({self.retry.max_delay_s:g} s): stopped at once; the database keeps its previous "
-            "state and the next run tries again"
+            self.hidden(
+                f"the SiliconFlow API asks to wait {_duration(wait)} (HTTP {response.status_code}"
+                f"{_api_code_text(response)}: {_api_message(response)}; Retry-After: "
+                f"{response.headers['Retry-After']}), longer than the retries may wait "
+                f"({self.retry.max_delay_s:g} s): stopped at once; the database keeps its "
+                "previous state and the next run tries again"
+            )
         )
+
+    def hidden(self, text: str) -> str:
+        """`text` without the key: an API may quote the key it was sent in its messages."""
+        return text.replace(self.api_key, "***") if self.api_key else text
 
     def failure(self, error: BaseException) -> SfBatchesError | None:
         """What requests raised after retries, as the one line a user reads."""
@@ -384,15 +391,20 @@ class BatchApi:
 
     def describe(self, response: Response) -> SfBatchesError:
         """The error for an answer that stayed unusable after any retries."""
+        kind, text = self.meaning(response)
+        return kind(self.hidden(text))
+
+    def meaning(self, response: Response) -> tuple[type[SfBatchesError], str]:
+        """Which failure an unusable answer is, and the line that says so."""
         status, where = response.status_code, _where(response)
         if not is_under(response.url or "", self.base_url):
-            return ApiError(
+            return ApiError, (
                 f"the SiliconFlow API redirected to {_short(response.url)}, outside base_url, "
                 f"where the key is not sent, and that answered HTTP {status}: set "
                 "sources.siliconflow.base_url to where the API now lives"
             )
         if status in (401, 403):
-            return AuthError(
+            return AuthError, (
                 f"authentication refused (HTTP {status}: {_api_message(response)}) for the key "
                 f"from {self.key_source}: check that key (a key belongs to one platform: "
                 "api.siliconflow.cn or, set as base_url, api.siliconflow.com)"
@@ -400,7 +412,7 @@ class BatchApi:
         if 300 <= status < 400:
             location = response.headers.get("Location")
             target = f"to {_short(location)}" if location else "without a Location"
-            return ApiError(
+            return ApiError, (
                 f"the SiliconFlow API answered {where} with a redirect (HTTP {status}) {target} "
                 "that could not be followed: check sources.siliconflow.base_url"
             )
@@ -408,16 +420,16 @@ class BatchApi:
         tries = f" after {self.retry.max_attempts} tries" if _is_transient(response) else ""
         if not is_success(response) or is_error_envelope(body):
             hint = "check sources.siliconflow.base_url" if status == 404 else "retry later"
-            return ApiError(
+            return ApiError, (
                 f"the SiliconFlow API failed (HTTP {status}{_api_code_text(response)}: "
                 f"{_api_message(response)}) at {where}{tries}; {hint}"
             )
         if body is None:
-            return ApiError(
+            return ApiError, (
                 f"the SiliconFlow API answered {where} with a body that is not JSON "
                 f"({response.headers.get('content-type', 'no content type')}){tries}; retry later"
             )
-        return ApiError(
+        return ApiError, (
             f"the SiliconFlow API answered {where} without `data` and without an id "
             f"(keys: {sorted(body)[:8] if isinstance(body, dict) else type(body).__name__}); "
             "nothing was loaded, retry later or report it to SiliconFlow"
