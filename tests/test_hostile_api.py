@@ -364,6 +364,36 @@ def test_added_fields_whose_names_collide_with_documented_columns_get_their_own(
     assert again.code == 0 and again.err == ""
 
 
+# Added fields whose names normalize to nothing, to one another's or to dlt's own column.
+ODD_NAMES = {
+    "": "blank",
+    "__": "dunder",
+    "Foo": 101_001,
+    "foo": 202_002,
+    "a-b": "dash",
+    "a_b": "under",
+    "!!!": "bang",
+    "???": "what",
+    "_dlt_id": "theirs",
+}
+
+
+def test_added_fields_whose_names_collide_or_vanish_each_keep_a_column(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.faults.extra_fields = ODD_NAMES
+
+    outcome = run("sync", "--db", str(db_path), "--full-refresh")
+
+    assert outcome.code == 0, outcome.err
+    assert_warehouse_equals(db_path, served(simulator))
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        rows = con.execute("from siliconflow.batches").fetchall()
+    for row in rows:
+        assert all(row.count(value) == 1 for value in ODD_NAMES.values()), row
+    again = run("sync", "--db", str(db_path), "--full-refresh")
+    assert again.code == 0 and again.err == ""
+
+
 # --- 5. fail fast when told to wait -----------------------------------------------------------
 
 

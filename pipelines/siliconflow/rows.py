@@ -167,7 +167,8 @@ class ExtraColumns:
     """One stable column name and type for every field the API added, across pages and syncs.
 
     Names are dlt's normalized ones. A field whose normalized name is a documented field's
-    (`Status`, `created-at`) gets its own suffixed column instead of colliding. A type that
+    (`Status`, `created-at`) or another added field's gets its own suffixed column instead of
+    colliding. A type that
     changes widens the column (bigint → double → text); a stored column that must widen is
     listed in `widened` for the sync to alter before loading.
     """
@@ -179,6 +180,7 @@ class ExtraColumns:
         self.warnings: list[str] = []
         self.naming = NamingConvention()
         self.names: dict[str, str] = {}
+        self.owners: dict[str, str] = {}  # column name → the field path that has it
         self.big_ints: set[str] = set()
 
     def column(self, path: str) -> str:
@@ -188,14 +190,17 @@ class ExtraColumns:
         return self.names[path]
 
     def _name(self, path: str) -> str:
+        """The field's normalized name, unless that is empty, a documented or dlt's own
+        column, or another added field's (`Foo` beside `foo`; the first one read keeps it):
+        then a name suffixed with the field's digest, the same in every sync."""
         name = self.naming.normalize_path(path)
-        if name == path or name not in RESERVED:
+        if name and name not in RESERVED and self.owners.setdefault(name, path) == path:
             return name
-        own = f"{name}_{hashlib.sha1(path.encode()).hexdigest()[:6]}"
+        own = f"{name or 'field'}_{hashlib.sha1(path.encode()).hexdigest()[:6]}"
         if own not in self.kinds:
+            why = f"whose column name {name!r} is taken" if name else "whose name has no letters"
             self.warnings.append(
-                f"the API added a field {path!r}, whose column name {name!r} is taken: "
-                f"its values are stored in batches.{own}"
+                f"the API added a field {path!r}, {why}: its values are stored in batches.{own}"
             )
         return own
 
