@@ -207,6 +207,29 @@ def test_a_failed_sync_records_why_and_keeps_the_data(simulator, db_path, run):
         assert con.execute("select count(*), max(id) from siliconflow.batches").fetchone() == kept
 
 
+@pytest.mark.parametrize("fault", [{"status": 401}, {"status": 500, "times": 50}])
+def test_a_first_sync_that_fails_records_why_and_check_says_so(simulator, db_path, run, fault):
+    simulator.faults.queue(**fault)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    (failed,) = runs(db_path)
+    assert (failed["kind"], failed["outcome"], failed["exit_code"]) == (
+        "full",
+        "failed",
+        outcome.code,
+    )
+    assert outcome.code in (3, 4) and f"sfbatches: {failed['message']}" == outcome.err.strip()
+    checked = run("check", "--db", str(db_path), "--json")
+    assert checked.code == 6
+    assert "last_sync_failed" in {
+        problem["rule"] for problem in json.loads(checked.out)["problems"]
+    }
+    simulator.faults.reset()
+    sync_ok(run, db_path)
+    assert [r["outcome"] for r in runs(db_path)] == ["failed", "ok"]
+
+
 def test_a_sync_that_cannot_get_the_database_records_nothing(simulator, db_path, run, monkeypatch):
     sync_ok(run, db_path)
     holder = hold_sync_lock(db_path)

@@ -301,8 +301,9 @@ def _append_history(
 
 
 def record_run(db_path: Path, row: dict[str, object]) -> None:
-    """Append one sync's `sync_runs` row."""
+    """Append one sync's `sync_runs` row; a first sync that failed leaves one too."""
     with database.connect_for_sync(db_path) as con:
+        con.execute(f"create schema if not exists {SCHEMA}")
         con.execute(
             f"""
             create table if not exists {SCHEMA}.{SYNC_RUNS} (
