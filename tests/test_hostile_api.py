@@ -11,10 +11,13 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 from conftest import REPO, START, run_process
+from requests import Response
 from truth import assert_warehouse_equals, served
 
+from pipelines.siliconflow.client import ApiResponse, BatchPages
 from pipelines.simulator import World
 from pipelines.warehouse import plan
 
@@ -392,6 +395,32 @@ def test_added_fields_whose_names_collide_or_vanish_each_keep_a_column(simulator
         assert all(row.count(value) == 1 for value in ODD_NAMES.values()), row
     again = run("sync", "--db", str(db_path), "--full-refresh")
     assert again.code == 0 and again.err == ""
+
+
+@pytest.mark.parametrize(
+    ("has_more", "more"),
+    [
+        (False, False),
+        (0, False),
+        ("false", False),
+        (" FALSE ", False),
+        ("False", False),
+        ("0", False),
+        (True, True),
+        (1, True),
+        ("true", True),
+        ("True", True),
+        (None, True),
+    ],
+)
+def test_has_more_ends_the_listing_however_it_is_spelled(has_more, more):
+    pages = BatchPages(2)
+    body = {"data": [{"id": "b2"}, {"id": "b1"}], "last_id": "b1", "has_more": has_more}
+
+    pages.update_state(ApiResponse(Response(), orjson.dumps(body)), body["data"])
+
+    assert pages.has_next_page is more
+    assert (pages.stop, pages.after) == (("", "b1") if more else ("end", None))
 
 
 # --- 5. fail fast when told to wait -----------------------------------------------------------

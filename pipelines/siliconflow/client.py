@@ -472,7 +472,7 @@ class BatchPages(BasePaginator):
     def update_state(self, response: Response, data: list[Any] | None = None) -> None:
         body = response.json()
         cursor = _cursor(body.get("last_id"), data or [])
-        if body.get("has_more") in (False, "false", 0):
+        if _says_no(body.get("has_more")):
             self.finish("end")
         elif not data:
             self.finish("empty")
@@ -488,6 +488,13 @@ class BatchPages(BasePaginator):
     def finish(self, why: str) -> None:
         self.more = False
         self.stop = why
+
+
+def _says_no(has_more: Any) -> bool:
+    """`has_more` is false, 0, or a text meaning either, in any case and spacing."""
+    if isinstance(has_more, str):
+        return has_more.strip().lower() in ("false", "0", "no")
+    return has_more in (False, 0)
 
 
 def _cursor(last_id: Any, page: list[Any]) -> Any:
