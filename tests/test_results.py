@@ -296,6 +296,10 @@ def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(
     assert outcome.code == 0 and "could not be fetched" in outcome.err
     served_files = keys(f for f in served(simulator) if not f.gone)
     assert files_by_state(db_path)["failed"] >= served_files - files_by_state(db_path)["gone"]
+    said = query(
+        db_path, "select distinct message from siliconflow.batch_files where state = 'failed'"
+    )
+    assert said and all(message.isprintable() and message[0].isalpha() for (message,) in said), said
     assert query(db_path, "select count(*) from siliconflow.batch_requests") == [(0,)]
     assert not [path for path in archive.rglob("*") if path.is_file()]
     simulator.faults.reset()

@@ -165,7 +165,9 @@ def read_chunks(response: Response, deadline: "Deadline | None" = None) -> Itera
             if deadline is not None:
                 deadline.check()
     except ProtocolError as error:
-        raise ChunkedEncodingError(error, request=response.request) from None
+        # urllib3's first argument says why; the whole error reads as a tuple of two
+        why = error.args[0] if error.args else error
+        raise ChunkedEncodingError(why, request=response.request) from None
     except ReadTimeoutError as error:
         raise ReadTimeout(error, request=response.request) from None
     raw.release_conn()
