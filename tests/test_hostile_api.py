@@ -2,6 +2,7 @@
 type changes, and answers that are not what they seem. After each anomaly the warehouse is
 complete with one row per id, or the sync fails loudly; it never hangs and never gets stuck."""
 
+import json
 import math
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from requests import Response
 from truth import assert_warehouse_equals, served
 
 from pipelines.siliconflow.client import ApiResponse, BatchPages
+from pipelines.siliconflow.rows import KNOWN_FIELDS, MOST_ADDED_COLUMNS
 from pipelines.simulator import World
 from pipelines.warehouse import plan
 
@@ -395,6 +397,49 @@ def test_added_fields_whose_names_collide_or_vanish_each_keep_a_column(simulator
         assert all(row.count(value) == 1 for value in ODD_NAMES.values()), row
     again = run("sync", "--db", str(db_path), "--full-refresh")
     assert again.code == 0 and again.err == ""
+
+
+def test_fields_past_the_most_columns_are_kept_as_json_and_syncs_go_on(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    # a nested object with a key per request, as dynamic as added fields get, and many scalars
+    added = {f"field_{i}": i for i in range(300)} | {
+        "per_request": {f"req_{i}": {"tokens": i} for i in range(400)}
+    }
+    expected = {f"field_{i}": i for i in range(300)} | {
+        f"per_request__req_{i}__tokens": i for i in range(400)
+    }
+    simulator.faults.extra_fields = added
+
+    outcome = run("sync", "--db", str(db_path), "--full-refresh", "--no-models")
+
+    assert outcome.code == 0 and outcome.err.count("more_fields") == 1, outcome.err
+    added_columns = set(columns_of(db_path)) - KNOWN_FIELDS - {"_dlt_load_id"}
+    assert len(added_columns) == MOST_ADDED_COLUMNS + 1  # and more_fields
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        cursor = con.execute("from siliconflow.batches")
+        names = [column[0] for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        more = json.loads(row["more_fields"])
+        assert not set(more) & set(row)
+        assert {path: row[path] if path in row else more[path] for path in expected} == expected
+    for args in (["--full-refresh"], []):
+        again = run("sync", "--db", str(db_path), "--no-models", *args)
+        assert again.code == 0 and again.err == "", again.err
+    simulator.faults.extra_fields = {}
+    assert run("sync", "--db", str(db_path), "--full-refresh", "--no-models").code == 0
+    assert_warehouse_equals(db_path, served(simulator))
+
+
+def columns_of(db_path: Path) -> list[str]:
+    return [
+        name
+        for (name,) in query(
+            db_path,
+            "select column_name from information_schema.columns "
+            "where table_schema = 'siliconflow' and table_name = 'batches'",
+        )
+    ]
 
 
 @pytest.mark.parametrize(

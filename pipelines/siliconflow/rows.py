@@ -118,7 +118,13 @@ ARROW_TYPES = {
     "text": pa.string(),
 }
 DUCKDB_TYPES = {"boolean": "BOOLEAN", "bigint": "BIGINT", "double": "DOUBLE", "text": "VARCHAR"}
-RESERVED = frozenset(KNOWN_FIELDS | {LOAD_ID, "_dlt_id"})
+# Columns for added fields, at most: DuckDB writes each column of a row group in blocks of its
+# own, so a table some thousands of columns wide outgrows a sync's memory limit in every later
+# load. The fields past them are kept together, one JSON object per batch, in MORE_FIELDS.
+MOST_ADDED_COLUMNS = 100
+MORE_FIELDS = "more_fields"
+NOT_ADDED = frozenset(KNOWN_FIELDS | {LOAD_ID, "_dlt_id"})  # columns of no added field
+RESERVED = NOT_ADDED | {MORE_FIELDS}  # names an added field's own column never takes
 
 
 # The kind of each type of value but int, whose kind depends on its size (`ExtraColumns.kind`).
@@ -179,15 +185,31 @@ class ExtraColumns:
         self.widened: dict[str, str] = {}
         self.warnings: list[str] = []
         self.naming = NamingConvention()
-        self.names: dict[str, str] = {}
+        self.names: dict[str, str | None] = {}
+        self.taken = set(self.stored) - {MORE_FIELDS}  # columns of added fields
+        self.told_more = False
         self.owners: dict[str, str] = {}  # column name → the field path that has it
         self.big_ints: set[str] = set()
 
-    def column(self, path: str) -> str:
-        """The column for a flattened field path, e.g. `usage__total_tokens`."""
+    def column(self, path: str) -> str | None:
+        """The column for a flattened field path, e.g. `usage__total_tokens`; None for a new
+        one past MOST_ADDED_COLUMNS, whose values go to MORE_FIELDS."""
         if path not in self.names:
-            self.names[path] = self._name(path)
+            name = self._name(path)
+            if name not in self.taken and len(self.taken) >= MOST_ADDED_COLUMNS:
+                self.names[path] = None
+            else:
+                self.names[path] = name
+                self.taken.add(name)
         return self.names[path]
+
+    def more_fields(self) -> None:
+        if MORE_FIELDS not in self.kinds and not self.told_more:
+            self.told_more = True
+            self.warnings.append(
+                f"the API added more than {MOST_ADDED_COLUMNS} fields: those without a column "
+                f"are kept together as one JSON object per batch in batches.{MORE_FIELDS}"
+            )
 
     def _name(self, path: str) -> str:
         """The field's normalized name, unless that is empty, a documented or dlt's own
@@ -515,13 +537,22 @@ def _column(batches: list[dict], field: pa.Field) -> pa.Array:
 def _extra_columns(batches: list[dict], extras: ExtraColumns) -> dict[str, list[Any]]:
     """Fields outside the documented ones, nested objects flattened to `parent__child` names."""
     extra: dict[str, list[Any]] = {}
+    more: dict[int, dict[str, Any]] = {}  # by row: the fields past MOST_ADDED_COLUMNS
     for key in sorted(set().union(*batches) - KNOWN_FIELDS):
         for row, batch in enumerate(batches):
             value = batch.get(key)
             if value is None:
                 continue
             for path, scalar in _flatten(key, value):
-                extra.setdefault(extras.column(path), [None] * len(batches))[row] = scalar
+                if (name := extras.column(path)) is None:
+                    more.setdefault(row, {})[path] = scalar
+                else:
+                    extra.setdefault(name, [None] * len(batches))[row] = scalar
+    if more:
+        extras.more_fields()
+        column = extra.setdefault(MORE_FIELDS, [None] * len(batches))
+        for row, fields in more.items():
+            column[row] = orjson.dumps(fields).decode()
     return extra
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.siliconflow import Fingerprints, Floor, HeldIds, ResultFile, SyncPlan
-from pipelines.siliconflow.rows import RESERVED, from_duckdb
+from pipelines.siliconflow.rows import NOT_ADDED, from_duckdb
 from pipelines.vocabulary import (
     BATCH_FILES,
     BATCH_REQUESTS,
@@ -133,7 +133,7 @@ def _added_column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
         "where table_schema = ? and table_name = ?",
         [DATASET, BATCHES],
     ).fetchall()
-    return {name: from_duckdb(data_type) for name, data_type in rows if name not in RESERVED}
+    return {name: from_duckdb(data_type) for name, data_type in rows if name not in NOT_ADDED}
 
 
 @dataclass(frozen=True)
