@@ -45,6 +45,27 @@ def test_a_chunk_of_pages_is_one_table_per_warehouse_table():
     assert chunk.rows == 0 and chunk.take()["batches"].num_rows == 0
 
 
+@pytest.mark.parametrize(
+    ("errors", "messages"),
+    [
+        (None, []),
+        ([], []),
+        ({}, []),
+        ({"object": "list"}, []),
+        ({"object": "list", "data": None}, []),
+        ({"object": "list", "data": [{"code": "c", "message": "wrapped"}]}, ["wrapped"]),
+        (["one", "two"], ["one", "two"]),
+        ("plain", ["plain"]),
+        ({"code": "c", "message": "bare"}, ["bare"]),
+    ],
+)
+def test_errors_of_every_shape_give_one_row_per_error(errors, messages):
+    chunk = TableChunk(ExtraColumns())
+    chunk.add([batch("b1", errors=errors)])
+
+    assert chunk.take()["batch_errors"].column("message").to_pylist() == messages
+
+
 def test_a_new_field_missing_from_some_pages_is_null_there():
     chunk = TableChunk(ExtraColumns())
     chunk.add([batch("b1", model="qwen", usage={"total_tokens": 7})])
@@ -104,6 +125,7 @@ def odd_shapes() -> list[dict]:
         batch("o3", errors=[{"message": "m", "param": None}, "plain"], metadata={}),
         batch("o4", request_counts={"total": 2, "cancelled": 1}, priority=2**60),
         batch("o5", usage={"total_tokens": 9, "details": {"cached": 1}}, tags=["a", "b"]),
+        batch("o7", errors={"code": "x", "message": "sent bare"}),
     ]
 
 
@@ -133,7 +155,7 @@ def test_the_json_reader_and_the_conversion_value_by_value_agree_on_every_varian
         assert sorted(kept.column_names) == columns, name
         assert kept.select(columns).schema == read[name].select(columns).schema, name
         assert kept.select(columns).to_pylist() == read[name].select(columns).to_pylist(), name
-    assert read["batches"].num_rows == len(listed) + 5
+    assert read["batches"].num_rows == len(listed) + len(odd_shapes())
     assert read["batches"].column("id").num_chunks > 1
     assert {"model", "usage__total_tokens", "priority", "tags"} <= set(read["batches"].column_names)
 

@@ -57,8 +57,10 @@ def expected_errors(api: list[dict]) -> set[tuple]:
     rows = set()
     for b in api:
         errors = b.get("errors")
-        if isinstance(errors, dict):
-            errors = errors.get("data")
+        if isinstance(errors, dict):  # OpenAI's list object, or one error sent bare
+            errors = (
+                errors.get("data") if "data" in errors or errors.keys() <= {"object"} else [errors]
+            )
         for position, error in enumerate(errors or []):
             if isinstance(error, str):
                 rows.add((b["id"], position, None, error, None, None))

@@ -567,9 +567,10 @@ def _flatten(name: str, value: Any) -> Iterable[tuple[str, Any]]:
 
 
 def _error_list(errors: Any) -> list[Any]:
-    # SiliconFlow sends null, [], or a list of strings; OpenAI wraps a list in {"data": [...]}.
+    # SiliconFlow sends null, [], or a list of strings; OpenAI wraps a list in {"data": [...]};
+    # an object without `data` but with fields of its own is one error, sent bare.
     if isinstance(errors, dict):
-        errors = errors.get("data")
+        errors = errors.get("data") if "data" in errors or set(errors) <= {"object"} else [errors]
     if isinstance(errors, list):
         return errors
     return [] if errors is None else [errors]
