@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", cmd_demo, "simulator + sync + models + report, no API key needed")
     demo.add_argument(
         "--db",
+        type=_named,
         default=DEMO_DB,
         help=f"DuckDB file for the demo (default: {DEMO_DB}); a database an earlier demo left "
         "there is replaced, any other file is refused",
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--db", help="DuckDB file (default: $SFBATCHES_DB, else siliconflow.duckdb)"
+        "--db", type=_named, help="DuckDB file (default: $SFBATCHES_DB, else siliconflow.duckdb)"
     )
 
 
@@ -186,6 +187,13 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _named(text: str) -> str:
+    # `--db "$DB"` with DB unset must not fall back to the default file unnoticed
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file, not be empty")
+    return text
 
 
 def _positive(text: str) -> int:

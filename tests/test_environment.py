@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, run_process
 from truth import assert_warehouse_equals, served
 
+from pipelines import cli
 from pipelines.simulator import Simulator
 
 CANARY = "sk-canary-7c1f0e9d5b"
@@ -265,6 +266,16 @@ def test_an_archive_dir_nobody_may_make_exits_2(simulator, open_folder, monkeypa
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "cannot make the folder" in done.stderr and "Permission denied" in done.stderr
     assert not (locked / "archive").exists() and not (open_folder / "w.duckdb").exists()
+
+
+@pytest.mark.parametrize("command", ["sync", "models", "report", "check", "demo"])
+def test_an_empty_db_option_exits_2_and_touches_no_default_file(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--db", " "])
+
+    assert exited.value.code == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_simulate_on_a_port_in_use_exits_2():
