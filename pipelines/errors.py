@@ -82,20 +82,21 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; the database keeps its last complete sync"
     if full := disk_full(error):
-        return f"the disk is full ({_first_line(full)}); free some space and run again"
+        return f"the disk is full ({first_line(full)}); free some space and run again"
     if _is_file_error(error):
         return f"cannot use {error.filename}: {error.strerror}; check the path and its permissions"
     # dlt's wrappers say only where a step failed: the innermost error says why
     cause = _chain(error)[-1]
     return (
-        f"unexpected {type(cause).__name__}: {_first_line(cause)} "
+        f"unexpected {type(cause).__name__}: {first_line(cause)} "
         "(rerun with --verbose for details, and report it)"
     )
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of what `error` says, or its kind when it says nothing."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else ""
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def disk_full(error: BaseException) -> BaseException | None:
@@ -111,5 +112,5 @@ def disk_full(error: BaseException) -> BaseException | None:
 
 
 def _is_file_error(error: BaseException) -> bool:
-    """A file or folder the user named could not be used (a path, a permission, a full disk)."""
+    """A file or folder the user named could not be used (a path, a permission)."""
     return isinstance(error, OSError) and getattr(error, "filename", None) is not None

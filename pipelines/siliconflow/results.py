@@ -29,7 +29,7 @@ from requests import Response
 from requests.exceptions import HTTPError, RequestException
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from pipelines.errors import SyncTimeout
+from pipelines.errors import SyncTimeout, first_line
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
 from .client import READ_BYTES, BatchApi, api_code, is_under, read_chunks
@@ -468,7 +468,7 @@ class Fetcher:
         except HTTPError as error:
             return self._refused(file, error.response)
         except (RequestException, UnusableAnswer) as error:
-            return Download(file, FAILED, message=_first_line(error))
+            return Download(file, FAILED, message=_said(error))
 
     def _fetch(self, file: ResultFile) -> Download:
         response = self.api.client.get(
@@ -508,7 +508,7 @@ class Fetcher:
             for copy in copies:
                 copy.discard()
             if isinstance(error, RequestException):
-                raise BodyCutShort(_first_line(error)) from None
+                raise BodyCutShort(_said(error)) from None
             raise
         for copy in copies:
             copy.keep()
@@ -521,7 +521,7 @@ class Fetcher:
         if response is not None and response.status_code == 404:
             return Download(file, GONE, message="the API no longer has it (HTTP 404)")
         failure = self.api.failure(HTTPError(response=response))
-        return Download(file, FAILED, message=_first_line(failure or HTTPError(response=response)))
+        return Download(file, FAILED, message=_said(failure or HTTPError(response=response)))
 
 
 def _refused_by_storage(file: ResultFile, response: Response) -> Download:
@@ -758,6 +758,5 @@ def _safe(name: str) -> str:
     return f"{plain}-{digest}"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+def _said(error: BaseException) -> str:
+    return first_line(error)[:300]

@@ -174,9 +174,9 @@ class ExtraColumns:
 
     Names are dlt's normalized ones. A field whose normalized name is a documented field's
     (`Status`, `created-at`) or another added field's gets its own suffixed column instead of
-    colliding. A type that
-    changes widens the column (bigint → double → text); a stored column that must widen is
-    listed in `widened` for the sync to alter before loading.
+    colliding. A type that changes widens the column (bigint → double → text); a stored column
+    that must widen is listed in `widened` for the sync to alter before loading. Past
+    MOST_ADDED_COLUMNS, new fields share MORE_FIELDS.
     """
 
     def __init__(self, stored: dict[str, str] | None = None) -> None:
@@ -204,6 +204,7 @@ class ExtraColumns:
         return self.names[path]
 
     def more_fields(self) -> None:
+        """Say once that fields went to MORE_FIELDS, unless it held some already."""
         if MORE_FIELDS not in self.kinds and not self.told_more:
             self.told_more = True
             self.warnings.append(
