@@ -325,9 +325,11 @@ def test_wrong_api_key_exits_3_without_printing_it(simulator, db_path):
     assert outcome.err.count("\n") == 1 and "Traceback" not in outcome.err
     assert "401" in outcome.err and "Invalid token" in outcome.err
     assert wrong not in outcome.err + outcome.out
-    assert not db_path.exists() or query(
-        db_path, "select count(*) from information_schema.tables where table_schema='siliconflow'"
-    ) == [(0,)]
+    # nothing of the API's, only the failed sync's own row
+    assert query(
+        db_path, "select table_name from information_schema.tables where table_schema='siliconflow'"
+    ) == [("sync_runs",)]
+    assert query(db_path, "select outcome, exit_code from siliconflow.sync_runs") == [("failed", 3)]
 
 
 def test_a_server_serving_fewer_than_asked_is_still_read_page_by_page(tmp_path, run, monkeypatch):
