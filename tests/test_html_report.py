@@ -283,7 +283,7 @@ def report_html(db_path: Path, target: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("content", [b"<html>my own page</html>\n", b"notes\n"])
+@pytest.mark.parametrize("content", [b"<html>my own page</html>\n", b"notes\n", b""])
 def test_html_never_overwrites_a_file_it_did_not_write(warehouse, tmp_path, content):
     target = tmp_path / "index.html"
     target.write_bytes(content)
@@ -306,6 +306,52 @@ def test_html_replaces_its_own_page_whole_and_readable_by_a_web_server(warehouse
     assert "OLD PAGE" not in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["sf.html"]  # no temporary file left
     assert stat.S_IMODE(target.stat().st_mode) & 0o444 == 0o444
+
+
+def not_a_plain_file(tmp_path: Path, kind: str) -> Path:
+    """A pipe, a copy of /dev/null (root only) or a link to a pipe, as a target."""
+    target = tmp_path / kind
+    if kind == "link to a pipe":
+        os.mkfifo(tmp_path / "pipe")
+        target.symlink_to(tmp_path / "pipe")
+    elif kind == "pipe":
+        os.mkfifo(target)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return target
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device", "link to a pipe"])
+def test_html_leaves_a_device_pipe_or_link_to_one_alone(warehouse, tmp_path, kind):
+    target = not_a_plain_file(tmp_path, kind)
+    before = identity(target)
+
+    done = report_html(warehouse, target)
+
+    assert done.returncode == 2 and "not a plain file" in done.stderr, done.stderr
+    assert identity(target) == before
+
+
+def identity(path: Path) -> tuple[int, int, int]:
+    info = path.lstat()
+    return info.st_ino, info.st_mode, info.st_mtime_ns
+
+
+def test_html_through_a_link_replaces_the_page_it_points_at(warehouse, tmp_path):
+    page = tmp_path / "pages" / "sf.html"
+    page.parent.mkdir()
+    assert report_html(warehouse, page).returncode == 0
+    link = tmp_path / "index.html"
+    link.symlink_to(page)
+    page.write_text(page.read_text().replace("SiliconFlow batches", "OLD PAGE"))
+
+    assert report_html(warehouse, link).returncode == 0
+
+    assert link.is_symlink() and link.resolve() == page
+    assert "OLD PAGE" not in page.read_text() and "SiliconFlow batches" in page.read_text()
+    assert sorted(p.name for p in page.parent.iterdir()) == ["sf.html"]
 
 
 def test_a_warehouse_without_result_files_says_so(tmp_path, chromium):

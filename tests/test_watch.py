@@ -498,7 +498,18 @@ def test_prometheus_tokens_today_and_no_sync_as_nan(simulator, db_path, run, tmp
     assert math.isnan(prometheus(target)["sfbatches_last_sync_age_seconds"])
 
 
-@pytest.mark.parametrize("content", [b"keep me\n", b"# HELP node_cpu_seconds_total cpu\n"])
+def test_prometheus_leaves_a_pipe_alone(db_path, run, tmp_path):
+    duckdb.connect(str(db_path)).close()
+    target = tmp_path / "node.prom"
+    os.mkfifo(target)
+
+    outcome = run("check", "--db", str(db_path), "--prometheus", str(target))
+
+    assert outcome.code == 2 and "not a plain file" in outcome.err
+    assert stat.S_ISFIFO(target.lstat().st_mode)
+
+
+@pytest.mark.parametrize("content", [b"keep me\n", b"# HELP node_cpu_seconds_total cpu\n", b""])
 def test_prometheus_never_overwrites_a_file_it_did_not_write(db_path, run, tmp_path, content):
     duckdb.connect(str(db_path)).close()
     target = tmp_path / "other.prom"

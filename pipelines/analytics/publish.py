@@ -4,6 +4,7 @@ all, and never over a file sfbatches did not write."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,8 +22,10 @@ MODE = 0o644
 
 def write_ours(path: Path, text: str, mark: str) -> None:
     """Replace `path` with `text` in one step: readers see the old file or the new one, never
-    part of one. A file already there must start with `mark` (or be empty)."""
+    part of one. A file already there must be a plain file starting with `mark`; a link is
+    followed, and the file it points at replaced."""
     refuse_if_not_ours(path, mark)
+    path = path.resolve()
     folder = path.parent
     try:
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,16 +48,24 @@ def write_ours(path: Path, text: str, mark: str) -> None:
 
 
 def refuse_if_not_ours(path: Path, mark: str) -> None:
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder: give the file to write, e.g. {path / 'x'}")
+    """Refuse a folder, a device, pipe or socket, and a file that does not start with `mark`
+    (an empty one too): only what sfbatches wrote, or nothing, may be replaced."""
     try:
+        kind = path.stat().st_mode
+        if stat.S_ISDIR(kind):
+            raise ConfigError(f"{path} is a folder: give the file to write, e.g. {path / 'x'}")
+        if not stat.S_ISREG(kind):
+            raise ConfigError(
+                f"{path} is not a plain file (a device, pipe or socket): it is left as it is; "
+                "choose a file to write"
+            )
         with path.open("rb") as existing:
             start = existing.read(len(mark.encode()))
     except FileNotFoundError:
         return
     except OSError as error:
         raise ConfigError(f"cannot read {path} ({error.strerror}): choose another file") from None
-    if start and start != mark.encode():
+    if start != mark.encode():
         raise ConfigError(
             f"{path} exists and was not written by sfbatches: it is left as it is; "
             "choose another file, or remove it first"
