@@ -349,6 +349,30 @@ def test_a_failing_storage_is_named_by_its_host_and_code_never_by_the_signed_lin
     assert "X-Amz" not in outcome.err and "/results/" not in outcome.err
 
 
+def test_a_signed_link_that_cannot_be_reached_is_named_without_its_signature(
+    simulator, db_path, run
+):
+    signed = "X-Amz-Signature=do-not-show-7f3a"
+    batch_id = next(f.batch_id for f in served(simulator) if f.kind == "output" and not f.gone)
+    simulator.faults.overrides = {
+        batch_id: {"output_file_id": f"http://127.0.0.1:9/{batch_id}.jsonl?{signed}"}
+    }
+    # and downloads from the API sent on to a storage nobody answers at
+    simulator.faults.queue(
+        kind="redirect",
+        files=True,
+        times=100_000,
+        location=f"http://127.0.0.1:9/moved.jsonl?{signed}",
+    )
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0 and "could not be fetched" in outcome.err
+    said = query(db_path, "select message from siliconflow.batch_files where state = 'failed'")
+    assert len(said) >= 2 and any("moved.jsonl" in message for (message,) in said)
+    assert signed not in outcome.err + outcome.out + repr(said)
+
+
 def test_copies_a_killed_sync_left_go_with_the_next_fetch(simulator, db_path, run):
     simulator.faults.queue(kind="file_error", times=100_000)
     assert run("sync", "--db", str(db_path), "--no-models").code == 0

@@ -7,6 +7,7 @@ once the sync's own deadline has passed.
 """
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -262,10 +263,14 @@ def _api_message(response: Response) -> str:
     return " ".join(str(text).split())[:200] or response.reason or "no message"
 
 
+# A URL's query, as requests quotes URLs in its errors.
+QUERY = re.compile(r"\?[^\s'\")]*")
+
+
 def redact(text: str) -> str:
-    # requests puts URLs into its errors; the key never travels in a URL, but a signed storage
-    # URL carries its signature in the query, and a user's base URL could hold credentials.
-    return text.split("?")[0][:200]
+    """`text` without the queries of the URLs it quotes: the key never travels in a URL, but a
+    signed storage URL carries its signature in the query, and a base URL could hold one."""
+    return QUERY.sub("?…", text)[:200]
 
 
 # --- the API ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from pipelines.errors import SyncTimeout, first_line
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
-from .client import READ_BYTES, BatchApi, api_code, is_under, read_chunks
+from .client import READ_BYTES, BatchApi, api_code, is_under, read_chunks, redact
 from .rows import no_rows, rows_table
 from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
@@ -759,4 +759,4 @@ def _safe(name: str) -> str:
 
 
 def _said(error: BaseException) -> str:
-    return first_line(error)[:300]
+    return redact(first_line(error))
