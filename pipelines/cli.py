@@ -305,11 +305,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     db_path = Path(args.db)
     remove_demo_database(db_path)
+    # marked before it holds anything, so that the next demo replaces one this demo left half
+    # made (Ctrl-C, a failure)
+    mark_as_demo(db_path)
     with served_elsewhere("--batches", str(args.batches)) as simulator:
         print(f"sfbatches: demo simulator with {args.batches:,} batches at {simulator.base_url}")
         config = SourceConfig(api_key=simulator.api_key, base_url=simulator.base_url)
         _sync_and_build(db_path, config, full_refresh=False, models=True)
-    mark_as_demo(db_path)
     print()
     print(_report(db_path, days=7))
     return 0

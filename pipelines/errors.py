@@ -70,7 +70,7 @@ def exit_code_of(error: BaseException) -> int:
     """The exit code the CLI gives for `error`."""
     if isinstance(error, SfBatchesError):
         return error.exit_code
-    if isinstance(error, KeyboardInterrupt):
+    if _interrupted(error):
         return 130
     return 2 if disk_full(error) or _is_file_error(error) else 1
 
@@ -79,7 +79,7 @@ def one_line(error: BaseException) -> str:
     """The line the CLI prints for `error` (without the `sfbatches: ` in front)."""
     if isinstance(error, SfBatchesError):
         return str(error)
-    if isinstance(error, KeyboardInterrupt):
+    if _interrupted(error):
         return "interrupted; the database keeps its last complete sync"
     if full := disk_full(error):
         return f"the disk is full ({first_line(full)}); free some space and run again"
@@ -91,6 +91,12 @@ def one_line(error: BaseException) -> str:
         f"unexpected {type(cause).__name__}: {first_line(cause)} "
         "(rerun with --verbose for details, and report it)"
     )
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Ctrl-C or a signal, also where dlt wrapped it (dlt's own signal error is a
+    KeyboardInterrupt too)."""
+    return any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error))
 
 
 def first_line(error: BaseException) -> str:

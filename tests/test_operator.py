@@ -3,8 +3,10 @@ under cron for days, and a warehouse that the DuckDB users already have can open
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -100,6 +102,29 @@ def test_demo_starts_from_an_empty_database_every_time(tmp_path):
         second.out.split("batches read")[0].split()[-1]
         == (first.out.split("batches read")[0].split()[-1])
     )
+
+
+def test_a_demo_stopped_with_ctrl_c_is_replaced_by_the_next_one(tmp_path):
+    db_path = tmp_path / "demo.duckdb"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "demo", "--db", str(db_path), "--batches", "300"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # the simulator answers once the demo says where: the sync is about to start
+    assert "demo simulator" in demo.stdout.readline()
+    time.sleep(0.5)
+    assert demo.poll() is None, "the demo ended before Ctrl-C"
+
+    demo.send_signal(signal.SIGINT)
+    _, err = demo.communicate(timeout=120)
+
+    assert demo.returncode == 130 and "unexpected" not in err, err
+    again = run_process("demo", "--db", str(db_path), "--batches", "300")
+    assert again.code == 0, again.err
+    assert "models built" in again.out
 
 
 def test_demo_refuses_to_replace_a_database_that_is_not_a_demo(simulator, db_path, run):

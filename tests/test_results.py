@@ -8,9 +8,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -371,6 +373,46 @@ def test_a_signed_link_that_cannot_be_reached_is_named_without_its_signature(
     said = query(db_path, "select message from siliconflow.batch_files where state = 'failed'")
     assert len(said) >= 2 and any("moved.jsonl" in message for (message,) in said)
     assert signed not in outcome.err + outcome.out + repr(said)
+
+
+@pytest.mark.parametrize("during", ["listing", "downloads"])
+def test_ctrl_c_says_interrupted_and_the_next_sync_brings_it_current(
+    simulator, db_path, run, during
+):
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    simulator.world.advance(6 * 3600)
+    simulator.faults.latency_ms = 30
+    started = {"listing": lambda: len(simulator.list_requests()), "downloads": lambda: 0}[during]()
+    reached = {
+        "listing": lambda: len(simulator.list_requests()) >= started + 2,
+        "downloads": lambda: len(simulator.file_requests()) >= 3,
+    }[during]
+    args = ["--full-refresh"] if during == "listing" else []
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--no-models", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not reached() and sync.poll() is None:
+        time.sleep(0.02)
+    assert sync.poll() is None, "the sync ended before Ctrl-C"
+
+    sync.send_signal(signal.SIGINT)
+    out, err = sync.communicate(timeout=120)
+
+    said = "interrupted; the database keeps its last complete sync"
+    assert sync.returncode == 130 and err.splitlines()[-1] == f"sfbatches: {said}", err
+    assert "unexpected" not in err and "sync of" not in out
+    last = query(
+        db_path, "select exit_code, message from siliconflow.sync_runs order by finished_at"
+    )
+    assert last[-1] == (130, said)
+    simulator.faults.latency_ms = 0
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert_warehouse_equals(db_path, served_batches(simulator))
+    assert_results_equal(db_path, simulator)
 
 
 def test_copies_a_killed_sync_left_go_with_the_next_fetch(simulator, db_path, run):

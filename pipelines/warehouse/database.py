@@ -310,4 +310,5 @@ def remove_demo_database(db_path: Path) -> None:
 
 def mark_as_demo(db_path: Path) -> None:
     with connect(db_path) as con:
+        con.execute(f"create schema if not exists {DATASET}")
         con.execute(f"create table if not exists {DATASET}.{DEMO_MARK} as select now() as made_at")
