@@ -582,6 +582,28 @@ def test_a_page_for_a_full_disk_exits_2_and_leaves_no_file(simulator, db_path, s
     assert sorted(path.name for path in small_disk.iterdir()) == ["filler"]
 
 
+@pytest.mark.parametrize("served_as", ["served", "failing"])
+def test_parts_a_killed_sync_left_in_the_archive_go_whatever_becomes_of_the_file(
+    simulator, db_path, run, monkeypatch, tmp_path, served_as
+):
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(archive))
+    files = served(simulator)
+    for file in files:  # as a sync killed while archiving every file would leave them
+        part = archive / file.batch_id / f"{file.kind}.jsonl.gz.part"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(gzip.compress(b'{"custom_id": "half')[:-8])
+    if served_as == "failing":
+        simulator.faults.queue(kind="file_error", times=100_000)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert not list(archive.rglob("*.part"))
+    archived = {(p.parent.name, p.name) for p in archive.rglob("*.gz")}
+    loaded = {(f.batch_id, f"{f.kind}.jsonl.gz") for f in files if not f.gone}
+    assert archived == (loaded if served_as == "served" else set())
+
+
 @pytest.mark.parametrize("how", ["flag", "config"])
 def test_results_can_be_skipped_and_the_tables_still_exist(
     simulator, db_path, run, monkeypatch, how

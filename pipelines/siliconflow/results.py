@@ -56,6 +56,7 @@ NAMED = 5  # files and line numbers a warning names
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some writers put before the first line
 GZIP_MAGIC = b"\x1f\x8b"  # how a gzip file starts; no JSON text starts so
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's setting for the gzip format
+PART = ".gz.part"  # an archived file while it is written
 
 FILES_SCHEMA = pa.schema(
     [
@@ -455,6 +456,14 @@ class Fetcher:
                 yield download
 
     def download(self, file: ResultFile) -> Download:
+        """Fetch one file (and archive it when asked); nothing of it is left in the archive
+        unless it loaded, not even the part of it a killed sync was writing."""
+        download = self._download(file)
+        if download.state != LOADED and self.archive is not None:
+            archived_at(self.archive, file).with_suffix(PART).unlink(missing_ok=True)
+        return download
+
+    def _download(self, file: ResultFile) -> Download:
         """Fetch one file; a body cut short is fetched again, as dlt retries a failed request."""
         retry = self.api.retry
         retrying = Retrying(
@@ -727,9 +736,9 @@ class Archived:
     and moved there only when complete, so an archive never holds part of a file."""
 
     def __init__(self, folder: Path, file: ResultFile) -> None:
-        self.path = folder / _safe(file.batch_id) / f"{file.kind}.jsonl.gz"
+        self.path = archived_at(folder, file)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.part = self.path.with_name(self.path.name + ".part")
+        self.part = self.path.with_suffix(PART)
         # closed by close() or discard(); level 1: the archive must keep up with the download
         self.out = gzip.open(self.part, "wb", compresslevel=1)  # noqa: SIM115
 
@@ -745,6 +754,10 @@ class Archived:
     def discard(self) -> None:
         self.out.close()
         self.part.unlink(missing_ok=True)
+
+
+def archived_at(folder: Path, file: ResultFile) -> Path:
+    return folder / _safe(file.batch_id) / f"{file.kind}.jsonl.gz"
 
 
 def _safe(name: str) -> str:
