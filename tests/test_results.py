@@ -213,6 +213,38 @@ def test_full_refresh_asks_for_gone_files_again_and_only_for_them(simulator, db_
     assert_results_equal(db_path, simulator)
 
 
+def test_a_gone_file_is_asked_for_again_once_its_batch_names_another(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    files = served(simulator)
+    gone = next(f for f in files if f.gone and f.kind == "output" and not f.signed)
+    signed = next(f for f in files if f.gone and f.signed)
+    other = next(f for f in files if not f.gone and f.kind == "output" and not f.signed)
+    simulator.faults.overrides = {
+        gone.batch_id: {"output_file_id": other.file_id},  # another file
+        signed.batch_id: {f"{signed.kind}_file_id": f"{signed.file_id}&renewed=1"},  # the same
+    }
+    simulator.clear_requests()
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert len(simulator.file_requests()) == 1
+    states = {
+        (batch_id, kind): (file_id, state, attempts)
+        for batch_id, kind, file_id, state, attempts in query(
+            db_path, "select batch_id, kind, file_id, state, attempts from siliconflow.batch_files"
+        )
+    }
+    assert states[gone.batch_id, "output"] == (other.file_id, "loaded", 1)
+    assert states[signed.batch_id, signed.kind][1:] == ("gone", 1)
+    rows, _ = expected_requests([other])
+    stored = query(
+        db_path,
+        f"select {REQUEST_COLUMNS} from siliconflow.batch_requests "
+        f"where batch_id = '{gone.batch_id}' and kind = 'output'",
+    )
+    assert rows and set(stored) == {(gone.batch_id, *row[1:]) for row in rows}
+
+
 def test_signed_links_are_fetched_without_the_key_and_the_api_with_it(simulator, db_path, run):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
 

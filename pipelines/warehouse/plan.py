@@ -28,11 +28,13 @@ MAX_FILES = 10_000
 RESULT_TABLES = {BATCH_FILES, BATCH_REQUESTS}
 # A batch names a file with an id or a link; null or blank text names none.
 NAMES_A_FILE = "regexp_matches({column}, '[^[:space:]]')"
-TRIED = f"select batch_id, kind, state, attempts from {DATASET}.{BATCH_FILES}"
+TRIED = f"select batch_id, kind, file_id, state, attempts from {DATASET}.{BATCH_FILES}"
 NONE_TRIED = (
-    "select ''::varchar as batch_id, ''::varchar as kind, ''::varchar as state, "
-    "0::bigint as attempts where false"
+    "select ''::varchar as batch_id, ''::varchar as kind, ''::varchar as file_id, "
+    "''::varchar as state, 0::bigint as attempts where false"
 )
+# The file a name stands for: a signed link's query is its signature, renewed now and then.
+THE_FILE = "split_part(trim({name}), '?', 1)"
 
 
 def stored_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -151,7 +153,8 @@ def pending_files(
 ) -> FilePlan:
     """Result files of ended batches not loaded yet (none unless `wanted`), oldest first, as
     their links expire first, at most MAX_FILES a sync: those never tried, those that failed,
-    and (when `retry_gone`) those the API said were gone."""
+    those the API said were gone once their batch names another file, and (when `retry_gone`)
+    every gone one."""
     tables = stored_tables(con)
     if BATCHES not in tables or not wanted:
         return FilePlan(tables_exist=tables >= RESULT_TABLES)
@@ -167,18 +170,31 @@ def pending_files(
             where not ({IS_OPEN}) and {NAMES_A_FILE.format(column="error_file_id")}
         ),
 
-        tried as ({TRIED if BATCH_FILES in tables else NONE_TRIED})
+        tried as ({TRIED if BATCH_FILES in tables else NONE_TRIED}),
+
+        compared as (
+            select
+                named.*,
+                tried.state,
+                tried.attempts,
+                {THE_FILE.format(name="named.file_id")}
+                = {THE_FILE.format(name="tried.file_id")} as same_file
+            from named
+            left join tried using (batch_id, kind)
+        )
 
         select
-            named.batch_id,
-            named.kind,
-            named.file_id,
-            coalesce(tried.attempts, 0),
+            batch_id,
+            kind,
+            file_id,
+            if(same_file, attempts, 0),
             count(*) over () as pending
-        from named
-        left join tried using (batch_id, kind)
-        where tried.state is null or list_contains($again, tried.state)
-        order by named.created_at, named.batch_id, named.kind
+        from compared
+        where
+            state is null
+            or list_contains($again, state)
+            or (state = '{GONE}' and not same_file)
+        order by created_at, batch_id, kind
         limit {MAX_FILES}
         """,
         {"again": [FAILED, GONE] if retry_gone else [FAILED]},
