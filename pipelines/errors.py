@@ -2,6 +2,8 @@
 
 import errno
 import os
+import sys
+from typing import Any
 
 # How the system says a disk or quota is full: DuckDB's errors carry only this text, no errno.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -72,7 +74,7 @@ def exit_code_of(error: BaseException) -> int:
         return error.exit_code
     if _interrupted(error):
         return 130
-    return 2 if disk_full(error) or _is_file_error(error) else 1
+    return 2 if disk_full(error) or _bad_toml(error) or _is_file_error(error) else 1
 
 
 def one_line(error: BaseException) -> str:
@@ -83,6 +85,10 @@ def one_line(error: BaseException) -> str:
         return "interrupted; the database keeps its last complete sync"
     if full := disk_full(error):
         return f"the disk is full ({first_line(full)}); free some space and run again"
+    if toml := _bad_toml(error):
+        where = " or ".join(toml.full_paths)
+        why = " ".join(str(toml).splitlines()[1:]) or "unreadable"
+        return f"{toml.file_name} is not valid TOML ({why}): fix it in {where}"
     if _is_file_error(error):
         return f"cannot use {error.filename}: {error.strerror}; check the path and its permissions"
     # dlt's wrappers say only where a step failed: the innermost error says why
@@ -115,6 +121,15 @@ def disk_full(error: BaseException) -> BaseException | None:
         elif any(text in str(cause) for text in DISK_FULL_TEXTS):
             return cause
     return None
+
+
+def _bad_toml(error: BaseException) -> Any:
+    """dlt's error for a `.dlt/*.toml` it could not parse, in `error`'s chain. Looked for only
+    where dlt was imported: this module imports no dlt, so that every command starts fast."""
+    toml = sys.modules.get("dlt.common.configuration.providers.toml")
+    if toml is None:
+        return None
+    return next((c for c in _chain(error) if isinstance(c, toml.TomlProviderReadException)), None)
 
 
 def _is_file_error(error: BaseException) -> bool:

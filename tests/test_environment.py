@@ -278,6 +278,31 @@ def test_an_empty_db_option_exits_2_and_touches_no_default_file(tmp_path, monkey
     assert exited.value.code == 2 and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "command"),
+    [
+        ("config.toml", "[alerts]\nmax_queue_hours = \n", "check"),
+        ("secrets.toml", '[sources.siliconflow]\napi_key = "sk-cut\n', "sync"),
+    ],
+)
+def test_a_toml_file_dlt_cannot_read_exits_2_naming_it(simulator, tmp_path, name, text, command):
+    (tmp_path / ".dlt").mkdir()
+    (tmp_path / ".dlt" / name).write_text(text)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", command, "--db", str(tmp_path / "w.duckdb")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{name} is not valid TOML" in done.stderr and "line 2" in done.stderr
+    assert "sk-cut" not in done.stderr and "unexpected" not in done.stderr
+
+
 def test_simulate_on_a_port_in_use_exits_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
