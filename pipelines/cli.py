@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from pipelines.errors import ConfigError, exit_code_of, one_line
+from pipelines.errors import ConfigError, exit_code_of, one_line, printable
 from pipelines.vocabulary import ALERT_DEFAULTS
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _reader_gone() -> int:
 def _fail(message: str, code: int, verbose: bool) -> int:
     if verbose:
         traceback.print_exc()
-    print(f"sfbatches: {message}", file=sys.stderr)
+    print(f"sfbatches: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -244,7 +244,7 @@ def _sync_and_build(
         db_path, full_refresh=full_refresh, config=config, progress=sys.stderr.isatty()
     )
     for warning in result.warnings:
-        print(f"sfbatches: warning: {warning}", file=sys.stderr)
+        print(f"sfbatches: warning: {printable(warning)}", file=sys.stderr)
     line = result.summary()
     if models:
         line += f"; {len(_build_models(db_path))} models built"

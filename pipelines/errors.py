@@ -105,6 +105,14 @@ def _interrupted(error: BaseException) -> bool:
     return any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error))
 
 
+def printable(text: str) -> str:
+    """`text` with its control characters (a newline, a terminal's escape) written as escapes:
+    what an API sends must neither start a line of its own nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def first_line(error: BaseException) -> str:
     """The first line of what `error` says, or its kind when it says nothing."""
     text = str(error).strip()

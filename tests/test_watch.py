@@ -66,6 +66,28 @@ def stuck(sim: Simulator) -> dict[str, str]:
     return picked
 
 
+ODD = "\x1b[2J\x07"  # clears a terminal and rings its bell when printed as it is
+
+
+def test_what_the_api_sends_never_drives_the_terminal_nor_starts_a_line(simulator, db_path, run):
+    queued = stuck(simulator)["queue"]
+    simulator.faults.overrides = {queued: {"id": f"{queued}\nsfbatches check: ok{ODD}"}}
+    assert run("sync", "--db", str(db_path)).code == 0
+    simulator.faults.queue(status=400, body={"code": 20012, "message": f"no{ODD}", "data": None})
+    failed = run("sync", "--db", str(db_path))
+
+    checked = run("check", "--db", str(db_path))
+
+    assert failed.code == 4 and failed.err.count("\n") == 1
+    assert checked.code == 6
+    lines = checked.out.splitlines()
+    assert all(line.startswith("sfbatches check: ") for line in lines)
+    assert not any(line.startswith("sfbatches check: ok") for line in lines)
+    for said in (failed.err, checked.out):
+        assert "\x1b" not in said and "\x07" not in said
+    assert "\\x1b[2J\\x07" in failed.err and f"{queued}\\nsfbatches" in checked.out
+
+
 # --- what each rule must find, from the API objects ---------------------------------------------
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.errors import printable
 from pipelines.vocabulary import (
     ALERT_DEFAULTS,
     BATCH_REQUESTS,
@@ -148,7 +149,7 @@ class Health:
     def lines(self) -> list[str]:
         """One line per problem, or the one line that says all is well."""
         if self.problems:
-            return [f"sfbatches check: {p.rule}: {p.message}" for p in self.problems]
+            return [f"sfbatches check: {p.rule}: {printable(p.message)}" for p in self.problems]
         facts = self.facts
         synced = facts.runs.ok_finished_at
         age = f"last sync {hours(facts.hours_since(synced))} ago" if synced else "never synced"

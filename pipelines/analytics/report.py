@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.errors import ReportError
+from pipelines.errors import ReportError, printable
 from pipelines.vocabulary import DATASET, LIFECYCLE
 from pipelines.warehouse.database import open_database
 
@@ -146,7 +146,7 @@ def render_report(
         lines = report_lines(con, window, days)
     except duckdb.CatalogException as error:
         raise ReportError("analytics views not found: run `sfbatches models` first") from error
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 def render_report_at(db_path: str | Path, days: int = 7, now: datetime | None = None) -> str:
