@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from pipelines.errors import ConfigError, exit_code_of, one_line, printable
 from pipelines.vocabulary import ALERT_DEFAULTS
@@ -31,6 +31,7 @@ DEMO_BATCHES = 2_000
 # Requests a simulated batch holds at most: real batches hold up to 50,000 (OpenAI) or 5,000
 # (SiliconFlow), but the demo's result files should download in seconds.
 DEMO_REQUESTS = 200
+Number = TypeVar("Number", int, float)
 MOST_DAYS = 36_500  # a report's window; far more would start before year 1
 
 
@@ -183,10 +184,7 @@ def _rate(text: str) -> float:
 
 
 def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return _parsed(float, text, "a number")
 
 
 def _named(text: str) -> str:
@@ -197,10 +195,14 @@ def _named(text: str) -> str:
 
 
 def _whole(text: str) -> int:
+    return _parsed(int, text, "a whole number")
+
+
+def _parsed(kind: Callable[[str], Number], text: str, what: str) -> Number:
     try:
-        return int(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
 
 
 def _positive(text: str) -> int:
