@@ -239,6 +239,18 @@ def test_report_of_days_without_batches_still_lists_open_ones(warehouse):
     assert "Open now                 6 batches, longest open first" in lines
 
 
+def test_ids_with_control_characters_are_shown_escaped(warehouse):
+    add_batches(
+        warehouse, [("o\x1b[2J\x07", "in_queue", "03-01 11:30", None, None, None, None, None)]
+    )
+    build_models(warehouse)
+
+    text = render_report(warehouse, days=3, now=NOW)
+
+    assert "\x1b" not in text and "\x07" not in text
+    assert "o\\x1b[2J\\x07" in text
+
+
 @pytest.mark.parametrize("days", [1, 7, 30, 365])
 def test_every_line_fits_80_columns(warehouse, days):
     text = render_report(warehouse, days=days, now=NOW)
