@@ -11,6 +11,8 @@ import pytest
 from conftest import run_process
 from truth import RESULT_TABLES_DDL
 
+from pipelines.analytics.check import Limits, read_facts
+from pipelines.analytics.dashboard import render_html
 from pipelines.analytics.models import build_models
 from pipelines.analytics.report import (
     ReportError,
@@ -249,6 +251,35 @@ def test_ids_with_control_characters_are_shown_escaped(warehouse):
 
     assert "\x1b" not in text and "\x07" not in text
     assert "o\\x1b[2J\\x07" in text
+
+
+def test_a_completed_batch_without_its_end_time_leaves_the_page_whole(warehouse):
+    add_batches(
+        warehouse, [("c0", "completed", "03-13 01:00", "03-13 01:10", None, None, None, None)]
+    )
+    build_models(warehouse)
+
+    page = render_html(warehouse, Limits(), days=3, now=NOW)
+
+    assert 'data-chart="turnaround"' in page
+
+
+def test_a_batch_the_api_says_ends_tomorrow_has_not_ended_for_check(warehouse):
+    before = read_facts(warehouse, NOW)
+    ends = ("03-13 11:00", "03-13 11:05", "03-14 11:00", None, None, "03-14 02:00")
+    add_batches(
+        warehouse, [("f1", "failed", *ends), ("c1", "completed", *ends[:4], "03-14 01:00", None)]
+    )
+    warehouse.execute("insert into siliconflow.batch_request_counts values ('f1', 10, 1, 9)")
+    warehouse.execute(
+        "insert into siliconflow.batch_requests (batch_id, kind, line, total_tokens) "
+        "values ('c1', 'output', 1, 5000)"
+    )
+
+    after = read_facts(warehouse, NOW)
+
+    assert (after.failures, after.tokens_today) == (before.failures, before.tokens_today)
+    assert read_facts(warehouse, NOW + timedelta(days=1)).failures.failed >= 9
 
 
 @pytest.mark.parametrize("days", [1, 7, 30, 365])

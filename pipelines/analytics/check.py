@@ -185,12 +185,14 @@ _FAILURES = f"""
     inner join {DATASET}.{REQUEST_COUNTS} as counts on counts.batch_id = batch.id
     where lower(batch.status) in ({sql_list(TERMINAL_STATUSES)})
         and {_ENDED} > $since
+        and {_ENDED} <= $now  -- an end the API dates in the future has not come yet
 """
 _TOKENS_TODAY = f"""
     select coalesce(sum(requests.total_tokens), 0)
     from {DATASET}.{BATCH_REQUESTS} as requests
     inner join {DATASET}.{BATCHES} as batch on batch.id = requests.batch_id
     where {_ENDED} >= $midnight
+        and {_ENDED} <= $now
 """
 
 
@@ -213,7 +215,7 @@ def _last_runs(con: duckdb.DuckDBPyConnection) -> LastRuns:
 
 
 def _failures(con: duckdb.DuckDBPyConnection, now: datetime) -> Failures:
-    rows = con.execute(_FAILURES, {"since": now - FAILURE_WINDOW}).fetchall()
+    rows = con.execute(_FAILURES, {"since": now - FAILURE_WINDOW, "now": now}).fetchall()
     failing = sorted((row for row in rows if row[2]), key=lambda row: (-row[2], row[0]))
     return Failures(
         completed=sum(row[1] for row in rows),
@@ -224,7 +226,7 @@ def _failures(con: duckdb.DuckDBPyConnection, now: datetime) -> Failures:
 
 def _tokens_today(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return int(con.execute(_TOKENS_TODAY, {"midnight": midnight}).fetchone()[0])
+    return int(con.execute(_TOKENS_TODAY, {"midnight": midnight, "now": now}).fetchone()[0])
 
 
 # --- the rules ---------------------------------------------------------------------------------

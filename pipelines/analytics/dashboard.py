@@ -43,6 +43,7 @@ _TURNAROUNDS = """
     select turnaround_seconds / 3600
     from analytics.batch_turnaround
     where status = 'completed'
+        and turnaround_seconds is not null  -- a batch the API sent without its end time
         and cast(timezone('UTC', created_at) as date) between ? and ?
 """
 _DAILY_QUANTILES = """
