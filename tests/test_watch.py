@@ -495,6 +495,28 @@ def test_prometheus_file_holds_the_figures_behind_the_rules(simulator, db_path, 
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_prometheus_ages_never_negative_when_the_api_dates_ahead(simulator, db_path, run, tmp_path):
+    stuck(simulator)
+    sync_ok(run, db_path)
+    with duckdb.connect(str(db_path)) as con:
+        ahead = con.execute(
+            """
+            update siliconflow.batches
+            set created_at = created_at + interval 30 days,
+                finalizing_at = finalizing_at + interval 30 days
+            where status not in ('completed', 'failed', 'expired', 'cancelled')
+            returning id
+            """
+        ).fetchall()
+    assert ahead
+    target = tmp_path / "sfbatches.prom"
+    run("check", "--db", str(db_path), "--prometheus", str(target))
+    values = prometheus(target)
+    assert values["sfbatches_oldest_queue_age_seconds"] == 0
+    assert values["sfbatches_finalizing_age_seconds"] == 0
+    assert values["sfbatches_open_batches"] >= len(ahead)
+
+
 def test_prometheus_tokens_today_and_no_sync_as_nan(simulator, db_path, run, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "true")
     sync_ok(run, db_path)

@@ -370,6 +370,12 @@ def problem_counts(health: Health) -> dict[str, int]:
     return {rule: found.get(rule, 0) for rule in RULES}
 
 
+def oldest_seconds(aged: list[tuple[OpenBatch, float]]) -> float:
+    """The longest age in seconds, 0 when none; a time the API dates ahead of this clock
+    counts as just now, so a gauge never reads a negative age."""
+    return max(aged[0][1], 0.0) * HOUR if aged else 0.0
+
+
 def figures(health: Health) -> dict[str, tuple[float, str]]:
     """The figures behind the rules, for monitoring systems: name → (value, help)."""
     facts = health.facts
@@ -388,11 +394,11 @@ def figures(health: Health) -> dict[str, tuple[float, str]]:
         ),
         "open_batches": (float(len(facts.open_batches)), "batches not yet in a final status"),
         "oldest_queue_age_seconds": (
-            queued[0][1] * HOUR if queued else 0.0,
+            oldest_seconds(queued),
             "age of the oldest batch not yet in progress (0: none waiting)",
         ),
         "finalizing_age_seconds": (
-            final[0][1] * HOUR if final else 0.0,
+            oldest_seconds(final),
             "longest time a batch has been finalizing (0: none finalizing)",
         ),
         "past_window_batches": (
