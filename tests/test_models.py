@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -546,6 +547,61 @@ def test_a_request_fails_with_an_error_code_or_message_a_non_2xx_status_or_in_th
         "where batch_id = 'b_done_a'",
     )
     assert usage == [{"requests": 8, "requests_succeeded": 2, "requests_failed": 6}]
+
+
+# Rows appended to the shipped prices: DeepSeek-V3 again in other case with a later date, and a
+# model listed twice on one date at two prices.
+PRICE_EDITS = """\
+ DEEPSEEK-AI/deepseek-v3 ,3.00,12.00,cny,an edit,2099-01-01
+some/model,1.00,2.00,USD,first,2026-01-01
+some/model,1.50,1.00,USD,second,2026-01-01
+"""
+
+
+def test_a_model_priced_twice_or_in_another_case_has_one_price(synced, tmp_path):
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(default_sql_dir(), sql_dir)
+    with open(sql_dir / "seeds" / "model_prices.csv", "a") as csv:
+        csv.write(PRICE_EDITS)
+    synced.execute(
+        "insert into siliconflow.batch_files (batch_id, kind, state) "
+        "values ('b_done_a', 'output', 'loaded'), ('b_done_b', 'output', 'loaded')"
+    )
+    synced.executemany(
+        "insert into siliconflow.batch_requests (batch_id, kind, line, model, prompt_tokens, "
+        "completion_tokens) values (?, 'output', 1, ?, 1000000, 1000000)",
+        [("b_done_a", "deepseek-ai/DeepSeek-V3"), ("b_done_b", "Some/Model")],
+    )
+    build_models(synced, sql_dir=sql_dir)
+    prices = rows(
+        synced,
+        "select model, input_per_million, output_per_million, currency from "
+        "analytics.model_prices where lower(model) in ('deepseek-ai/deepseek-v3', 'some/model') "
+        "order by model",
+    )
+    assert prices == [
+        {
+            "model": "DEEPSEEK-AI/deepseek-v3",
+            "input_per_million": 3.0,
+            "output_per_million": 12.0,
+            "currency": "CNY",
+        },
+        {
+            "model": "some/model",
+            "input_per_million": 1.5,
+            "output_per_million": 1.0,
+            "currency": "USD",
+        },
+    ]
+    usage = rows(
+        synced,
+        "select batch_id, estimated_cost, currency from analytics.batch_usage order by batch_id",
+    )
+    # one million tokens each way: 3 + 12 CNY, and 1.5 + 1 USD
+    assert usage == [
+        {"batch_id": "b_done_a", "estimated_cost": 15.0, "currency": "CNY"},
+        {"batch_id": "b_done_b", "estimated_cost": 2.5, "currency": "USD"},
+    ]
 
 
 def test_empty_tables_give_empty_views(con):

@@ -105,7 +105,7 @@ final as (
     left join lifecycle
         on loaded.batch_id = lifecycle.batch_id
     left join prices
-        on batch_models.model = prices.model
+        on lower(trim(batch_models.model)) = lower(prices.model)
 
 )
 

@@ -9,7 +9,7 @@ seed as (
 
 ),
 
-final as (
+prices as (
 
     select
         trim(model) as model,
@@ -20,6 +20,23 @@ final as (
         try_cast(as_of as date) as as_of
     from seed
     where nullif(trim(model), '') is not null
+
+),
+
+-- one price per model, names compared ignoring case: a model the file lists twice costs its
+-- latest as_of price, and the higher one when the dates tie (an estimate had better err high)
+final as (
+
+    select *
+    from prices
+    qualify row_number() over (
+        partition by lower(model)
+        order by
+            as_of desc nulls last,
+            input_per_million desc nulls last,
+            output_per_million desc nulls last,
+            currency asc
+    ) = 1
 
 )
 
