@@ -853,9 +853,17 @@ def test_load_says_what_to_do_when_the_usage_views_are_missing(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0, "0"), (0.25, "0.25"), (950, "950"), (12_000, "12k"), (1_500_000, "1.5M"), (2e9, "2B")],
+    [
+        (0, "0"),
+        (0.25, "0.25"),
+        (950, "950"),
+        (12_000, "12k"),
+        (1_500_000, "1.5M"),
+        (2e9, "2B"),
+        (3.4e12, "3.4T"),
+    ],
 )
-def test_counts_read_in_thousands_millions_and_billions(value: float, text: str):
+def test_counts_read_in_thousands_millions_billions_and_trillions(value: float, text: str):
     assert count_label(value) == text
 
 

@@ -16,6 +16,7 @@ from pipelines.analytics.dashboard import render_html
 from pipelines.analytics.models import build_models
 from pipelines.analytics.report import (
     ReportError,
+    amount,
     counted,
     duration,
     rate,
@@ -222,6 +223,22 @@ def test_report_summarises_the_last_days(warehouse):
         "  o3                                in_progress    3h00m  50% (5/10)",
         "  o2                                validating     2h00m  no counts yet",
     ]
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (None, "-"),
+        (950, "950"),
+        (12_300, "12.3k"),
+        (4_560_000, "4.56M"),
+        (1_200_000_000, "1.2B"),
+        (3_400_000_000_000, "3.4T"),
+        (125_000_000_000_000, "125T"),
+    ],
+)
+def test_large_counts_read_in_plain_units(count, text):
+    assert amount(count) == text
 
 
 def test_report_of_one_day_without_completions(warehouse):

@@ -27,6 +27,7 @@ from matplotlib.ticker import (
     PercentFormatter,
 )
 
+from pipelines.analytics.report import COUNT_SCALES
 from pipelines.warehouse.database import DEFAULT_DB, open_database
 
 DEMO_DB = "demo.duckdb"
@@ -396,8 +397,8 @@ def stacked_bars(ax: Axes, table: pd.DataFrame, colors: Mapping[str, object]) ->
 
 
 def count_label(value: float, _position: int | None = None) -> str:
-    """A count as a short label: 950, 12k, 1.5M, 2B."""
-    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    """A count as a short label: 950, 12k, 1.5M, 2B, 3T."""
+    for size, suffix in COUNT_SCALES:
         if abs(value) >= size:
             return f"{value / size:.3g}{suffix}"
     return f"{value:.3g}"

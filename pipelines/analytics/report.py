@@ -291,11 +291,15 @@ def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     ]
 
 
+# Short suffixes of large counts (tokens run into the trillions), largest first.
+COUNT_SCALES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
+
+
 def amount(count: int | None) -> str:
-    """A large count in plain words: 950, 12.3k, 4.56M, 1.2B."""
+    """A large count in plain words: 950, 12.3k, 4.56M, 1.2B, 3.4T."""
     if count is None:
         return "-"
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    for scale, suffix in COUNT_SCALES:
         if count >= scale:
             return f"{figure(count / scale)}{suffix}"
     return f"{count:,}"
