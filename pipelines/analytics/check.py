@@ -407,7 +407,7 @@ def figures(health: Health) -> dict[str, tuple[float, str]]:
         ),
         "failure_rate_24h": (
             rate if rate is not None else math.nan,
-            "failed / (completed + failed) requests of batches ended in the last 24 h",
+            "failed / (completed + failed) requests of batches ended in the last 24 h (NaN: none)",
         ),
         "tokens_today": (
             float(facts.tokens_today),
