@@ -20,7 +20,8 @@ from truth import assert_warehouse_equals, served
 
 from pipelines.siliconflow.client import ApiResponse, BatchPages
 from pipelines.siliconflow.rows import KNOWN_FIELDS, MOST_ADDED_COLUMNS
-from pipelines.simulator import World
+from pipelines.simulator import TERMINAL, World
+from pipelines.simulator.server import AnswerCache
 from pipelines.warehouse import plan
 
 PAGE = 100
@@ -233,6 +234,69 @@ def test_an_id_listed_twice_deep_in_the_history_gives_one_row_and_counts_once(
     # Which listing's fingerprint went with the row kept is unknown: none is kept.
     fingerprinted = query(db_path, "select id from siliconflow._sfbatches_fingerprints")
     assert not {i for (i,) in fingerprinted} & {b["id"] for b in repeated}
+
+
+def mark_reads(simulator, batch_id: str, monkeypatch) -> list[str]:
+    """Make each listing of `batch_id` differ, as a live batch's ticking counts do: the nth read
+    names itself `read_n` in file_name and as its one metadata key. Returns the reads so far."""
+    reads: list[str] = []
+    list_page = simulator.world.list_page
+
+    def marking_reads(*args, **kwargs):
+        page = list_page(*args, **kwargs)
+        for batch in page["data"]:
+            if batch["id"] == batch_id:
+                reads.append(f"read_{len(reads) + 1}")
+                batch.update(file_name=reads[-1], metadata={reads[-1]: "yes"})
+        return page
+
+    monkeypatch.setattr(simulator.world, "list_page", marking_reads)
+    monkeypatch.setattr(simulator, "cache", AnswerCache(0))  # every page rendered, so marked
+    return reads
+
+
+def assert_stored_from_one_read(db_path: Path, batch_id: str, reads: list[str]) -> None:
+    [(stored,)] = query(
+        db_path, f"select file_name from siliconflow.batches where id = '{batch_id}'"
+    )
+    keys = query(
+        db_path, f"select key from siliconflow.batch_metadata where batch_id = '{batch_id}'"
+    )
+    assert stored in reads
+    assert keys == [(stored,)]
+    assert_one_row_per_key(db_path)
+
+
+def test_an_open_batch_that_changes_between_its_re_read_and_the_sweep_is_stored_from_one_read(
+    simulator, db_path, run, monkeypatch
+):
+    # An open batch below the first page: an incremental sync re-reads it on the page that
+    # starts at it, and the sweep passes it again.
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    visible = simulator.world.visible()
+    batch_id = next(b["id"] for b in visible[150:350] if b["status"] not in TERMINAL)
+    reads = mark_reads(simulator, batch_id, monkeypatch)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert len(reads) >= 2, "the batch must be read twice in the sync for this test to mean much"
+    assert_stored_from_one_read(db_path, batch_id, reads)
+
+
+def test_a_new_batch_listed_twice_with_different_contents_is_stored_from_one_read(
+    simulator, db_path, run, synced, monkeypatch
+):
+    new = served(simulator)[:PAGE]
+    batch_id = next(b["id"] for b in new[:50] if b["metadata"])
+    anchor = new[60]["id"]
+    reads = mark_reads(simulator, batch_id, monkeypatch)
+    # served again after `anchor` as it is in the world: unmarked, with its own metadata
+    simulator.faults.repeat = {batch_id: anchor}
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+
+    assert reads == ["read_1"]
+    assert_stored_from_one_read(db_path, batch_id, reads)
 
 
 # --- 3. a sync always ends ----------------------------------------------------------------------

@@ -67,20 +67,31 @@ class HeldIds:
 
 class Fingerprints:
     """The fingerprint of each stored batch by its id's digest, both sorted by the digest: a
-    batch read again whose fingerprint is the stored one is stored exactly so already."""
+    batch read again whose fingerprint is the stored one is stored exactly so already.
+
+    An incremental sync may read a batch twice (the page re-read at an open batch, then the
+    sweep), and a live batch changes in between. Only its first read that differs from the
+    stored batch is loaded, so its row and its child rows come from one read (`taken`)."""
 
     def __init__(self, digests: np.ndarray | None = None, prints: np.ndarray | None = None) -> None:
         self.digests = np.empty(0, np.uint64) if digests is None else digests
         self.prints = np.empty(0, np.int64) if prints is None else prints
+        self.taken: set[int] = set()
 
     def changed(self, batches: list[dict]) -> list[dict]:
-        """The batches that are not stored exactly as read: new, or changed since."""
+        """The batches to load: new or changed since stored, and not loaded yet this sync."""
         if not len(self.digests) or not batches:
             return batches
-        at, found = find_digests(self.digests, digests_of(batches))
+        digests = digests_of(batches)
+        at, found = find_digests(self.digests, digests)
         prints = np.fromiter((fingerprint(batch_text(b)) for b in batches), np.int64, len(batches))
         stored = found & (self.prints[at] == prints)
-        return [batch for batch, same in zip(batches, stored.tolist(), strict=True) if not same]
+        fresh = []
+        for batch, digest, same in zip(batches, digests.tolist(), stored.tolist(), strict=True):
+            if not same and digest not in self.taken:
+                self.taken.add(digest)
+                fresh.append(batch)
+        return fresh
 
 
 @dataclass(frozen=True)
