@@ -6,10 +6,14 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import quote, unquote
 
 import duckdb
 import orjson
@@ -18,7 +22,7 @@ from conftest import REPO, START, run_process
 from requests import Response
 from truth import assert_warehouse_equals, served
 
-from pipelines.siliconflow.client import ApiResponse, BatchPages
+from pipelines.siliconflow.client import ApiResponse, BatchApi, BatchPages, Deadline, RetryPolicy
 from pipelines.siliconflow.rows import KNOWN_FIELDS, MOST_ADDED_COLUMNS
 from pipelines.simulator import TERMINAL, World
 from pipelines.simulator.server import AnswerCache
@@ -297,6 +301,45 @@ def test_a_new_batch_listed_twice_with_different_contents_is_stored_from_one_rea
 
     assert reads == ["read_1"]
     assert_stored_from_one_read(db_path, batch_id, reads)
+
+
+class Lookups(BaseHTTPRequestHandler):
+    """`GET /v1/batches/{id}` answering the batch whose id the path's one segment spells."""
+
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        batch_id = unquote(self.path.removeprefix("/v1/batches/"))
+        body = json.dumps({"id": batch_id, "object": "batch", "status": "in_progress"}).encode()
+        self.send_response(200 if "/" not in batch_id or "%2F" in self.path else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("batch_id", ["team/a/batch_1", "open?deep", "tab#2", "100%_done", "ü b"])
+def test_a_batch_is_looked_up_by_its_whole_id_whatever_it_holds(batch_id):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Lookups)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Lookups.paths.clear()
+    try:
+        api = BatchApi(
+            f"http://127.0.0.1:{server.server_port}/v1",
+            "sk-test",
+            RetryPolicy(max_attempts=1),
+            Deadline(None),
+        )
+        found = api.batch(batch_id)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert found is not None and found["id"] == batch_id
+    assert Lookups.paths == [f"/v1/batches/{quote(batch_id, safe='')}"]
 
 
 # --- 3. a sync always ends ----------------------------------------------------------------------

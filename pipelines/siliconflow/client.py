@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 from dlt.common import jsonpath
@@ -342,7 +342,10 @@ class BatchApi:
     def batch(self, batch_id: str) -> dict | None:
         """One batch by id; None when the API says it does not exist."""
         try:
-            response = self.client.get(f"{BATCHES_PATH}/{batch_id}", hooks=self.hooks)
+            # One path segment whatever the id holds: a `/`, `?` or `#` in it would ask for
+            # another route, another batch or a truncated id.
+            path = f"{BATCHES_PATH}/{quote(batch_id, safe='')}"
+            response = self.client.get(path, hooks=self.hooks)
         except HTTPError as error:
             # The API's own JSON "no such batch" means it is gone; the router's plain-text 404
             # means a wrong base URL, which must fail.
