@@ -118,6 +118,26 @@ def test_an_added_field_takes_the_narrowest_type_that_changes_no_value(values, w
     assert column.to_pylist() == wanted
 
 
+@pytest.mark.parametrize(
+    ("counts", "row"),
+    [
+        (None, None),
+        ({}, None),
+        ({"total": None, "completed": None, "failed": None}, None),
+        ({"cancelled": 1}, None),
+        ({"total": 2, "cancelled": 1}, (2, None, None)),
+        ({"total": 0, "completed": 0, "failed": 0}, (0, 0, 0)),
+        ({"total": "12", "completed": None}, (12, None, None)),
+    ],
+)
+def test_a_batch_has_a_request_counts_row_when_they_hold_a_count(counts, row):
+    rows = chunk_of([[batch("b", request_counts=counts)]])["batch_request_counts"].to_pylist()
+
+    names = ("total", "completed", "failed")
+    expected = [] if row is None else [dict(zip(names, row, strict=True))]
+    assert [{name: r[name] for name in names} for r in rows] == expected
+
+
 def odd_shapes() -> list[dict]:
     return [
         batch("o1", request_counts={}, metadata={"n": 3, "obj": {"a": [1]}, "none": None}),

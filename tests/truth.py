@@ -46,6 +46,7 @@ def expected_request_counts(api: list[dict]) -> set[tuple]:
         (b["id"], c.get("total"), c.get("completed"), c.get("failed"))
         for b in api
         if (c := b.get("request_counts"))
+        and any(c.get(name) is not None for name in ("total", "completed", "failed"))
     }
 
 

@@ -51,6 +51,7 @@ REQUEST_COUNTS_SCHEMA = pa.schema(
         ("failed", pa.int64()),
     ]
 )
+COUNT_NAMES = REQUEST_COUNTS_SCHEMA.names[1:]
 METADATA_SCHEMA = pa.schema(
     [
         pa.field("batch_id", pa.string(), nullable=False),
@@ -321,10 +322,12 @@ def fingerprint(text: bytes) -> int:
 
 
 def request_counts_rows(batches: list[dict]) -> list[dict]:
+    """A row for each batch whose `request_counts` holds a count (`{}`, all nulls: none)."""
     return [
         {**counts, "batch_id": batch["id"]}
         for batch in batches
-        if isinstance(counts := batch.get("request_counts"), dict) and counts
+        if isinstance(counts := batch.get("request_counts"), dict)
+        and any(counts.get(name) is not None for name in COUNT_NAMES)
     ]
 
 
@@ -333,12 +336,11 @@ def request_counts_table(rows: list[dict]) -> pa.Table:
         return _table(rows, REQUEST_COUNTS_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         # A count that is not an integer (e.g. "12") is read as one, or left empty.
-        names = REQUEST_COUNTS_SCHEMA.names[1:]
         rows = [
             row
             | {
                 name: _checked_int(row.get(name), row["batch_id"], f"request_counts.{name}")
-                for name in names
+                for name in COUNT_NAMES
             }
             for row in rows
         ]
