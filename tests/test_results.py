@@ -493,6 +493,32 @@ def test_batch_ids_that_are_no_plain_file_names_get_copies_and_archives_of_their
     assert sorted(path.name for path in (tmp_path / "home").iterdir()) == ["archive", "scratch"]
 
 
+def test_an_id_spelled_as_the_file_name_another_id_got_gets_its_own(simulator, tmp_path):
+    served_files = [f for f in served(simulator) if not f.gone and not f.signed][:4]
+    api = BatchApi(simulator.base_url, simulator.api_key, RetryPolicy(), Deadline(None))
+
+    def fetch(ids: list[str], home: Path) -> list:
+        fetcher = Fetcher(api, home / "scratch", home / "archive")
+        files = [
+            ResultFile(i, "output", f.file_id) for i, f in zip(ids, served_files, strict=False)
+        ]
+        return list(fetcher.downloads(files, ResultStats()))
+
+    odd = ["batch/1", "a b"]
+    fetch(odd, tmp_path / "first")
+    names = sorted(path.name for path in (tmp_path / "first" / "archive").iterdir())
+    assert len(names) == 2 and not set(names) & set(odd)
+
+    downloads = fetch([*odd, *names], tmp_path / "second")
+
+    assert [d.state for d in downloads] == ["loaded"] * 4
+    assert len({d.path for d in downloads}) == 4
+    archive = tmp_path / "second" / "archive"
+    assert sorted(gzip.decompress(p.read_bytes()) for p in archive.glob("*/output.jsonl.gz")) == (
+        sorted(f.content() for f in served_files)
+    )
+
+
 def test_archive_keeps_each_served_file_gzipped_whole(
     simulator, db_path, run, monkeypatch, tmp_path
 ):

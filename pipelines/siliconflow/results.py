@@ -762,13 +762,13 @@ def archived_at(folder: Path, file: ResultFile) -> Path:
 
 def _safe(name: str) -> str:
     """A batch id as a file name of its own: the id itself when it is a plain name, else its
-    plain characters and a digest of the whole id, so that no two ids share a name and no id
-    (`..`, `a/b`) names a place outside the folder it is meant for."""
+    plain characters, `~` and a digest of the whole id, so that no two ids share a name (a plain
+    name holds no `~`) and no id (`..`, `a/b`) names a place outside the folder it is meant for."""
     if re.fullmatch(r"\w[\w.-]{0,119}", name, re.ASCII):
         return name
     plain = re.sub(r"[^\w.-]", "_", name, flags=re.ASCII)[:100]
-    digest = hashlib.blake2b(name.encode(errors="surrogatepass"), digest_size=6).hexdigest()
-    return f"{plain}-{digest}"
+    digest = hashlib.blake2b(name.encode(errors="surrogatepass"), digest_size=8).hexdigest()
+    return f"{plain}~{digest}"
 
 
 def _said(error: BaseException) -> str:
