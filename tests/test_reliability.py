@@ -176,14 +176,24 @@ def test_bad_page_size_is_a_configuration_error(simulator, db_path, run, monkeyp
 # --- API quirks -------------------------------------------------------------------------------
 
 
-def test_pages_not_newest_first_are_detected_and_every_page_read(simulator, db_path, run, synced):
+@pytest.mark.parametrize("times", ["whole", "fractional", "some-fractional"])
+def test_pages_not_newest_first_are_detected_and_every_page_read(
+    simulator, db_path, run, synced, times
+):
     simulator.faults.oldest_first = True
+    visible = simulator.world.visible()
+    fractional = {"whole": [], "fractional": visible, "some-fractional": visible[::2]}[times]
+    simulator.faults.overrides = {
+        b["id"]: {"created_at": b["created_at"] + 0.5} for b in fractional
+    }
 
     outcome = run("sync", "--db", str(db_path), "--no-models")
 
     assert outcome.code == 0
     assert "newest first" in outcome.err
-    assert_warehouse_equals(db_path, simulator.world.visible())
+    assert stored_ids(db_path) == {b["id"] for b in visible}
+    simulator.faults.reset()
+    assert_warehouse_equals(db_path, visible)
 
 
 def test_server_ignoring_after_is_detected_and_what_was_read_is_kept(simulator, db_path, run):

@@ -10,6 +10,7 @@ syncs whatever happened.
 
 import hashlib
 import itertools
+import math
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ class TopWalk:
         self.stop = ""
         self.oldest: dict | None = None
         self.longest_page = 0
-        self.last_created_at: int | None = None
+        self.last_created_at: float | None = None
         self.unseen_open = dict(plan.open_positions)
 
     def accept(self, page: list[dict]) -> None:
@@ -267,8 +268,8 @@ class TopWalk:
     def _check_order(self, page: list[dict]) -> None:
         # One batch with a skewed clock breaks the order twice; a listing sorted the other way
         # round rises all along.
-        created = [b.get("created_at") for b in page]
-        created = [c for c in [self.last_created_at, *created] if isinstance(c, int)]
+        created = [unix_time(b.get("created_at")) for b in page]
+        created = [c for c in [self.last_created_at, *created] if c is not None]
         pairs = list(itertools.pairwise(created))
         rises = sum(later > earlier for earlier, later in pairs)
         falls = sum(later < earlier for earlier, later in pairs)
@@ -312,8 +313,15 @@ class TopWalk:
     def _floor_here(self) -> Floor | None:
         if self.oldest is None:
             return self.plan.floor
-        created_at = self.oldest.get("created_at")
-        return Floor(self.oldest["id"], created_at if isinstance(created_at, int) else None)
+        created_at = unix_time(self.oldest.get("created_at"))
+        return Floor(self.oldest["id"], None if created_at is None else math.floor(created_at))
+
+
+def unix_time(value: Any) -> float | None:
+    """A time the API sent as seconds since the epoch, whole or not; None for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
 
 
 STALLS = {
@@ -325,12 +333,8 @@ STALLS = {
 def _is_at_or_below(batch: dict, floor: Floor | None) -> bool:
     if floor is None or batch["id"] == floor.batch_id:
         return True
-    created_at = batch.get("created_at")
-    return (
-        floor.created_at is not None
-        and isinstance(created_at, int)
-        and created_at < floor.created_at
-    )
+    created_at = unix_time(batch.get("created_at"))
+    return floor.created_at is not None and created_at is not None and created_at < floor.created_at
 
 
 def refresh_open(
