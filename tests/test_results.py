@@ -908,6 +908,53 @@ class EncodedFiles(BaseHTTPRequestHandler):
         pass
 
 
+class NotTheFile(BaseHTTPRequestHandler):
+    """Success codes that do not carry the whole file: `/206` the first half of it (Partial
+    Content, with its Content-Range), `/202` a job still running, `/204` nothing."""
+
+    def do_GET(self) -> None:
+        status = int(self.path.strip("/"))
+        body = {
+            206: EncodedFiles.BODY[: EncodedFiles.HALF],
+            202: b'{"status": "processing"}',
+            204: b"",
+        }[status]
+        self.send_response(status)
+        if status == 206:
+            size = len(EncodedFiles.BODY)
+            self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{size}")
+        if status != 204:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_success_code_that_brings_no_whole_file_leaves_it_failed(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotTheFile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    retry = RetryPolicy(max_attempts=2, backoff_factor=0)
+    fetcher = Fetcher(BatchApi(base, "sk-test", retry, Deadline(None)), tmp_path / "s")
+    codes = [206, 202, 204]
+    files = [ResultFile(f"batch_{code}", "output", f"{base}/{code}") for code in codes]
+    try:
+        downloads = list(fetcher.downloads(files, ResultStats()))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert [(d.state, d.path, d.lines) for d in downloads] == [("failed", None, 0)] * 3
+    assert [d.message for d in downloads] == [
+        "the answer was HTTP 206 Partial Content, not the file",
+        "the answer was HTTP 202 Accepted, not the file",
+        "the answer was HTTP 204 No Content, not the file",
+    ]
+    assert not list((tmp_path / "s").iterdir())
+
+
 @pytest.fixture
 def encoded_files() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), EncodedFiles)

@@ -631,8 +631,14 @@ def _gunzipped(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _raise_unless_success(response: Response, *args: object, **kwargs: object) -> None:
-    if not response.is_redirect and not 200 <= response.status_code < 300:
-        raise HTTPError(response=response)
+    status = response.status_code
+    if response.is_redirect or status == 200:
+        return
+    if 200 <= status < 300:
+        # 206 (a part of the file), 202 (not ready yet), 204 (nothing): none is the whole file
+        response.close()
+        raise UnusableAnswer(f"the answer was HTTP {status} {response.reason}, not the file")
+    raise HTTPError(response=response)
 
 
 class Numbered:
