@@ -378,8 +378,16 @@ def test_a_setting_out_of_its_range_exits_2_naming_it(simulator, db_path, name, 
         ("created_at", 10**15, "created_at = 1000000000000000"),
         ("completed_at", 2**64, "completed_at"),
         ("request_counts", {"total": 2**70, "completed": 1, "failed": 0}, "request_counts.total"),
+        ("completed_at", "1749023566", 'completed_at = "1749023566", not a unix timestamp'),
+        ("expires_at", "2026-01-01T00:00:00Z", 'expires_at = "2026-01-01T00:00:00Z", not'),
     ],
-    ids=["time-beyond-year-9999", "time-beyond-64-bits", "count-beyond-64-bits"],
+    ids=[
+        "time-beyond-year-9999",
+        "time-beyond-64-bits",
+        "count-beyond-64-bits",
+        "time-as-text",
+        "time-as-iso-text",
+    ],
 )
 def test_a_value_out_of_range_exits_4_naming_the_batch_and_field(
     simulator, db_path, run, field, value, named

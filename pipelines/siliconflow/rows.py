@@ -101,9 +101,17 @@ def check_batches(batches: list[Any]) -> None:
             )
 
 
+def _as_json(value: Any) -> str:
+    """A value as the API sent it: a number written as text shows its quotes."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return str(value)
+
+
 def out_of_range(batch_id: Any, name: str, value: Any, wanted: str) -> ApiError:
     return ApiError(
-        f"the API returned batch {batch_id} with {name} = {str(value)[:40]}, not {wanted}; "
+        f"the API returned batch {batch_id} with {name} = {_as_json(value)[:40]}, not {wanted}; "
         "nothing was loaded: report it to SiliconFlow"
     )
 
