@@ -2,6 +2,7 @@
 type changes, and answers that are not what they seem. After each anomaly the warehouse is
 complete with one row per id, or the sync fails loudly; it never hangs and never gets stuck."""
 
+import codecs
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ from urllib.parse import quote, unquote
 import duckdb
 import orjson
 import pytest
+import requests
 from conftest import REPO, START, run_process
 from requests import Response
 from truth import assert_warehouse_equals, served
@@ -340,6 +342,34 @@ def test_a_batch_is_looked_up_by_its_whole_id_whatever_it_holds(batch_id):
         server.server_close()
     assert found is not None and found["id"] == batch_id
     assert Lookups.paths == [f"/v1/batches/{quote(batch_id, safe='')}"]
+
+
+@pytest.mark.parametrize("page", [0, 2])
+def test_a_page_that_starts_with_a_byte_order_mark_is_read_as_json(
+    simulator, db_path, run, synced, page, monkeypatch
+):
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")  # read as it is, not asked again
+    # the page the sync will ask for, as the simulator serves it, but with a UTF-8 BOM
+    cursor = {}
+    for _ in range(page):
+        listed = requests.get(
+            f"{simulator.base_url}/batches",
+            params={"limit": PAGE, **cursor},
+            headers={"Authorization": f"Bearer {simulator.api_key}"},
+        ).json()
+        cursor = {"after": listed["last_id"]}
+    answer = requests.get(
+        f"{simulator.base_url}/batches",
+        params={"limit": PAGE, **cursor},
+        headers={"Authorization": f"Bearer {simulator.api_key}"},
+    )
+    simulator.faults.queue(status=200, body=codecs.BOM_UTF8 + answer.content, after=page)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0, outcome.err
+    assert simulator.faults.pending() == 0
+    assert_warehouse_equals(db_path, served(simulator))
 
 
 # --- 3. a sync always ends ----------------------------------------------------------------------

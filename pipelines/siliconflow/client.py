@@ -6,6 +6,7 @@ within `request_timeout` even when its body trickles in a byte at a time; and no
 once the sync's own deadline has passed.
 """
 
+import codecs
 import os
 import re
 import time
@@ -84,7 +85,8 @@ class ApiResponse(Response):
         self.__dict__.update(vars(response))
         self.body = body
         try:
-            self.parsed: Any = orjson.loads(body)
+            # JSON forbids a byte order mark, but some servers write one; what follows is JSON
+            self.parsed: Any = orjson.loads(body.removeprefix(codecs.BOM_UTF8))
         except orjson.JSONDecodeError:
             self.parsed = NOT_JSON
 
