@@ -241,6 +241,15 @@ def test_large_counts_read_in_plain_units(count, text):
     assert amount(count) == text
 
 
+def test_turnaround_says_how_many_completed_batches_it_is_timed_over(warehouse):
+    warehouse.execute("update siliconflow.batches set completed_at = null where id = 'r2'")
+
+    lines = render_report(warehouse, days=7, now=NOW).splitlines()
+
+    # r1 alone: 1h20m
+    assert "  Turnaround  p50 1h20m  p90 1h20m  (1 of 2 completed timed)" in lines
+
+
 def test_report_of_one_day_without_completions(warehouse):
     lines = render_report(warehouse, days=1, now=NOW).splitlines()
     assert lines[0] == "sfbatches report: last 1 day, 2025-03-13 to 2025-03-13 (UTC)"
