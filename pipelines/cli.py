@@ -4,6 +4,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -184,7 +185,10 @@ def _rate(text: str) -> float:
 
 
 def _float(text: str) -> float:
-    return _parsed(float, text, "a number")
+    value = _parsed(float, text, "a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
 
 
 def _named(text: str) -> str:

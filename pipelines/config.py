@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dlt
-from dlt.common.configuration.exceptions import ConfigValueCannotBeCoercedException
 
 from pipelines.analytics.check import Limits
 from pipelines.errors import ConfigError
@@ -121,14 +120,9 @@ def checked_base_url(value: str) -> str:
 
 
 def _setting(key: str, default: object) -> object:
-    try:
-        value = dlt.config.get(key)
-    except ConfigValueCannotBeCoercedException as error:
-        # dlt reads its runtime settings, typed, at the first lookup of any key
-        kind = getattr(error.hint, "__name__", str(error.hint))
-        raise ConfigError(
-            f"runtime.{error.field_name} must be of type {kind}, not {error.field_value!r}"
-        ) from None
+    # dlt reads its runtime settings, typed, at the first lookup of any key: one not of its
+    # type fails here, and the CLI names it (`errors.one_line`)
+    value = dlt.config.get(key)
     return default if value is None else value
 
 
@@ -160,6 +154,10 @@ def _folder(key: str) -> Path | None:
             f"{key}: cannot make the folder {path} ({error.strerror}); name a folder you can "
             "write to"
         ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}: cannot write in the folder {path}; name a folder you can write to"
+        )
     return path
 
 
@@ -182,7 +180,7 @@ def _number(
         number = float(str(value))
     except ValueError:
         number = math.nan
-    if not least <= number <= most:
+    if not (least <= number <= most and math.isfinite(number)):
         span = f"{least:g} or more" if most == math.inf else f"{least:g} to {most:g}"
         raise ConfigError(f"{key} must be a number of {unit} ({span}), not {value!r}")
     return number

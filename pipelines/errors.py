@@ -2,12 +2,19 @@
 
 import errno
 import os
+import re
 import sys
 from typing import Any
 
 # How the system says a disk or quota is full: DuckDB's errors carry only this text, no errno.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_TEXTS = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
+# How DuckDB says it may not create or write a file; it raises no OSError
+DUCKDB_CANNOT_OPEN = re.compile(
+    r'Cannot open file "(?P<path>[^"]+)": (?P<why>'
+    + "|".join(os.strerror(code) for code in (errno.EACCES, errno.EROFS))
+    + ")"
+)
 
 
 class SfBatchesError(Exception):
@@ -74,7 +81,7 @@ def exit_code_of(error: BaseException) -> int:
         return error.exit_code
     if _interrupted(error):
         return 130
-    return 2 if disk_full(error) or _bad_toml(error) or _is_file_error(error) else 1
+    return 2 if _setup_problem(error) else 1
 
 
 def one_line(error: BaseException) -> str:
@@ -83,20 +90,45 @@ def one_line(error: BaseException) -> str:
         return str(error)
     if _interrupted(error):
         return "interrupted; the database keeps its last complete sync"
-    if full := disk_full(error):
-        return f"the disk is full ({first_line(full)}); free some space and run again"
-    if toml := _bad_toml(error):
-        where = " or ".join(toml.full_paths)
-        why = " ".join(str(toml).splitlines()[1:]) or "unreadable"
-        return f"{toml.file_name} is not valid TOML ({why}): fix it in {where}"
-    if _is_file_error(error):
-        return f"cannot use {error.filename}: {error.strerror}; check the path and its permissions"
+    if said := _setup_problem(error):
+        return said
     # dlt's wrappers say only where a step failed: the innermost error says why
     cause = _chain(error)[-1]
     return (
         f"unexpected {type(cause).__name__}: {first_line(cause)} "
         "(rerun with --verbose for details, and report it)"
     )
+
+
+def _setup_problem(error: BaseException) -> str | None:
+    """What the user must fix on this machine (a full disk, a setting, a folder), found in an
+    error a library raised and wrapped; None when `error` is none of these."""
+    if full := disk_full(error):
+        return f"the disk is full ({first_line(full)}); free some space and run again"
+    if toml := _bad_toml(error):
+        where = " or ".join(toml.full_paths)
+        why = " ".join(str(toml).splitlines()[1:]) or "unreadable"
+        return f"{toml.file_name} is not valid TOML ({why}): fix it in {where}"
+    if mistyped := _mistyped(error):
+        kind = getattr(mistyped.hint, "__name__", str(mistyped.hint))
+        return (
+            f"the setting {mistyped.field_name} must be of type {kind}, not "
+            f"{mistyped.field_value!r}: fix it in .dlt/config.toml or the environment"
+        )
+    if level := _bad_log_level(error):
+        return (
+            "runtime.log_level must be one of DEBUG, INFO, WARNING, ERROR or CRITICAL "
+            f"({first_line(level)}): fix it in .dlt/config.toml or the environment"
+        )
+    if refused := _unwritable(error):
+        path, why = refused
+        return (
+            f"cannot write {path} ({why}): DuckDB keeps a file of its own beside the database, "
+            "so its folder must be writable too; fix the permissions or choose another --db"
+        )
+    if _is_file_error(error):
+        return f"cannot use {error.filename}: {error.strerror}; check the path and its permissions"
+    return None
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -132,12 +164,47 @@ def disk_full(error: BaseException) -> BaseException | None:
 
 
 def _bad_toml(error: BaseException) -> Any:
-    """dlt's error for a `.dlt/*.toml` it could not parse, in `error`'s chain. Looked for only
-    where dlt was imported: this module imports no dlt, so that every command starts fast."""
-    toml = sys.modules.get("dlt.common.configuration.providers.toml")
-    if toml is None:
+    """dlt's error for a `.dlt/*.toml` it could not parse, in `error`'s chain."""
+    return _dlt_error(error, "providers.toml", "TomlProviderReadException")
+
+
+def _unwritable(error: BaseException) -> tuple[str, str] | None:
+    """The file and reason in DuckDB's refusal to write a file (its WAL beside the database in
+    a folder the user cannot write), wherever it was wrapped."""
+    for cause in _chain(error):
+        found = DUCKDB_CANNOT_OPEN.search(str(cause))
+        if found:
+            return found["path"], found["why"]
+    return None
+
+
+def _bad_log_level(error: BaseException) -> BaseException | None:
+    """The logging module's refusal of the level dlt was told to log at (runtime.log_level),
+    which dlt meets when it first reads any setting."""
+    return next(
+        (
+            cause
+            for cause in _chain(error)
+            if isinstance(cause, ValueError) and str(cause).startswith("Unknown level: ")
+        ),
+        None,
+    )
+
+
+def _mistyped(error: BaseException) -> Any:
+    """dlt's error for a setting of a typed dlt configuration that is not of its type (a
+    timeout of "x"), in `error`'s chain, whichever file or variable it came from."""
+    return _dlt_error(error, "exceptions", "ConfigValueCannotBeCoercedException")
+
+
+def _dlt_error(error: BaseException, module: str, name: str) -> Any:
+    """An error of dlt's configuration `module` of class `name` in `error`'s chain. Looked for
+    only where dlt was imported: this module imports no dlt, so that every command starts fast."""
+    found = sys.modules.get(f"dlt.common.configuration.{module}")
+    if found is None:
         return None
-    return next((c for c in _chain(error) if isinstance(c, toml.TomlProviderReadException)), None)
+    kind = getattr(found, name)
+    return next((cause for cause in _chain(error) if isinstance(cause, kind)), None)
 
 
 def _is_file_error(error: BaseException) -> bool:

@@ -268,6 +268,88 @@ def test_an_archive_dir_nobody_may_make_exits_2(simulator, open_folder, monkeypa
     assert not (locked / "archive").exists() and not (open_folder / "w.duckdb").exists()
 
 
+def test_an_archive_dir_nobody_may_write_in_exits_2(simulator, open_folder, monkeypatch):
+    archive = open_folder / "archive"
+    archive.mkdir()
+    archive.chmod(0o555)
+    monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(archive))
+
+    done = run_unprivileged("sync", "--db", str(open_folder / "w.duckdb"), cwd=open_folder)
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot write in the folder {archive}" in done.stderr
+    assert not (open_folder / "w.duckdb").exists()
+
+
+@pytest.mark.parametrize("command", ["models", "sync"])
+def test_a_database_one_may_write_in_a_folder_one_may_not_exits_2(
+    simulator, open_folder, run, command
+):
+    locked = open_folder / "locked"
+    locked.mkdir()
+    assert run("sync", "--db", str(locked / "w.duckdb"), "--no-models").code == 0
+    for path in locked.iterdir():
+        path.chmod(0o666)
+    locked.chmod(0o555)
+    before = hashlib.sha256((locked / "w.duckdb").read_bytes()).hexdigest()
+
+    done = run_unprivileged(command, "--db", str(locked / "w.duckdb"), cwd=open_folder)
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot write {locked / 'w.duckdb.wal'} (Permission denied)" in done.stderr
+    assert hashlib.sha256((locked / "w.duckdb").read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize(
+    "named", [":memory:", "md:warehouse", "s3://bucket/w.duckdb", "https://host/w.duckdb"]
+)
+@pytest.mark.parametrize("command", ["sync", "models", "report", "check"])
+def test_a_database_that_is_no_local_file_exits_2_and_makes_nothing(
+    simulator, tmp_path, monkeypatch, run, named, command
+):
+    monkeypatch.chdir(tmp_path)
+
+    outcome = run(command, "--db", named)
+
+    assert outcome.code == 2 and f"{named} is not a file on this machine" in outcome.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_home_folder_in_sfbatches_db_is_the_home_folder(simulator, tmp_path, monkeypatch, run):
+    # a crontab line does not expand `~`: SFBATCHES_DB=~/w.duckdb reaches sfbatches as it is
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SFBATCHES_DB", "~/w.duckdb")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+
+    assert run("sync", "--no-models").code == 0
+    assert run("check").code in (0, 6)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    assert (tmp_path / "home" / "w.duckdb").is_file()
+
+
+def test_a_blank_sfbatches_db_counts_as_unset(tmp_path, monkeypatch, run):
+    monkeypatch.setenv("SFBATCHES_DB", "  ")
+    monkeypatch.chdir(tmp_path)
+
+    outcome = run("check")
+
+    assert outcome.code == 2 and "siliconflow.duckdb" in outcome.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_to_a_database_not_made_yet_gets_it_where_it_points(simulator, tmp_path, run):
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(tmp_path / "data" / "w.duckdb")
+    (tmp_path / "data").mkdir()
+
+    assert run("sync", "--db", str(link), "--no-models").code == 0
+
+    assert link.is_symlink() and (tmp_path / "data" / "w.duckdb").is_file()
+    assert_warehouse_equals(tmp_path / "data" / "w.duckdb", served(simulator))
+
+
 @pytest.mark.parametrize("command", ["sync", "models", "report", "check", "demo"])
 def test_an_empty_db_option_exits_2_and_touches_no_default_file(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
@@ -301,6 +383,33 @@ def test_a_toml_file_dlt_cannot_read_exits_2_naming_it(simulator, tmp_path, name
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{name} is not valid TOML" in done.stderr and "line 2" in done.stderr
     assert "sk-cut" not in done.stderr and "unexpected" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "command", "said"),
+    [
+        ('[runtime]\nrequest_timeout = "x"\n', "sync", "request_timeout must be of type float"),
+        ('[runtime]\ndlthub_telemetry = "sometimes"\n', "check", "telemetry must be of type bool"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_in_config_toml_exits_2_naming_it(
+    simulator, tmp_path, text, command, said
+):
+    (tmp_path / ".dlt").mkdir()
+    (tmp_path / ".dlt" / "config.toml").write_text(text)
+    duckdb.connect(str(tmp_path / "w.duckdb")).close()  # check reads settings once it has one
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", command, "--db", str(tmp_path / "w.duckdb")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert said in done.stderr and "config.toml" in done.stderr
 
 
 def test_simulate_on_a_port_in_use_exits_2():
@@ -358,9 +467,14 @@ def test_a_base_url_that_is_not_a_web_address_exits_2(db_path, url):
         ("SFBATCHES_LOCK_TIMEOUT", "soon", "SFBATCHES_LOCK_TIMEOUT must be a number of seconds"),
         ("SFBATCHES_LOCK_TIMEOUT", "-5", "SFBATCHES_LOCK_TIMEOUT must be a number of seconds"),
         ("RUNTIME__REQUEST_TIMEOUT", "0", "runtime.request_timeout must be a number of seconds"),
-        ("RUNTIME__REQUEST_MAX_ATTEMPTS", "two", "runtime.request_max_attempts must be of type"),
+        ("RUNTIME__REQUEST_MAX_ATTEMPTS", "two", "setting request_max_attempts must be of type"),
+        ("RUNTIME__REQUEST_TIMEOUT", "inf", "runtime.request_timeout must be a number of seconds"),
+        ("RUNTIME__REQUEST_BACKOFF_FACTOR", "1e400", "request_backoff_factor must be a number"),
+        ("RUNTIME__LOG_LEVEL", "BOGUS", "runtime.log_level must be one of DEBUG"),
+        ("RUNTIME__LOG_LEVEL", "info", "runtime.log_level must be one of DEBUG"),
         ("SOURCES__SILICONFLOW__PAGE_SIZE", "1e3", "page_size must be a whole number"),
         ("SOURCES__SILICONFLOW__SYNC_TIMEOUT", "nan", "sync_timeout must be a number of seconds"),
+        ("SOURCES__SILICONFLOW__SYNC_TIMEOUT", "inf", "sync_timeout must be a number of seconds"),
         ("SOURCES__SILICONFLOW__RESULTS", "maybe", "results must be true or false"),
     ],
 )

@@ -295,11 +295,22 @@ def test_database_path_is_sfbatches_db_relative_to_the_repo_root(tmp_path: Path)
     )
 
 
-def test_database_path_defaults_to_siliconflow_duckdb(tmp_path: Path):
+def test_database_path_takes_a_home_folder_as_the_cli_does(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "mine.duckdb").touch()
+
+    assert database_path({"SFBATCHES_DB": "~/mine.duckdb"}, Path("/")) == (
+        tmp_path / "home" / "mine.duckdb"
+    )
+
+
+@pytest.mark.parametrize("env", [{}, {"SFBATCHES_DB": ""}, {"SFBATCHES_DB": "  "}])
+def test_database_path_defaults_to_siliconflow_duckdb(tmp_path: Path, env):
     (tmp_path / "siliconflow.duckdb").touch()
     (tmp_path / DEMO_DB).touch()
 
-    assert database_path({}, tmp_path) == tmp_path / "siliconflow.duckdb"
+    assert database_path(env, tmp_path) == tmp_path / "siliconflow.duckdb"
 
 
 def test_database_path_falls_back_to_the_demo_database_and_says_so(

@@ -336,8 +336,17 @@ def test_rows_a_rerun_load_job_appended_twice_are_dropped_after_recovery(simulat
 # --- concurrency ------------------------------------------------------------------------------
 
 
-def test_second_sync_waits_then_exits_5_while_one_runs(simulator, db_path, run, monkeypatch):
+@pytest.mark.parametrize("via", ["the same path", "a link", "a path through .."])
+def test_second_sync_waits_then_exits_5_while_one_runs(simulator, db_path, run, via):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    other = {
+        "the same path": db_path,
+        "a link": db_path.with_name("link.duckdb"),
+        "a path through ..": db_path.parent / "sub" / ".." / db_path.name,
+    }[via]
+    if via == "a link":
+        other.symlink_to(db_path)
+    (db_path.parent / "sub").mkdir()
     simulator.faults.latency_ms = 250  # 20 pages: the first sync holds the lock for 5 s
     simulator.clear_requests()
     first = subprocess.Popen(
@@ -351,7 +360,7 @@ def test_second_sync_waits_then_exits_5_while_one_runs(simulator, db_path, run, 
     while simulator.count() == 0:
         time.sleep(0.05)
 
-    second = run_process("sync", "--db", str(db_path), env={"SFBATCHES_LOCK_TIMEOUT": "0.5"})
+    second = run_process("sync", "--db", str(other), env={"SFBATCHES_LOCK_TIMEOUT": "0.5"})
     _, err = first.communicate(timeout=120)
 
     assert second.code == 5

@@ -84,9 +84,9 @@ def database_path(env: Mapping[str, str] | None = None, root: Path | None = None
     """
     env = os.environ if env is None else env
     root = root or repo_root()
-    named = env.get("SFBATCHES_DB")
+    named = env.get("SFBATCHES_DB", "").strip()  # blank counts as unset, as for the CLI
     if named:
-        wanted = root / named
+        wanted = root / Path(named).expanduser()
         if wanted.is_file():
             return wanted
         raise FileNotFoundError(

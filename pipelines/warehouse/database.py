@@ -52,8 +52,20 @@ DEMO_MARK = "_sfbatches_demo"
 PLAIN_PATH = re.compile(r"[\w/. +@,:~-]+")
 
 
+# Names DuckDB opens as something other than a local file: memory, MotherDuck, object stores.
+NOT_A_FILE = re.compile(r":memory:|(md|motherduck):|[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
 def resolve_db_path(cli_value: str | None) -> Path:
-    return Path(cli_value or os.environ.get("SFBATCHES_DB") or DEFAULT_DB)
+    """The file `--db` names, else SFBATCHES_DB (blank counts as unset), else the default; a
+    leading `~` is the home folder, as a shell would have it but a crontab line does not."""
+    named = cli_value or os.environ.get("SFBATCHES_DB", "").strip() or DEFAULT_DB
+    if NOT_A_FILE.match(named):
+        raise ConfigError(
+            f"{named} is not a file on this machine: the warehouse is a local DuckDB file; "
+            "point --db or SFBATCHES_DB at one"
+        )
+    return Path(named).expanduser()
 
 
 def sync_config(db_path: Path) -> dict[str, object]:
@@ -119,7 +131,7 @@ def lock_wait_s() -> float:
         seconds = float(value) if value else DEFAULT_LOCK_WAIT_S
     except ValueError:
         seconds = math.nan
-    if not seconds >= 0:
+    if not 0 <= seconds < math.inf:
         raise ConfigError(
             f"{LOCK_TIMEOUT_ENV} must be a number of seconds (0 or more), not {value!r}"
         )
@@ -134,7 +146,9 @@ def sync_lock(db_path: Path, timeout_s: float | None = None) -> Iterator[None]:
     the moments a connection is open, and the download runs without one.
     """
     timeout_s = lock_wait_s() if timeout_s is None else timeout_s
-    lock_path = db_path.with_name(db_path.name + ".lock")
+    # beside the file itself: two paths to it (a link, `..`) must meet at one lock
+    real = db_path.resolve()
+    lock_path = real.with_name(real.name + ".lock")
     lock = FileLock(lock_path, timeout=timeout_s)
     try:
         lock.acquire()
@@ -231,7 +245,7 @@ def _open(
     if not read_only:
         make_room_for_wal(Path(db_path))
         if not Path(db_path).exists():
-            _create(Path(db_path))
+            _create(Path(db_path).resolve())  # where a link that points nowhere yet points
     con = duckdb.connect(config=config)
     try:
         con.execute(f"attach ? as {ATTACHED_AS} ({', '.join(options)})", [path])
