@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import io
 import json
 import logging
 import math
@@ -42,6 +43,10 @@ def entry_point() -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # a batch id in Chinese must not fail a report or check read through an ASCII locale
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     # dlt reads this when it first logs. Without --verbose our own summary, warnings and one
     # error line say what matters; dlt would add tracebacks of errors it retries itself.
@@ -63,6 +68,14 @@ def _reader_gone() -> int:
     nothing more can be said; later writes, at exit too, go nowhere."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def say(text: str) -> None:
+    """Print `text` for the reader; one who left early (`| head`) changes no exit code."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _reader_gone()
 
 
 def _fail(message: str, code: int, verbose: bool) -> int:
@@ -254,14 +267,14 @@ def _sync_and_build(
     line = result.summary()
     if models:
         line += f"; {len(_build_models(db_path))} models built"
-    print(line)
+    say(line)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from pipelines.warehouse.database import resolve_db_path
 
     db_path = resolve_db_path(args.db)
-    print(f"sfbatches: built {len(_build_models(db_path))} models in {db_path}")
+    say(f"sfbatches: built {len(_build_models(db_path))} models in {db_path}")
     return 0
 
 
@@ -276,7 +289,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     db_path = resolve_db_path(args.db)
     if args.html is None:
-        print(_report(db_path, args.days))
+        say(_report(db_path, args.days))
         return 0
     from pipelines.analytics.dashboard import render_html_at
     from pipelines.analytics.publish import HTML_MARK, refuse_if_not_ours, write_ours
@@ -305,9 +318,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         text = prometheus_text(figures(health), problem_counts(health))
         write_ours(args.prometheus, text, PROMETHEUS_MARK)
     if args.json:
-        print(json.dumps(health.as_json(), indent=2))
+        say(json.dumps(health.as_json(), indent=2))
     else:
-        print("\n".join(health.lines()))
+        say("\n".join(health.lines()))
     return 0 if health.ok else PROBLEMS_FOUND
 
 
@@ -322,11 +335,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # made (Ctrl-C, a failure)
     mark_as_demo(db_path)
     with served_elsewhere("--batches", str(args.batches)) as simulator:
-        print(f"sfbatches: demo simulator with {args.batches:,} batches at {simulator.base_url}")
+        say(f"sfbatches: demo simulator with {args.batches:,} batches at {simulator.base_url}")
         config = SourceConfig(api_key=simulator.api_key, base_url=simulator.base_url)
         _sync_and_build(db_path, config, full_refresh=False, models=True)
-    print()
-    print(_report(db_path, days=7))
+    say("")
+    say(_report(db_path, days=7))
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import REPO
+from conftest import REPO, run_process
 
 from pipelines.simulator import TERMINAL, Simulator, World
 from pipelines.warehouse import database
@@ -86,6 +86,38 @@ def test_what_the_api_sends_never_drives_the_terminal_nor_starts_a_line(simulato
     for said in (failed.err, checked.out):
         assert "\x1b" not in said and "\x07" not in said
     assert "\\x1b[2J\\x07" in failed.err and f"{queued}\\nsfbatches" in checked.out
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_ids_the_output_encoding_cannot_hold_are_escaped_not_fatal(
+    simulator, db_path, run, encoding
+):
+    queued = stuck(simulator)["queue"]
+    simulator.faults.overrides = {queued: {"id": f"{queued}_中文_🚀"}}
+    assert run("sync", "--db", str(db_path)).code == 0
+    env = {"PYTHONIOENCODING": encoding}
+
+    checked = run_process("check", "--db", str(db_path), env=env)
+    reported = run_process("report", "--db", str(db_path), env=env)
+
+    assert (checked.code, reported.code) == (6, 0), checked.err + reported.err
+    assert f"{queued}_\\u4e2d\\u6587_\\U0001f680" in checked.out
+    assert "unexpected" not in checked.err + reported.err
+
+
+def test_check_keeps_its_exit_code_when_the_reader_leaves_early(simulator, db_path, run):
+    stuck(simulator)
+    assert run("sync", "--db", str(db_path)).code == 0
+    checking = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "check", "--db", str(db_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    checking.stdout.close()  # as `sfbatches check | head -0` does, long before check writes
+
+    assert checking.wait(timeout=120) == 6
+    assert checking.stderr.read() == b""
 
 
 # --- what each rule must find, from the API objects ---------------------------------------------
