@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # matplotlib warns of a home folder it cannot write (it then uses a temporary one) and of
+    # fonts it looks for and lacks: nothing the report's reader has to act on
+    logging.getLogger("matplotlib").setLevel(logging.INFO if args.verbose else logging.ERROR)
     try:
         return args.command(args)
     except BrokenPipeError:

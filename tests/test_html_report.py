@@ -368,3 +368,27 @@ def test_a_warehouse_without_result_files_says_so(tmp_path, chromium):
     assert charts == ["turnaround", "daily_turnaround", "throughput", "statuses"]
     usage = chromium.find_element(By.ID, "usage").text
     assert "No result files loaded" in usage
+
+
+def test_a_page_made_by_cron_for_chinese_model_names_prints_nothing(warehouse, tmp_path):
+    # cron's environment: a home folder that does not exist, so matplotlib has no config folder
+    db_path = tmp_path / "zh.duckdb"
+    shutil.copy(warehouse, db_path)
+    with duckdb.connect(str(db_path)) as con:
+        con.execute("update siliconflow.batch_requests set model = '通义千问/Qwen-' || model")
+    assert cli.main(["models", "--db", str(db_path)]) == 0
+    target = tmp_path / "zh.html"
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME")}
+    env["HOME"] = str(tmp_path / "nowhere")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "report", "--db", str(db_path), "--html", str(target)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert "通义千问" in target.read_text()

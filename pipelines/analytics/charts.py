@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Sequence
 from datetime import date, datetime
 
@@ -13,10 +14,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+# Fonts with Chinese glyphs on Debian/Ubuntu (fonts-noto-cjk, fonts-wqy-zenhei), macOS, Windows
+CJK_FONTS = ("Noto Sans CJK SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei")
 # narrow enough that the text stays legible when a phone shrinks the chart to its width
 WIDTH_IN, HEIGHT_IN = 6.4, 3.0
 STYLE = {
     "svg.fonttype": "path",
+    # model names may be Chinese: each glyph comes from the first of these fonts installed
+    "font.family": ["DejaVu Sans", *CJK_FONTS],
     "svg.hashsalt": "sfbatches",  # the same data gives the same page, byte for byte
     "font.size": 10,
     "axes.spines.top": False,
@@ -35,7 +40,10 @@ MOST_BARS = 400
 def data_uri(figure: Figure) -> str:
     """The figure as an `<img src>`: an SVG document, base64-encoded."""
     buffer = io.BytesIO()
-    with rc_context(STYLE):
+    with rc_context(STYLE), warnings.catch_warnings():
+        # without any of CJK_FONTS a glyph is drawn as a box: the page still reads, and a
+        # warning per glyph would only fill cron's mail
+        warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
         figure.savefig(buffer, format="svg", bbox_inches="tight")
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
 
