@@ -3,6 +3,7 @@
 import errno
 import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -47,6 +48,11 @@ class DatabaseBusy(SfBatchesError):
     exit_code = 5
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, systemd, a cron wrapper stopping the run), raised as Ctrl-C is, so
+    that the same clean-up runs and the run is recorded."""
+
+
 class ModelError(ConfigError):
     """A SQL model could not be built; `path` and `line` locate the failing file when known."""
 
@@ -80,7 +86,7 @@ def exit_code_of(error: BaseException) -> int:
     if isinstance(error, SfBatchesError):
         return error.exit_code
     if _interrupted(error):
-        return 130
+        return 128 + _stopped_by(error)
     return 2 if _setup_problem(error) else 1
 
 
@@ -89,7 +95,8 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, SfBatchesError):
         return str(error)
     if _interrupted(error):
-        return "interrupted; the database keeps its last complete sync"
+        how = "stopped by SIGTERM" if _stopped_by(error) == signal.SIGTERM else "interrupted"
+        return f"{how}; the database keeps its last complete sync"
     if said := _setup_problem(error):
         return said
     # dlt's wrappers say only where a step failed: the innermost error says why
@@ -135,6 +142,14 @@ def _interrupted(error: BaseException) -> bool:
     """Ctrl-C or a signal, also where dlt wrapped it (dlt's own signal error is a
     KeyboardInterrupt too)."""
     return any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error))
+
+
+def _stopped_by(error: BaseException) -> int:
+    """The signal that stopped the run: SIGTERM (ours, or dlt's record of it), else SIGINT."""
+    for cause in _chain(error):
+        if isinstance(cause, Terminated) or getattr(cause, "signal_code", None) == signal.SIGTERM:
+            return signal.SIGTERM
+    return signal.SIGINT
 
 
 def printable(text: str) -> str:

@@ -407,9 +407,17 @@ def test_a_signed_link_that_cannot_be_reached_is_named_without_its_signature(
     assert signed not in outcome.err + outcome.out + repr(said)
 
 
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [
+        (signal.SIGINT, 130, "interrupted; the database keeps its last complete sync"),
+        (signal.SIGTERM, 143, "stopped by SIGTERM; the database keeps its last complete sync"),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
 @pytest.mark.parametrize("during", ["listing", "downloads"])
-def test_ctrl_c_says_interrupted_and_the_next_sync_brings_it_current(
-    simulator, db_path, run, during
+def test_a_stopped_sync_says_so_and_the_next_sync_brings_it_current(
+    simulator, db_path, run, during, stop, code, said
 ):
     assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
     simulator.world.advance(6 * 3600)
@@ -429,18 +437,17 @@ def test_ctrl_c_says_interrupted_and_the_next_sync_brings_it_current(
     )
     while not reached() and sync.poll() is None:
         time.sleep(0.02)
-    assert sync.poll() is None, "the sync ended before Ctrl-C"
+    assert sync.poll() is None, "the sync ended before it was stopped"
 
-    sync.send_signal(signal.SIGINT)
+    sync.send_signal(stop)
     out, err = sync.communicate(timeout=120)
 
-    said = "interrupted; the database keeps its last complete sync"
-    assert sync.returncode == 130 and err.splitlines()[-1] == f"sfbatches: {said}", err
+    assert sync.returncode == code and err.splitlines()[-1] == f"sfbatches: {said}", err
     assert "unexpected" not in err and "sync of" not in out
     last = query(
         db_path, "select exit_code, message from siliconflow.sync_runs order by finished_at"
     )
-    assert last[-1] == (130, said)
+    assert last[-1] == (code, said)
     simulator.faults.latency_ms = 0
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
     assert_warehouse_equals(db_path, served_batches(simulator))
