@@ -90,6 +90,12 @@ def resolve_api_key() -> tuple[str, str]:
     value = dlt.secrets.get(KEY)
     if value is not None and str(value).strip():
         return checked_key(str(value), f"{KEY} in .dlt/secrets.toml"), f"{KEY} (.dlt/secrets.toml)"
+    if dlt.config.get(KEY) is not None:
+        # config.toml is meant to be shared (committed, copied): a key there is not used
+        raise ConfigError(
+            "the API key is in .dlt/config.toml, where sfbatches does not read keys: move "
+            "api_key under [sources.siliconflow] in .dlt/secrets.toml, or set SILICONFLOW_API_KEY"
+        )
     raise ConfigError(
         "no SiliconFlow API key: set SILICONFLOW_API_KEY (or SOURCES__SILICONFLOW__API_KEY, "
         "or api_key under [sources.siliconflow] in .dlt/secrets.toml)"

@@ -412,6 +412,27 @@ def test_a_setting_of_the_wrong_type_in_config_toml_exits_2_naming_it(
     assert said in done.stderr and "config.toml" in done.stderr
 
 
+@pytest.mark.parametrize("section", ["[sources.siliconflow]", "[sources]\nsiliconflow.api_key"])
+def test_a_key_in_config_toml_is_refused_pointing_at_secrets_toml(tmp_path, section):
+    (tmp_path / ".dlt").mkdir()
+    entry = section if "api_key" in section else f"{section}\napi_key"
+    (tmp_path / ".dlt" / "config.toml").write_text(f'{entry} = "sk-in-config-XYZ"\n')
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(tmp_path / "w.duckdb")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "in .dlt/config.toml" in done.stderr and ".dlt/secrets.toml" in done.stderr
+    assert "sk-in-config" not in done.stderr + done.stdout
+    assert not (tmp_path / "w.duckdb").exists()
+
+
 def test_simulate_on_a_port_in_use_exits_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
