@@ -22,6 +22,8 @@ SECTION_COLUMN = 25
 DETAIL_COLUMN = 14
 # a rate below 1 in one unit moves to the next, so that it reads as a plain number
 RATE_UNITS = ((1.0, "req/s"), (60.0, "req/min"), (3600.0, "req/h"))
+# Short suffixes of large counts (tokens run into the trillions), largest first.
+COUNT_SCALES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
 
 CREATED_SQL = """
     select
@@ -292,10 +294,6 @@ def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
         ),
         detail("Cost", f"{cost} estimated{priced}"),
     ]
-
-
-# Short suffixes of large counts (tokens run into the trillions), largest first.
-COUNT_SCALES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
 
 
 def amount(count: int | None) -> str:
