@@ -360,6 +360,21 @@ def test_an_empty_db_option_exits_2_and_touches_no_default_file(tmp_path, monkey
     assert exited.value.code == 2 and list(tmp_path.iterdir()) == []
 
 
+def run_in_project(tmp_path: Path, command: str, files: dict[str, str]):
+    """`sfbatches COMMAND --db w.duckdb` as a process in `tmp_path`, its .dlt holding `files`."""
+    (tmp_path / ".dlt").mkdir()
+    for name, text in files.items():
+        (tmp_path / ".dlt" / name).write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", command, "--db", str(tmp_path / "w.duckdb")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "text", "command"),
     [
@@ -368,17 +383,7 @@ def test_an_empty_db_option_exits_2_and_touches_no_default_file(tmp_path, monkey
     ],
 )
 def test_a_toml_file_dlt_cannot_read_exits_2_naming_it(simulator, tmp_path, name, text, command):
-    (tmp_path / ".dlt").mkdir()
-    (tmp_path / ".dlt" / name).write_text(text)
-
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines", command, "--db", str(tmp_path / "w.duckdb")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = run_in_project(tmp_path, command, {name: text})
 
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{name} is not valid TOML" in done.stderr and "line 2" in done.stderr
@@ -395,18 +400,9 @@ def test_a_toml_file_dlt_cannot_read_exits_2_naming_it(simulator, tmp_path, name
 def test_a_setting_of_the_wrong_type_in_config_toml_exits_2_naming_it(
     simulator, tmp_path, text, command, said
 ):
-    (tmp_path / ".dlt").mkdir()
-    (tmp_path / ".dlt" / "config.toml").write_text(text)
     duckdb.connect(str(tmp_path / "w.duckdb")).close()  # check reads settings once it has one
 
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines", command, "--db", str(tmp_path / "w.duckdb")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = run_in_project(tmp_path, command, {"config.toml": text})
 
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert said in done.stderr and "config.toml" in done.stderr
@@ -414,18 +410,9 @@ def test_a_setting_of_the_wrong_type_in_config_toml_exits_2_naming_it(
 
 @pytest.mark.parametrize("section", ["[sources.siliconflow]", "[sources]\nsiliconflow.api_key"])
 def test_a_key_in_config_toml_is_refused_pointing_at_secrets_toml(tmp_path, section):
-    (tmp_path / ".dlt").mkdir()
     entry = section if "api_key" in section else f"{section}\napi_key"
-    (tmp_path / ".dlt" / "config.toml").write_text(f'{entry} = "sk-in-config-XYZ"\n')
 
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines", "sync", "--db", str(tmp_path / "w.duckdb")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = run_in_project(tmp_path, "sync", {"config.toml": f'{entry} = "sk-in-config-XYZ"\n'})
 
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "in .dlt/config.toml" in done.stderr and ".dlt/secrets.toml" in done.stderr
