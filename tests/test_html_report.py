@@ -25,6 +25,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from pipelines import cli
+from pipelines.analytics.report import duration
 from pipelines.simulator import Simulator, World
 
 HOUR = 3600
@@ -192,9 +193,19 @@ def test_headline_figures_are_the_views(chromium, page, warehouse):
         "'completed' and cast(timezone('UTC', ended_at) as date) between ? and ?",
         span,
     )
+    ((t50, t90),) = query(
+        warehouse,
+        "select quantile_cont(turnaround_seconds, 0.5), quantile_cont(turnaround_seconds, 0.9) "
+        "from analytics.batch_turnaround where status = 'completed' "
+        "and cast(timezone('UTC', created_at) as date) between ? and ?",
+        span,
+    )
     assert number(card(chromium, "batches_created")) == created
     assert number(card(chromium, "open_batches")) == open_now
     assert number(card(chromium, "requests_completed")) == done
+    assert card(chromium, "turnaround_p50") == duration(t50)
+    note = chromium.find_element(By.CSS_SELECTOR, '[data-figure="turnaround_p50"] .note').text
+    assert note == f"p90 {duration(t90)}"
     heading = chromium.find_element(By.CSS_SELECTOR, "#open h2").text
     assert heading == f"Open batches ({open_now:,})"
 

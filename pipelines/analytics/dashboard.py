@@ -22,13 +22,13 @@ from .check import Health, Limits, check
 from .report import (
     COMPLETED_SQL,
     COSTS_SQL,
-    CREATED_SQL,
     USED_SQL,
     Window,
     amount,
     as_utc,
     by_lifecycle,
     counted,
+    created_figures,
     duration,
     fetch_one,
     freshness_line,
@@ -199,11 +199,11 @@ def cards(
         "where cast(timezone('UTC', created_at) as date) between ? and ?",
         span,
     ).fetchone()[0]
-    done, t50, t90, *_ = fetch_one(con, CREATED_SQL, span)
+    made = created_figures(con, span)
     ended, requests, failed, batch_rps = fetch_one(con, COMPLETED_SQL, span)
     found = [
-        Card("batches_created", "Batches created", f"{created:,}", f"{done:,} completed"),
-        Card("turnaround_p50", "Turnaround p50", duration(t50), f"p90 {duration(t90)}"),
+        Card("batches_created", "Batches created", f"{created:,}", f"{made.done:,} completed"),
+        Card("turnaround_p50", "Turnaround p50", duration(made.t50), f"p90 {duration(made.t90)}"),
         Card("open_batches", "Open now", f"{open_now:,}", "not yet in a final status"),
         Card(
             "requests_completed",

@@ -6,6 +6,7 @@ import textwrap
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
@@ -218,16 +219,41 @@ def created_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     created = sum(counts.values())
     if not created:
         return [section("Created in these days", "none")]
-    done, timed, t50, t90, started, q50, q90, met, ended = fetch_one(con, CREATED_SQL, days)
+    made = created_figures(con, days)
     # a completed batch the API sent without its end time has no turnaround to count
-    basis = f"{done:,} completed" if timed == done else f"{timed:,} of {done:,} completed timed"
+    basis = (
+        f"{made.done:,} completed"
+        if made.timed == made.done
+        else f"{made.timed:,} of {made.done:,} completed timed"
+    )
     return [
         section("Created in these days", counted(created, "batch")),
         *status_lines(counts),
-        detail("Turnaround", f"p50 {duration(t50)}  p90 {duration(t90)}  ({basis})"),
-        detail("Queue wait", f"p50 {duration(q50)}  p90 {duration(q90)}  ({started:,} started)"),
-        *window_met_lines(met, ended),
+        detail("Turnaround", f"p50 {duration(made.t50)}  p90 {duration(made.t90)}  ({basis})"),
+        detail(
+            "Queue wait",
+            f"p50 {duration(made.q50)}  p90 {duration(made.q90)}  ({made.started:,} started)",
+        ),
+        *window_met_lines(made.met, made.ended),
     ]
+
+
+class Created(NamedTuple):
+    """CREATED_SQL's figures of the batches created in a window, by name."""
+
+    done: int  # completed
+    timed: int  # completed with an end time: what the turnaround quantiles cover
+    t50: float | None
+    t90: float | None
+    started: int
+    q50: float | None
+    q90: float | None
+    met: int
+    ended: int
+
+
+def created_figures(con: duckdb.DuckDBPyConnection, days: list[date]) -> Created:
+    return Created(*fetch_one(con, CREATED_SQL, days))
 
 
 def window_met_lines(met: int, ended: int) -> list[str]:
