@@ -66,6 +66,21 @@ def test_the_warehouse_opens_in_duckdb_1x(simulator, db_path, run):
     assert (int(batches), int(turnaround)) == wanted == (len(simulator.world.visible()),) * 2
 
 
+def test_the_warehouse_holds_no_key_constraint_duckdb_1_0_cannot_read(simulator, db_path, run):
+    # DuckDB 1.0 refuses a whole file whose catalog holds a PRIMARY KEY or UNIQUE written by
+    # DuckDB 2.0 ("Failed to deserialize ... field id: 103"), even in storage version v1.0.0
+    assert run("sync", "--db", str(db_path)).code == 0
+    simulator.faults.queue(status=401)
+    assert run("sync", "--db", str(db_path)).code == 3  # a failed run is recorded too
+
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        keys = con.execute(
+            "select table_name, constraint_type from duckdb_constraints() "
+            "where constraint_type in ('PRIMARY KEY', 'UNIQUE', 'FOREIGN KEY')"
+        ).fetchall()
+    assert keys == []
+
+
 def test_a_file_named_like_its_schema_works_with_every_command(simulator, tmp_path):
     # The default file name: opened by its path it names a database `siliconflow`, beside the
     # schema `siliconflow`, and DuckDB refuses `siliconflow.batches` as ambiguous.

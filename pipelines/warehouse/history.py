@@ -304,10 +304,11 @@ def record_run(db_path: Path, row: dict[str, object]) -> None:
     """Append one sync's `sync_runs` row; a first sync that failed leaves one too."""
     with database.connect_for_sync(db_path) as con:
         con.execute(f"create schema if not exists {SCHEMA}")
+        # run_id is a fresh uuid4; no key constraint, which DuckDB 1.0 cannot read from a file
         con.execute(
             f"""
             create table if not exists {SCHEMA}.{SYNC_RUNS} (
-                run_id varchar primary key,
+                run_id varchar not null,
                 started_at timestamp with time zone not null,
                 finished_at timestamp with time zone not null,
                 kind varchar not null,
