@@ -13,6 +13,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sync SiliconFlow batch jobs into DuckDB and report on them.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"sfbatches {version('sfbatches')}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import duckdb
@@ -157,6 +158,15 @@ def test_help_tells_the_defaults_of_each_command():
     sync = run_process("sync", "--help")
 
     assert "demo.duckdb" in demo.out and "siliconflow.duckdb" in sync.out
+
+
+def test_version_is_the_packages():
+    with open(REPO / "pyproject.toml", "rb") as file:
+        wanted = tomllib.load(file)["project"]["version"]
+
+    said = run_process("--version")
+
+    assert (said.code, said.out) == (0, f"sfbatches {wanted}\n")
 
 
 @pytest.fixture(scope="module")
