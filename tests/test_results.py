@@ -245,6 +245,48 @@ def test_a_gone_file_is_asked_for_again_once_its_batch_names_another(simulator, 
     assert rows and set(stored) == {(gone.batch_id, *row[1:]) for row in rows}
 
 
+def lines_of(file) -> int:
+    return sum(1 for raw in file.content().split(b"\n") if raw.strip())
+
+
+@pytest.mark.parametrize("new_is", ["shorter", "longer"])
+def test_a_loaded_file_its_batch_trades_for_another_leaves_only_the_new_lines(
+    simulator, db_path, run, new_is
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    plain = [f for f in served(simulator) if not f.gone and f.kind == "output" and not f.signed]
+    old, new = next(
+        (a, b)
+        for a in plain
+        for b in plain
+        if (lines_of(b) < lines_of(a) if new_is == "shorter" else lines_of(b) > lines_of(a))
+    )
+    [(before,)] = query(db_path, "select count(*) from siliconflow.batch_requests")
+    simulator.faults.overrides = {old.batch_id: {"output_file_id": new.file_id}}
+    simulator.clear_requests()
+
+    assert run("sync", "--db", str(db_path), "--no-models", "--full-refresh").code == 0
+
+    fetched = {r.path for r in simulator.file_requests()}
+    assert any(new.file_id in path for path in fetched)
+    [state] = query(
+        db_path,
+        "select file_id, state, lines from siliconflow.batch_files "
+        f"where batch_id = '{old.batch_id}' and kind = 'output'",
+    )
+    assert state == (new.file_id, "loaded", lines_of(new))
+    rows, _ = expected_requests([new])
+    stored = query(
+        db_path,
+        f"select {REQUEST_COLUMNS} from siliconflow.batch_requests "
+        f"where batch_id = '{old.batch_id}' and kind = 'output'",
+    )
+    assert sorted(stored) == sorted((old.batch_id, *row[1:]) for row in rows)
+    [(after,)] = query(db_path, "select count(*) from siliconflow.batch_requests")
+    old_rows, _ = expected_requests([old])
+    assert after == before - len(old_rows) + len(rows)
+
+
 def test_signed_links_are_fetched_without_the_key_and_the_api_with_it(simulator, db_path, run):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
 

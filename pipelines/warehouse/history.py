@@ -74,6 +74,19 @@ def record_observations(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
     con.execute("begin transaction")
     _create_history_table(con)
     since = _recorded_through(con)
+    if {BATCH_FILES, BATCH_REQUESTS} <= tables:
+        # a file tried since holds a batch's lines of that kind: rows of a file it replaced go
+        con.execute(
+            f"""
+            delete from {SCHEMA}.{BATCH_REQUESTS} as line
+            using {SCHEMA}.{BATCH_FILES} as file
+            where file.batch_id = line.batch_id
+                and file.kind = line.kind
+                and {LOADED_AT.format(table="file")} > ?
+                and line._dlt_load_id < file._dlt_load_id
+            """,
+            [since],
+        )
     _keep_one_row_per_key(con, tables, since)
     for table in CHILD_TABLES:
         if table in tables:

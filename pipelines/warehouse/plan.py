@@ -153,8 +153,8 @@ def pending_files(
 ) -> FilePlan:
     """Result files of ended batches not loaded yet (none unless `wanted`), oldest first, as
     their links expire first, at most MAX_FILES a sync: those never tried, those that failed,
-    those the API said were gone once their batch names another file, and (when `retry_gone`)
-    every gone one."""
+    any file a batch names in place of the one tried before (gone or loaded), and (when
+    `retry_gone`) every gone one."""
     tables = stored_tables(con)
     if BATCHES not in tables or not wanted:
         return FilePlan(tables_exist=tables >= RESULT_TABLES)
@@ -193,7 +193,7 @@ def pending_files(
         where
             state is null
             or list_contains($again, state)
-            or (state = '{GONE}' and not same_file)
+            or not same_file  -- the batch names another file now: that one is fetched
         order by created_at, batch_id, kind
         limit {MAX_FILES}
         """,
