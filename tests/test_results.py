@@ -261,14 +261,20 @@ def test_a_loaded_file_its_batch_trades_for_another_leaves_only_the_new_lines(
         for b in plain
         if (lines_of(b) < lines_of(a) if new_is == "shorter" else lines_of(b) > lines_of(a))
     )
+    linked = [f for f in served(simulator) if not f.gone and f.signed]
     [(before,)] = query(db_path, "select count(*) from siliconflow.batch_requests")
-    simulator.faults.overrides = {old.batch_id: {"output_file_id": new.file_id}}
+    simulator.faults.overrides = {
+        old.batch_id: {"output_file_id": new.file_id},
+        # a signed link that moved to another path may lead to the same file: not fetched again
+        linked[0].batch_id: {f"{linked[0].kind}_file_id": linked[1].file_id},
+    }
     simulator.clear_requests()
 
     assert run("sync", "--db", str(db_path), "--no-models", "--full-refresh").code == 0
 
     fetched = {r.path for r in simulator.file_requests()}
     assert any(new.file_id in path for path in fetched)
+    assert urlsplit(linked[1].file_id).path not in fetched
     [state] = query(
         db_path,
         "select file_id, state, lines from siliconflow.batch_files "

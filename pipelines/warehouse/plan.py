@@ -35,6 +35,7 @@ NONE_TRIED = (
 )
 # The file a name stands for: a signed link's query is its signature, renewed now and then.
 THE_FILE = "split_part(trim({name}), '?', 1)"
+IS_LINK = "regexp_matches(trim(file_id), '^https?://', 'i')"
 
 
 def stored_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -153,8 +154,8 @@ def pending_files(
 ) -> FilePlan:
     """Result files of ended batches not loaded yet (none unless `wanted`), oldest first, as
     their links expire first, at most MAX_FILES a sync: those never tried, those that failed,
-    any file a batch names in place of the one tried before (gone or loaded), and (when
-    `retry_gone`) every gone one."""
+    any file a batch names in place of a gone one or, by a new file id, of a loaded one, and
+    (when `retry_gone`) every gone one."""
     tables = stored_tables(con)
     if BATCHES not in tables or not wanted:
         return FilePlan(tables_exist=tables >= RESULT_TABLES)
@@ -193,7 +194,9 @@ def pending_files(
         where
             state is null
             or list_contains($again, state)
-            or not same_file  -- the batch names another file now: that one is fetched
+            -- the batch names another file: a gone one's stand-in, or a loaded one's new id (a
+            -- signed link that moved may lead to the same file: a loaded one is not fetched again)
+            or (not same_file and (state = '{GONE}' or not {IS_LINK}))
         order by created_at, batch_id, kind
         limit {MAX_FILES}
         """,
