@@ -11,7 +11,7 @@ from typing import NamedTuple
 import duckdb
 
 from pipelines.errors import ReportError, printable
-from pipelines.vocabulary import DATASET, LIFECYCLE
+from pipelines.vocabulary import DATASET, FAILED, GONE, LIFECYCLE
 from pipelines.warehouse.database import open_database
 
 WIDTH = 80
@@ -95,6 +95,17 @@ COSTS_SQL = """
         and usage.estimated_cost is not null
     group by usage.currency
     order by usage.currency
+"""
+
+# Result files of the batches that ended in a window which hold no lines in the warehouse
+MISSING_SQL = f"""
+    select
+        count(*) filter (where files.state = '{GONE}'),
+        count(*) filter (where files.state = '{FAILED}')
+    from analytics.stg_batch_files as files
+    inner join analytics.int_batch_lifecycle as lifecycle
+        on files.batch_id = lifecycle.batch_id
+    where cast(timezone('UTC', lifecycle.ended_at) as date) between ? and ?
 """
 
 TABLES_SQL = f"""
@@ -303,8 +314,10 @@ def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     days = [window.first, window.last]
     used = fetch_one(con, USED_SQL, days)
     count, requests, failed, prompt, completion, batch_tps, unpriced = used
+    missing = missing_lines(con, days)
     if not count:
-        return [section("Result files", "none loaded for batches that ended in these days")]
+        none = section("Result files", "none loaded for batches that ended in these days")
+        return [none, *missing]
     costs = con.execute(COSTS_SQL, days).fetchall()
     cost = ", ".join(f"{currency} {amount:,.2f}" for currency, amount in costs) or "unknown"
     priced = f"; {counted(unpriced, 'batch')} of models without a price" if unpriced else ""
@@ -319,6 +332,21 @@ def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
             "(completion)",
         ),
         detail("Cost", f"{cost} estimated{priced}"),
+        *missing,
+    ]
+
+
+def missing_lines(con: duckdb.DuckDBPyConnection, days: list[date]) -> list[str]:
+    """Files of these days' batches whose requests the figures above leave out, if any."""
+    gone, failed = fetch_one(con, MISSING_SQL, days)
+    if not gone and not failed:
+        return []
+    return [
+        detail(
+            "Not loaded",
+            f"{counted(gone, 'file')} gone (404, expired link), {failed:,} failed (retried next "
+            "sync); not counted above",
+        )
     ]
 
 
