@@ -241,33 +241,32 @@ def test_large_counts_read_in_plain_units(count, text):
     assert amount(count) == text
 
 
-def test_result_files_not_loaded_are_named_under_the_figures_they_leave_out(warehouse):
-    # r2 and r3 ended in the window; r4 before it, so its gone file is not counted
-    warehouse.executemany(
-        "insert into siliconflow.batch_files (batch_id, kind, state) values (?, ?, ?)",
-        [("r2", "error", "gone"), ("r3", "output", "failed"), ("r4", "output", "gone")],
-    )
+# r1 and r2 ended in the window, r3 failed in it, r4 ended before it
+NOT_LOADED = [
+    (
+        "insert into siliconflow.batch_files (batch_id, kind, state) values "
+        "('r2', 'error', 'gone'), ('r3', 'output', 'failed'), ('r4', 'output', 'gone')",
+        "  Cost        CNY 2.40 estimated; 1 batch of models without a price",
+        "1 file gone (404, expired link), 1 failed",
+    ),
+    (
+        "update siliconflow.batch_files set state = 'gone'",  # r1's two files and r2's output
+        "Result files             none loaded for batches that ended in these days",
+        "3 files gone (404, expired link), 0 failed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "above", "said"), NOT_LOADED, ids=["some", "all"])
+def test_result_files_not_loaded_are_named_under_the_figures_they_leave_out(
+    warehouse, change, above, said
+):
+    warehouse.execute(change)
 
     lines = render_report(warehouse, days=7, now=NOW).splitlines()
 
-    at = lines.index("  Cost        CNY 2.40 estimated; 1 batch of models without a price")
-    assert lines[at + 1] == (
-        "  Not loaded  1 file gone (404, expired link), 1 failed (retried next sync); "
-        "not counted above"
-    )
-
-
-def test_when_no_result_file_loaded_the_gone_ones_are_still_named(warehouse):
-    warehouse.execute("update siliconflow.batch_files set state = 'gone'")
-
-    lines = render_report(warehouse, days=7, now=NOW).splitlines()
-
-    at = lines.index("Result files             none loaded for batches that ended in these days")
-    # r1's output and error files and r2's output
-    assert lines[at + 1] == (
-        "  Not loaded  3 files gone (404, expired link), 0 failed (retried next sync); "
-        "not counted above"
-    )
+    at = lines.index(above)
+    assert lines[at + 1] == f"  Not loaded  {said} (retried next sync); not counted above"
 
 
 def test_turnaround_says_how_many_completed_batches_it_is_timed_over(warehouse):
