@@ -92,7 +92,7 @@ def make_room_for_wal(db_path: Path) -> None:
 
 def check_is_duckdb(db_path: Path) -> None:
     """Refuse a path that holds something other than a DuckDB database, touching nothing."""
-    if str(db_path) == ":memory:" or not db_path.exists():
+    if not db_path.exists():
         return
     if not db_path.is_file():
         raise ConfigError(f"{db_path} is not a file: point --db at a DuckDB file or a new path")
@@ -175,7 +175,7 @@ def open_database(
 
     Raises ConfigError when the file does not exist and DatabaseBusy when it stays locked.
     """
-    if str(db_path) != ":memory:" and not Path(db_path).exists():
+    if not Path(db_path).exists():
         raise ConfigError(f"database {db_path} not found: run `sfbatches sync` first")
     with connect(db_path, read_only=read_only, wait_s=wait_s) as con:
         yield con
@@ -239,8 +239,6 @@ def _open(
     db_path: Path | str, read_only: bool, config: dict[str, object]
 ) -> duckdb.DuckDBPyConnection:
     path = str(db_path)
-    if path == ":memory:":
-        return duckdb.connect(path, config=config)
     options = ["read_only"] if read_only else [f"row_group_size {ROW_GROUP_SIZE}"]
     if not read_only:
         make_room_for_wal(Path(db_path))
