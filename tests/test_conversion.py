@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pyarrow.compute as pc
 import pytest
 
+from pipelines.siliconflow import paging
 from pipelines.siliconflow.prefetch import prefetched
 from pipelines.siliconflow.rows import ExtraColumns, TableChunk
 from pipelines.simulator import World
@@ -229,3 +230,26 @@ def test_a_caller_that_stops_early_stops_the_producer():
     assert finished.wait(timeout=5)
     time.sleep(0.3)  # had it not stopped, it would go on producing meanwhile
     assert len(produced) <= 5 + 1 + 2 + 1
+
+
+def test_the_ids_a_sync_loaded_are_known_across_merges(monkeypatch):
+    monkeypatch.setattr(paging, "MERGE_AFTER", 7)
+    seen = paging.IdSet()
+    pages = [[hash(f"b{page}-{row}") for row in range(5)] for page in range(40)]
+    for keys in pages:
+        assert seen.holds(keys) == [False] * 5
+        seen.add(set(keys))
+
+    assert len(seen.merged) + len(seen.recent) == 200
+    assert len(seen.merged) > 100 and seen.recent, "both parts must be asked"
+    asked = [keys[0] for keys in pages] + [hash("other"), pages[-1][-1]]
+    assert seen.holds(asked) == [True] * 40 + [False, True]
+
+
+def test_a_batch_read_twice_in_a_sync_is_loaded_from_its_first_read_alone():
+    fingerprints = paging.Fingerprints()
+    first = fingerprints.changed([batch("a", metadata={"read": "1"}), batch("b"), batch("a")])
+    again = fingerprints.changed([batch("c"), batch("a", metadata={"read": "2"})])
+
+    assert [(b["id"], b.get("metadata")) for b in first] == [("a", {"read": "1"}), ("b", None)]
+    assert [b["id"] for b in again] == ["c"]

@@ -50,8 +50,8 @@ __all__ = [
 ]
 
 # dlt's deduplicating window over every merged row needed more memory than the rest of a full
-# refresh of 1M batches. A load may still hold a batch twice (an API that lists an id twice, a
-# job re-run after a kill): warehouse.py keeps one row per key after every load.
+# refresh of 1M batches. A load may still hold a batch twice (a job re-run after a kill):
+# warehouse/history.py keeps one row per key after every load.
 MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 

@@ -24,7 +24,7 @@ from pipelines.vocabulary import KNOWN_STATUSES
 
 from .client import BatchApi
 from .rows import ExtraColumns, batch_text, check_batches, fingerprint, rows_table
-from .settings import CONNECT_RUN, PARALLEL_REQUESTS
+from .settings import CONNECT_RUN, MERGE_AFTER, PARALLEL_REQUESTS
 
 BatchPages = Generator[list[dict], None, Any]
 STATE_SCHEMA = pa.schema(
@@ -66,33 +66,68 @@ class HeldIds:
         return find_digests(self.digests, digests)[1]
 
 
+class IdSet:
+    """Ids by a 64-bit hash, in little memory: a sorted array (8 bytes an id) and a set of those
+    added since it was last merged into it. A full sync of 1M batches would hold ~70 MB in a set
+    of Python ints; 8 MB so."""
+
+    def __init__(self) -> None:
+        self.merged = np.empty(0, np.int64)
+        self.recent: set[int] = set()
+
+    def holds(self, keys: list[int]) -> list[bool]:
+        if not len(self.merged):
+            return [key in self.recent for key in keys]
+        merged = find_digests(self.merged, np.array(keys, np.int64))[1].tolist()
+        return [found or key in self.recent for found, key in zip(merged, keys, strict=True)]
+
+    def add(self, keys: set[int]) -> None:
+        self.recent |= keys
+        # Merged once the recent ones make a sixteenth of the rest: a merge copies the array,
+        # so merging every page would copy it once a page.
+        if len(self.recent) >= max(MERGE_AFTER, len(self.merged) // 16):
+            added = np.sort(np.fromiter(self.recent, np.int64, len(self.recent)))
+            self.merged = np.insert(self.merged, np.searchsorted(self.merged, added), added)
+            self.recent.clear()
+
+
 class Fingerprints:
     """The fingerprint of each stored batch by its id's digest, both sorted by the digest: a
     batch read again whose fingerprint is the stored one is stored exactly so already.
 
-    An incremental sync may read a batch twice (the page re-read at an open batch, then the
-    sweep), and a live batch changes in between. Only its first read that differs from the
-    stored batch is loaded, so its row and its child rows come from one read (`taken`)."""
+    A sync may read a batch twice (an incremental sync's page re-read at an open batch and then
+    its sweep; an API that lists an id twice), and a live batch changes in between. Only its
+    first read that differs from the stored batch is loaded, so its row and its child rows come
+    from one read (`taken`): a later read is the same batch or newer, and the next sync that
+    finds it open or changed loads it again."""
 
     def __init__(self, digests: np.ndarray | None = None, prints: np.ndarray | None = None) -> None:
         self.digests = np.empty(0, np.uint64) if digests is None else digests
         self.prints = np.empty(0, np.int64) if prints is None else prints
-        self.taken: set[int] = set()
+        self.taken = IdSet()
 
     def changed(self, batches: list[dict]) -> list[dict]:
         """The batches to load: new or changed since stored, and not loaded yet this sync."""
-        if not len(self.digests) or not batches:
-            return batches
-        digests = digests_of(batches)
-        at, found = find_digests(self.digests, digests)
-        prints = np.fromiter((fingerprint(batch_text(b)) for b in batches), np.int64, len(batches))
-        stored = found & (self.prints[at] == prints)
-        fresh = []
-        for batch, digest, same in zip(batches, digests.tolist(), stored.tolist(), strict=True):
-            if not same and digest not in self.taken:
-                self.taken.add(digest)
+        # Within one process Python's own hash of an id serves as well as its MD5, for less.
+        keys = [hash(batch["id"]) for batch in batches]
+        held = self.taken.holds(keys)
+        stored = self._stored(batches)
+        fresh: list[dict] = []
+        loaded: set[int] = set()
+        for batch, key, taken, same in zip(batches, keys, held, stored, strict=True):
+            if not (taken or same or key in loaded):  # `in loaded`: a page listing it twice
+                loaded.add(key)
                 fresh.append(batch)
+        self.taken.add(loaded)
         return fresh
+
+    def _stored(self, batches: list[dict]) -> list[bool]:
+        """Whether each batch is stored exactly as read."""
+        if not len(self.digests):
+            return [False] * len(batches)
+        at, found = find_digests(self.digests, digests_of(batches))
+        prints = np.fromiter((fingerprint(batch_text(b)) for b in batches), np.int64, len(batches))
+        return (found & (self.prints[at] == prints)).tolist()
 
 
 @dataclass(frozen=True)

@@ -115,10 +115,10 @@ def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], sinc
     """Enforce one row per key among the rows loaded since `since`.
 
     dlt is told its merges hold no key twice (its deduplicating window does not fit a cron job's
-    memory), but an API that lists an id twice, or a load job re-run after a kill, does stage
-    rows twice. Finding them is one aggregate over what the load wrote; the newest load wins.
-    A batch listed twice loses its fingerprint, which may be the other listing's, so the next
-    sync that reads it loads it again.
+    memory). A sync loads one read of each batch (`Fingerprints.taken`), but a load job re-run
+    after a kill does stage rows twice. Finding them is one aggregate over what the load wrote;
+    the newest load wins. Such a batch loses its fingerprint, which may be the other copy's, so
+    the next sync that reads it loads it again.
     """
     for table, key in PRIMARY_KEYS.items():
         if table not in tables or not _may_hold_doubles(con, table, tables, since):
