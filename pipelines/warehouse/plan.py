@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from pipelines.siliconflow import Fingerprints, Floor, HeldIds, ResultFile, SyncPlan
 from pipelines.siliconflow.rows import NOT_ADDED, from_duckdb
@@ -55,15 +56,18 @@ def read_plan(db_path: Path, full: bool = False) -> SyncPlan:
         result_tables = tables >= RESULT_TABLES
         if BATCHES not in tables:
             return SyncPlan(result_tables=result_tables)
-        digests = con.execute(
-            f"select md5_number_lower(id) as digest from {DATASET}.{BATCHES} order by digest"
-        ).fetchnumpy()["digest"]
-        if not len(digests):
+        # Sorted by numpy, not by DuckDB: a sort in DuckDB holds far more than the 8 bytes a
+        # batch it returns.
+        held = HeldIds(
+            con.execute(
+                f"select md5_number_lower(id) as digest from {DATASET}.{BATCHES}"
+            ).fetchnumpy()["digest"]
+        )
+        if not len(held):
             return SyncPlan(result_tables=result_tables)
         open_rows = _open_batches(con)
         floor, sweep_after = _state(con) if SYNC_STATE in tables else (None, None)
         column_types = _added_column_types(con)
-        held = HeldIds(digests)
         fingerprints = (
             _fingerprints(con, held) if FINGERPRINTS in tables and not full else Fingerprints()
         )
@@ -107,16 +111,23 @@ def _fingerprints(con: duckdb.DuckDBPyConnection, held: HeldIds) -> Fingerprints
     """The fingerprints of stored batches that dlt's loads finished with: a load cut short by a
     kill may have stored a batch's fingerprint without the batch's rows, and a batch deleted
     from the table is loaded again whatever its fingerprint says."""
-    found = con.execute(
-        f"""
-        select md5_number_lower(id) as digest, fingerprint
-        from {DATASET}.{FINGERPRINTS}
-        where _dlt_load_id in (select load_id from {DATASET}._dlt_loads where status = 0)
-        order by digest
-        """
-    ).fetchnumpy()
-    stored = held.holds(found["digest"])
-    return Fingerprints(found["digest"][stored], found["fingerprint"][stored])
+    digests, prints = _by_digest(
+        con.execute(
+            f"""
+            select md5_number_lower(id) as digest, fingerprint
+            from {DATASET}.{FINGERPRINTS}
+            where _dlt_load_id in (select load_id from {DATASET}._dlt_loads where status = 0)
+            """
+        ).fetchnumpy()
+    )
+    stored = held.holds(digests)
+    return Fingerprints(digests[stored], prints[stored])
+
+
+def _by_digest(found: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Digests and fingerprints sorted by digest (see `read_plan` on sorting in DuckDB)."""
+    order = np.argsort(found["digest"])
+    return found["digest"][order], found["fingerprint"][order]
 
 
 def _state(con: duckdb.DuckDBPyConnection) -> tuple[Floor | None, str | None]:
