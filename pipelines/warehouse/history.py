@@ -26,6 +26,23 @@ from .plan import stored_tables
 SCHEMA = DATASET
 # When a row was loaded: dlt's load id is the unix time its load package was created.
 LOADED_AT = "to_timestamp(cast({table}._dlt_load_id as double))"
+
+
+def loaded_since(table: str) -> str:
+    """SQL: the row of `table` (an alias) was loaded after `$since`.
+
+    The first test is implied by the second, but DuckDB answers it from each row group's
+    statistics of `_dlt_load_id`, so the rows of earlier loads are skipped unread: a sync's
+    bookkeeping reads what it loaded, not the whole history. A load id is the load's Unix time
+    as text, which sorts as the time does while it has ten digits (2001 to 2286); before that,
+    nothing is skipped.
+    """
+    whole_seconds = (
+        "case when epoch($since) >= 1e9 then floor(epoch($since))::bigint::varchar else '' end"
+    )
+    return f"{table}._dlt_load_id >= {whole_seconds} and {LOADED_AT.format(table=table)} > $since"
+
+
 # The newest load whose batches were recorded: the next sync records those loaded after it. (The
 # newest history row would do only while every load changes something: after a full refresh
 # that changed nothing, every later sync would go over the whole history again.)
@@ -82,10 +99,10 @@ def record_observations(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
             using {SCHEMA}.{BATCH_FILES} as file
             where file.batch_id = line.batch_id
                 and file.kind = line.kind
-                and {LOADED_AT.format(table="file")} > ?
+                and {loaded_since("file")}
                 and line._dlt_load_id < file._dlt_load_id
             """,
-            [since],
+            {"since": since},
         )
     _keep_one_row_per_key(con, tables, since)
     for table in CHILD_TABLES:
@@ -95,10 +112,10 @@ def record_observations(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
                 delete from {SCHEMA}.{table} as child
                 using {SCHEMA}.{BATCHES} as parent
                 where parent.id = child.batch_id
-                    and {LOADED_AT.format(table="parent")} > ?
+                    and {loaded_since("parent")}
                     and child._dlt_load_id < parent._dlt_load_id
                 """,
-                [since],
+                {"since": since},
             )
     new, changed = _append_history(con, since, REQUEST_COUNTS in tables)
     con.execute(f"delete from {SCHEMA}.{RECORDED}")
@@ -131,7 +148,7 @@ def _keep_one_row_per_key(con: duckdb.DuckDBPyConnection, tables: set[str], sinc
             create or replace temp table doubled as
             select {columns}
             from {SCHEMA}.{table}
-            where {LOADED_AT.format(table=table)} > $since
+            where {loaded_since(table)}
             group by all
             having count(*) > 1
             """,
@@ -175,7 +192,7 @@ def _may_hold_doubles(
         from (
             select batch_id, kind, count(*) as stored
             from {SCHEMA}.{BATCH_REQUESTS}
-            where {LOADED_AT.format(table=BATCH_REQUESTS)} > $since
+            where {loaded_since(BATCH_REQUESTS)}
             group by all
         ) as loaded
         left join {SCHEMA}.{BATCH_FILES} as files using (batch_id, kind)
@@ -244,7 +261,7 @@ def _append_history(
                 counts.failed as requests_failed
             from {SCHEMA}.{BATCHES} as batch
             {counts_join}
-            where {LOADED_AT.format(table="batch")} > $since
+            where {loaded_since("batch")}
         )
     """
     if _history_is_empty(con):
