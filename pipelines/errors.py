@@ -66,6 +66,16 @@ class ReportError(ConfigError):
     """The report cannot be made from this database; the message says what to do."""
 
 
+class ViewsOutOfDate(ReportError):
+    """The analytics views are missing, or were built by another version of sfbatches."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the analytics views are missing or out of date: run `sfbatches sync` (it builds "
+            "them) or `sfbatches models`"
+        )
+
+
 def find_error(exc: BaseException) -> SfBatchesError | None:
     """Find our own error inside the wrappers dlt puts around exceptions raised in a resource."""
     return next((e for e in _chain(exc) if isinstance(e, SfBatchesError)), None)

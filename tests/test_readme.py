@@ -1,6 +1,10 @@
-"""The README tells the truth: every table, view and column it names exists after a sync."""
+"""The README tells the truth: every table, view and column it names exists after a sync, and its
+recipes work."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import duckdb
 from conftest import REPO
@@ -38,3 +42,23 @@ def test_every_column_the_readme_names_exists(simulator, db_path, run):
         assert name in actual, f"README names {name}, which does not exist"
         assert columns, f"README lists no columns for {name}"
         assert columns <= actual[name], (name, columns - actual[name])
+
+
+def test_the_readmes_copy_makes_a_duckdb_2_file_open_in_duckdb_1(tmp_path):
+    text = (REPO / "README.md").read_text()
+    [command] = re.findall(r'`python -c "(.+?)"`', text, re.DOTALL)
+    with duckdb.connect(str(tmp_path / "old.duckdb")) as con:  # DuckDB 2.0's own format
+        con.execute("create schema siliconflow")
+        con.execute("create table siliconflow.batches as select 'b' || range as id from range(5)")
+    cli = Path(sys.executable).with_name("duckdb")  # pip's duckdb-cli 1.5, a dev extra
+    query = "select count(*) from siliconflow.batches"
+
+    def count(name: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(cli), "-readonly", "-csv", "-noheader", name, "-c", query]
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False)
+
+    assert "version number" in count("old.duckdb").stderr
+    code = command.replace("\n", " ").replace('\\"', '"')
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+    assert count("new.duckdb").stdout.strip() == "5"

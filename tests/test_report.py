@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -15,7 +16,6 @@ from pipelines.analytics.check import Limits, read_facts
 from pipelines.analytics.dashboard import render_html
 from pipelines.analytics.models import build_models
 from pipelines.analytics.report import (
-    ReportError,
     amount,
     counted,
     duration,
@@ -24,7 +24,7 @@ from pipelines.analytics.report import (
     render_report_at,
     status_lines,
 )
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ReportError
 
 NOW = datetime(2025, 3, 13, 12, 0, tzinfo=UTC)
 LONG_ID = "batch_" + "x" * 40
@@ -362,9 +362,32 @@ def test_an_empty_warehouse_still_says_when_it_was_synced(con):
     ]
 
 
-def test_report_before_the_models_are_built_says_to_build_them(con):
-    with pytest.raises(ReportError, match=r"run `sfbatches models` first"):
-        render_report(con, now=NOW)
+def drop_a_column_of_a_view(con: duckdb.DuckDBPyConnection) -> None:
+    """As views built by another version of sfbatches would be: one column fewer."""
+    columns = [column[0] for column in con.sql("from analytics.batch_turnaround").description]
+    kept = ", ".join(name for name in columns if name != "turnaround_seconds")
+    con.execute("create or replace table turnaround_copy as from analytics.batch_turnaround")
+    con.execute(
+        f"create or replace view analytics.batch_turnaround as select {kept} from turnaround_copy"
+    )
+
+
+@pytest.mark.parametrize("views", ["missing", "out of date"])
+@pytest.mark.parametrize("page", ["text", "html"])
+def test_a_report_without_this_versions_views_says_how_to_build_them(warehouse, views, page):
+    if views == "missing":
+        warehouse.execute("drop schema analytics cascade")
+    else:
+        drop_a_column_of_a_view(warehouse)
+    render = render_report if page == "text" else partial(render_html, limits=Limits())
+
+    with pytest.raises(ReportError) as raised:
+        render(warehouse, now=NOW)
+
+    assert str(raised.value) == (
+        "the analytics views are missing or out of date: run `sfbatches sync` (it builds them) "
+        "or `sfbatches models`"
+    )
 
 
 def test_report_refuses_less_than_a_day(warehouse):

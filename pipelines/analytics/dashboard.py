@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from pipelines.errors import ReportError
+from pipelines.errors import ViewsOutOfDate
 from pipelines.warehouse.database import open_database
 
 from . import charts
@@ -139,8 +139,8 @@ def render_html(
     window = Window.ending(as_utc(now), days)
     try:
         context = page_context(con, window, check(con, limits, window.now))
-    except duckdb.CatalogException as error:
-        raise ReportError("analytics views not found: run `sfbatches models` first") from error
+    except (duckdb.CatalogException, duckdb.BinderException) as error:
+        raise ViewsOutOfDate from error
     template = _environment().get_template("report.html")
     return template.render(**context)
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import duckdb
 
-from pipelines.errors import ReportError, printable
+from pipelines.errors import ViewsOutOfDate, printable
 from pipelines.vocabulary import DATASET, FAILED, GONE, LIFECYCLE
 from pipelines.warehouse.database import open_database
 
@@ -159,8 +159,8 @@ def render_report(
     window = Window.ending(as_utc(now), days)
     try:
         lines = report_lines(con, window, days)
-    except duckdb.CatalogException as error:
-        raise ReportError("analytics views not found: run `sfbatches models` first") from error
+    except (duckdb.CatalogException, duckdb.BinderException) as error:
+        raise ViewsOutOfDate from error
     return "\n".join(map(printable, lines)) + "\n"
 
 
