@@ -258,12 +258,46 @@ def kill_sync_after(simulator, seconds: float, *args: str) -> None:
     simulator.faults.latency_ms = 0
 
 
+def work_files(db_path: Path) -> set[str]:
+    """The files in the database's dlt working folder, by path within it."""
+    workdir = database.work_dir(db_path)
+    return {str(path.relative_to(workdir)) for path in workdir.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("kind", [[], ["--full-refresh"]], ids=["incremental", "full-refresh"])
+def test_a_sync_killed_while_it_reads_pages_leaves_nothing_in_dlts_folder(
+    simulator, db_path, run, kind
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    files_before = work_files(db_path)
+    simulator.world.advance(30 * 3600)
+    simulator.clear_requests()
+    simulator.faults.latency_ms = 100
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), *kind],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(simulator.list_requests()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    simulator.faults.latency_ms = 0
+
+    assert len(simulator.list_requests()) >= 3, "the kill must land while pages are read"
+    assert work_files(db_path) != files_before, "dlt left the killed extract's folder"
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    assert work_files(db_path) == files_before
+
+
 @pytest.mark.parametrize("kill_after_s", [0.3, 0.8, 1.5, 2.5, 4.0])
 def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
     simulator, db_path, run, kill_after_s
 ):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
-    before = stored_ids(db_path)
+    before, files_before = stored_ids(db_path), work_files(db_path)
     simulator.world.advance(30 * 3600)
     kill_sync_after(simulator, kill_after_s, "--db", str(db_path), "--full-refresh")
 
@@ -272,16 +306,22 @@ def test_sync_killed_at_any_moment_then_one_sync_brings_it_current(
 
     assert outcome.code == 0, outcome.err
     assert_warehouse_equals(db_path, simulator.world.visible())
+    assert work_files(db_path) == files_before, "nothing the killed sync left stays behind"
 
 
 @pytest.mark.parametrize("kill_after_s", [0.8, 1.5, 2.5])
-def test_first_sync_killed_then_one_sync_brings_it_current(simulator, db_path, run, kill_after_s):
+def test_first_sync_killed_then_one_sync_brings_it_current(
+    simulator, db_path, run, kill_after_s, tmp_path
+):
     kill_sync_after(simulator, kill_after_s, "--db", str(db_path))
 
     outcome = run("sync", "--db", str(db_path), "--no-models")
 
     assert outcome.code == 0, outcome.err
     assert_warehouse_equals(db_path, simulator.world.visible())
+    clean = tmp_path / "clean.duckdb"
+    assert run("sync", "--db", str(clean), "--no-models").code == 0
+    assert work_files(db_path) == work_files(clean), "nothing the killed sync left stays behind"
 
 
 def leave_extracted_package(db_path: Path, simulator) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import dlt
 import duckdb
 import pyarrow as pa
+from dlt.common.storages import NormalizeStorage
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.sources import DltSource
 
@@ -32,6 +33,8 @@ from pipelines.vocabulary import DATASET
 from . import database, history, plan
 
 PIPELINE_NAME = "sfbatches"
+# Where dlt keeps a pipeline's extracted packages, under its working folder.
+DLT_NORMALIZE_FOLDER = "normalize"
 
 # dlt settings this pipeline relies on (the environment wins over .dlt/*.toml, so set them there):
 DLT_SETTINGS = {
@@ -143,6 +146,7 @@ def prepare(
 ) -> tuple[dlt.Pipeline, SyncPlan]:
     """The pipeline, once a killed sync's leftovers are loaded, and what the warehouse holds."""
     pipeline = open_pipeline(db_path, progress)
+    drop_unfinished_extracts(pipeline)
     if finish_pending_loads(pipeline, db_path) is Leftovers.UNLOADABLE:
         stats.warn(
             "a killed sync left data dlt could not load; it was discarded and every page is "
@@ -263,6 +267,22 @@ def drop_loaded_packages(pipeline: dlt.Pipeline) -> None:
     """Delete the load packages dlt keeps after loading them: under cron they pile up."""
     for load_id in pipeline.list_completed_load_packages():
         shutil.rmtree(pipeline.get_load_package_info(load_id).package_path, ignore_errors=True)
+
+
+def drop_unfinished_extracts(pipeline: dlt.Pipeline) -> None:
+    """Delete what extracts killed halfway left in dlt's working folder: under cron, one
+    package a kill, for good.
+
+    dlt writes each extract in a folder of its own under `normalize/` and moves the package to
+    `normalize/extracted/` once the extract is complete; it never removes a folder an extract
+    died in. Under the sync's lock no other extract is running, so every such folder is dead.
+    """
+    normalize = Path(pipeline.working_dir) / DLT_NORMALIZE_FOLDER
+    if not normalize.is_dir():
+        return
+    for folder in normalize.iterdir():
+        if folder.is_dir() and folder.name != NormalizeStorage.EXTRACTED_FOLDER:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class Leftovers(Enum):
