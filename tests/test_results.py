@@ -45,7 +45,7 @@ from pipelines.siliconflow.results import (
 )
 from pipelines.simulator import Simulator, World
 from pipelines.simulator.server import STORAGE_ERRORS
-from pipelines.warehouse import database, history
+from pipelines.warehouse import database, history, sync
 
 REQUEST_COLUMNS = (
     "batch_id, kind, line, custom_id, status_code, request_id, model, finish_reason, "
@@ -1343,3 +1343,29 @@ def test_a_terminal_sees_the_files_done_out_of_all_as_they_download(simulator, d
     assert quiet.returncode == 0
     assert "result files:" not in quiet.stderr  # no terminal, no progress
     assert quiet.stdout.count("\n") == 1
+
+
+def test_a_sync_stopped_before_its_files_load_records_none_of_them(
+    simulator, db_path, run, monkeypatch
+):
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    loads = []
+    load_and_record = sync.load_and_record
+
+    def stopped_at_the_files_load(pipeline, con, stats=None):
+        loads.append(stats)
+        if stats is None:  # the result files' load: Ctrl-C comes first
+            raise KeyboardInterrupt
+        return load_and_record(pipeline, con, stats)
+
+    monkeypatch.setattr(sync, "load_and_record", stopped_at_the_files_load)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 130
+
+    assert len(loads) == 2
+    assert query(db_path, "select count(*) from siliconflow.batch_requests") == [(0,)]
+    assert query(
+        db_path,
+        "select exit_code, files_loaded, request_lines from siliconflow.sync_runs "
+        "order by finished_at desc limit 1",
+    ) == [(130, 0, 0)]

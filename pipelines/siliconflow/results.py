@@ -237,6 +237,7 @@ class ResultStats:
     warnings: list[str] = field(default_factory=list)
     bad: dict[str, list[int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    stored: bool = False  # the files read went into the warehouse (a sync stopped first keeps none)
 
     def finish(self) -> None:
         """One warning per kind of trouble, naming a few files."""

@@ -92,8 +92,8 @@ class SyncResult:
             "batches_changed": self.changed,
             "pages": self.stats.pages,
             "lookups": self.stats.lookups,
-            "files_loaded": self.files.loaded,
-            "request_lines": self.files.lines,
+            "files_loaded": self.files.loaded if self.files.stored else 0,
+            "request_lines": self.files.lines if self.files.stored else 0,
             "warnings": len(self.warnings),
         }
 
@@ -216,6 +216,7 @@ def fetch_results(
     )
     with database.connect_for_sync(db_path) as con:
         load_and_record(pipeline, con)
+    stats.stored = True
 
 
 def load_and_record(
