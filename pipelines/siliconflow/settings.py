@@ -25,8 +25,8 @@ DEFAULT_SYNC_TIMEOUT_S = 900.0
 # Raw pages are turned into Arrow tables this many rows at a time: big enough that dlt's
 # per-item cost vanishes, small enough to keep memory flat (see bench/README.md).
 CHUNK_ROWS = 5_000
-# Ids a sync has loaded are kept as a sorted array of digests, and those of the latest pages
-# in a set until this many (or a sixteenth of the array) are merged into it.
+# A sync keeps the ids it has loaded as a sorted array of their hashes, those of the latest
+# pages in a set until this many (or a sixteenth of the array) are merged into it.
 MERGE_AFTER = 8_192
 # Pages downloaded ahead of the one being converted:
 # enough that the download goes on while dlt writes a chunk.
