@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import date2num, num2date
 from matplotlib.figure import Figure
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell
 
 from pipelines.analytics.notebooks import (
@@ -36,6 +37,7 @@ from pipelines.analytics.notebooks import (
     PARTIAL_LABEL,
     UNKNOWN_COLOR,
     UNKNOWN_MODEL,
+    NotebookStop,
     count_label,
     database_path,
     duration,
@@ -332,7 +334,7 @@ def test_database_path_stops_when_sfbatches_db_names_a_missing_file(
     (tmp_path / DEMO_DB).touch()
     (tmp_path / "siliconflow.duckdb").touch()
 
-    with pytest.raises(FileNotFoundError) as stopped:
+    with pytest.raises(NotebookStop) as stopped:
         database_path({"SFBATCHES_DB": named}, tmp_path)
 
     message = str(stopped.value)
@@ -344,9 +346,109 @@ def test_database_path_stops_when_sfbatches_db_names_a_missing_file(
     assert capsys.readouterr().out == ""  # no word of the demo: nothing is shown instead
 
 
+def test_database_path_offers_the_demo_only_when_there_is_one(tmp_path: Path):
+    with pytest.raises(NotebookStop) as stopped:
+        database_path({"SFBATCHES_DB": "absent.duckdb"}, tmp_path)
+
+    assert str(stopped.value).endswith("to create it")
+
+
+def test_database_path_stops_when_sfbatches_db_names_a_folder(tmp_path: Path):
+    (tmp_path / "data").mkdir()
+
+    with pytest.raises(NotebookStop) as stopped:
+        database_path({"SFBATCHES_DB": "data"}, tmp_path)
+
+    assert str(stopped.value) == (
+        f"{tmp_path / 'data'} (named by SFBATCHES_DB) is a folder: point SFBATCHES_DB at the "
+        "DuckDB file `sfbatches sync --db` writes"
+    )
+
+
 def test_database_path_without_any_database_says_what_to_do(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="make demo"):
+    with pytest.raises(NotebookStop, match="make demo"):
         database_path({}, tmp_path)
+
+
+def hold_open(db_path: Path) -> subprocess.Popen[str]:
+    """Another process holding `db_path` open for writing, as a DuckDB shell would."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys; c = duckdb.connect({str(db_path)!r}); "
+            "print('open', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout and holder.stdout.readline().strip() == "open"
+    return holder
+
+
+@pytest.mark.parametrize("case", ["not a database", "held by another process"])
+def test_load_stops_with_the_line_the_cli_would_say(tmp_path: Path, monkeypatch, case):
+    db_path = tmp_path / "x.duckdb"
+    monkeypatch.setenv("SFBATCHES_LOCK_TIMEOUT", "0.2")
+    if case == "not a database":
+        db_path.write_text("my notes, not a warehouse")
+        holder = None
+    else:
+        duckdb.connect(str(db_path)).close()
+        holder = hold_open(db_path)
+    try:
+        with pytest.raises(NotebookStop) as stopped:
+            load(db_path, {"one": "select 1"})
+    finally:
+        if holder:
+            holder.communicate("")
+
+    said = {"not a database": "not a DuckDB", "held by another process": "is locked by"}[case]
+    assert said in str(stopped.value) and len(str(stopped.value).splitlines()) == 1
+    assert stopped.value.__cause__ is None and stopped.value.__suppress_context__
+
+
+def test_a_notebook_that_cannot_go_on_shows_one_line_not_a_traceback(
+    kernel_name: str, tmp_path: Path
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = REPO / "notebooks" / "turnaround.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.insert(
+        0, new_code_cell(f"import os; os.environ['SFBATCHES_DB'] = {str(folder)!r}")
+    )
+    client = NotebookClient(
+        notebook,
+        kernel_name=kernel_name,
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+
+    with pytest.raises(CellExecutionError):
+        client.execute()
+
+    errors = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output["output_type"] == "error"
+    ]
+    assert [error["traceback"] for error in errors] == [
+        [
+            f"sfbatches: {folder} (named by SFBATCHES_DB) is a folder: point SFBATCHES_DB at the "
+            "DuckDB file `sfbatches sync --db` writes"
+        ]
+    ]
+
+
+def test_the_committed_notebooks_hold_no_outputs_to_mistake_for_the_users_own():
+    for path in NOTEBOOKS:
+        cells = nbformat.read(path, as_version=4).cells
+        code = [cell for cell in cells if cell.cell_type == "code"]
+        assert code and not [cell for cell in code if cell.outputs], path.name
+        assert not [cell for cell in code if cell.execution_count], path.name
 
 
 def test_repo_root_is_found_from_the_notebooks_folder():
@@ -385,7 +487,7 @@ def test_load_says_what_to_do_when_the_database_has_no_analytics_views(tmp_path:
     bare = tmp_path / "bare.duckdb"
     duckdb.connect(str(bare)).close()
 
-    with pytest.raises(LookupError, match=r"no analytics views: run `sfbatches sync --db "):
+    with pytest.raises(NotebookStop, match=r"no analytics views: run `sfbatches sync --db "):
         load(bare, {"one": "select 1"})
 
 
@@ -858,7 +960,7 @@ def test_load_says_what_to_do_when_the_usage_views_are_missing(tmp_path: Path):
         con.execute("create table analytics.batch_turnaround (batch_id varchar)")
 
     assert "one" in load(older, {"one": "select 1"})  # what the older notebooks need is there
-    with pytest.raises(LookupError, match=r"no analytics.batch_usage view .*`sfbatches models"):
+    with pytest.raises(NotebookStop, match=r"no analytics.batch_usage view .*`sfbatches models"):
         load(older, {"one": "select 1"}, result_files=True)
 
 

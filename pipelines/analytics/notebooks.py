@@ -28,6 +28,7 @@ from matplotlib.ticker import (
 )
 
 from pipelines.analytics.report import COUNT_SCALES
+from pipelines.errors import SfBatchesError
 from pipelines.warehouse.database import DEFAULT_DB, open_database
 
 DEMO_DB = "demo.duckdb"
@@ -64,6 +65,14 @@ UNKNOWN_MODEL = "(unknown model)"
 UNKNOWN_COLOR = "0.6"
 
 
+class NotebookStop(Exception):
+    """Why a notebook cannot go on: Jupyter shows its one line instead of a traceback through
+    sfbatches' internals (IPython's documented `_render_traceback_` hook)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"sfbatches: {self}"]
+
+
 def repo_root(start: Path | None = None) -> Path:
     """The checkout holding the notebooks: the nearest folder up from `start` (default: the
     current one, which Jupyter sets to notebooks/) with pyproject.toml and sql/, else the
@@ -85,23 +94,29 @@ def database_path(env: Mapping[str, str] | None = None, root: Path | None = None
     env = os.environ if env is None else env
     root = root or repo_root()
     named = env.get("SFBATCHES_DB", "").strip()  # blank counts as unset, as for the CLI
+    demo = root / DEMO_DB
     if named:
         wanted = root / Path(named).expanduser()
         if wanted.is_file():
             return wanted
-        raise FileNotFoundError(
+        if wanted.is_dir():
+            raise NotebookStop(
+                f"{wanted} (named by SFBATCHES_DB) is a folder: point SFBATCHES_DB at the DuckDB "
+                "file `sfbatches sync --db` writes"
+            )
+        or_demo = ", or unset SFBATCHES_DB to see the demo database" if demo.is_file() else ""
+        raise NotebookStop(
             f"no database at {wanted} (named by SFBATCHES_DB): run `sfbatches sync --db {wanted}` "
-            "to create it, or unset SFBATCHES_DB to see the demo database"
+            f"to create it{or_demo}"
         )
     wanted = root / DEFAULT_DB
     if wanted.is_file():
         return wanted
-    demo = root / DEMO_DB
     if demo.is_file():
         print(f"Note: {shown(wanted, root)} not found; showing the demo database {DEMO_DB}.")
         print("Set SFBATCHES_DB (or run `make sync`) to look at your own batches.")
         return demo
-    raise FileNotFoundError(
+    raise NotebookStop(
         f"no database at {wanted} (nor {demo}): run `make demo` or `make sync`, "
         "or set SFBATCHES_DB to your DuckDB file"
     )
@@ -125,6 +140,13 @@ def load(
     With `result_files`, for a notebook built on the batches' result files, it also says so
     when batches are there but none of their result files is loaded.
     """
+    try:
+        return _load(db_path, queries, result_files)
+    except SfBatchesError as error:  # not ours, busy, unreadable: its line says what to do
+        raise NotebookStop(str(error)) from None
+
+
+def _load(db_path: Path, queries: Mapping[str, str], result_files: bool) -> dict[str, pd.DataFrame]:
     with open_database(db_path, read_only=True) as con:
         con.execute("set TimeZone = 'UTC'")
         views = ("batch_turnaround", "batch_usage") if result_files else ("batch_turnaround",)
@@ -162,11 +184,11 @@ def require_view(con: duckdb.DuckDBPyConnection, db_path: Path, view: str) -> No
     if has_view:
         return
     if view == "batch_turnaround":
-        raise LookupError(
+        raise NotebookStop(
             f"{shown(db_path)} has no analytics views: run `sfbatches sync --db {db_path}` "
             "(or `sfbatches models` if it already holds batches)"
         )
-    raise LookupError(
+    raise NotebookStop(
         f"{shown(db_path)} has no analytics.{view} view yet (an older sfbatches built its "
         f"models): run `sfbatches models --db {db_path}`"
     )
