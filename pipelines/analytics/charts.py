@@ -11,8 +11,11 @@ from datetime import date, datetime
 
 from matplotlib import rc_context
 from matplotlib.axes import Axes
+from matplotlib.dates import date2num
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import FuncFormatter
+
+from pipelines.analytics.report import short_count
 
 # Fonts with Chinese glyphs on Debian/Ubuntu (fonts-noto-cjk, fonts-wqy-zenhei), macOS, Windows
 CJK_FONTS = ("Noto Sans CJK SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei")
@@ -35,6 +38,8 @@ COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#f
 # lines): each bar is a shape of its own, in matplotlib and in the SVG, so a long window of bars
 # is slow to draw and heavy to send, and thinner than a pixel anyway.
 MOST_BARS = 400
+# how a per-day chart names the day not over yet, hatched (the notebooks do the same)
+PARTIAL_LABEL = "today (partial)"
 
 
 def data_uri(figure: Figure) -> str:
@@ -55,7 +60,27 @@ def new_figure(rows: int = 1) -> Figure:
     return figure
 
 
-def turnaround_histogram(hours: Sequence[float]) -> str:
+def hatch_day(axes: Axes, day: date, centred: bool = True, labelled: bool = True) -> None:
+    """Hatch `day` on a per-day chart: its figures are not final yet. `centred` for points and
+    centred bars, else for bars that start at the day."""
+    start = date2num(datetime(day.year, day.month, day.day)) - (0.5 if centred else 0)
+    axes.axvspan(
+        start,
+        start + 1,
+        facecolor=(1, 1, 1, 0.5),
+        edgecolor="0.55",
+        hatch="///",
+        linewidth=0,
+        zorder=2.5,  # over bars and lines: the day reads faded, not missing
+        label=PARTIAL_LABEL if labelled else "_nolegend_",
+    )
+
+
+def count_formatter() -> FuncFormatter:
+    return FuncFormatter(lambda value, _position: short_count(value))
+
+
+def turnaround_histogram(hours: Sequence[float]) -> Figure:
     """How long completed batches took, created to completed."""
     figure = new_figure()
     axes = figure.axes[0]
@@ -63,21 +88,36 @@ def turnaround_histogram(hours: Sequence[float]) -> str:
         axes.hist(hours, bins=min(40, max(5, len(hours) // 5)), color=COLOURS[0])
         axes.set_xlabel("turnaround (hours, created to completed)")
         axes.set_ylabel("batches")
-    return data_uri(figure)
+    return figure
 
 
-def daily_quantiles(days: Sequence[date], p50: Sequence[float], p90: Sequence[float]) -> str:
-    """Turnaround p50 and p90 per day the batches were created."""
+def daily_quantiles(
+    days: Sequence[date], p50: Sequence[float], p90: Sequence[float], today: date
+) -> Figure:
+    """Turnaround p50 and p90 per day the batches were created; `today` hatched."""
     figure = new_figure()
     axes = figure.axes[0]
     with rc_context(STYLE):
-        axes.plot(days, p50, marker="o", color=COLOURS[0], label="p50")
-        axes.plot(days, p90, marker="o", linestyle="--", color=COLOURS[1], label="p90")
+        axes.plot(days, p50, marker="o", color=COLOURS[0], label="p50", zorder=3)
+        # hollow, so a p50 of the same value still shows through
+        axes.plot(
+            days,
+            p90,
+            marker="o",
+            markerfacecolor="none",
+            linestyle="--",
+            color=COLOURS[1],
+            label="p90",
+        )
+        if today in days:
+            hatch_day(axes, today)
+        if len(set(days)) == 1:  # one point: a day either side, not years of empty axis
+            axes.set_xlim(date2num(days[0]) - 1, date2num(days[0]) + 1)
         axes.set_ylabel("turnaround (hours)")
         axes.set_ylim(bottom=0)
         axes.legend(loc="upper left")
         figure.autofmt_xdate()
-    return data_uri(figure)
+    return figure
 
 
 def throughput(
@@ -85,7 +125,7 @@ def throughput(
     requests_per_second: Sequence[float],
     token_hours: Sequence[datetime],
     tokens_per_second: Sequence[float],
-) -> str:
+) -> Figure:
     """Requests per second per hour, and completion tokens per second when results exist."""
     with_tokens = bool(token_hours)
     figure = new_figure(rows=2 if with_tokens else 1)
@@ -97,9 +137,9 @@ def throughput(
             bottom = figure.axes[1]
             hourly_bars(bottom, token_hours, tokens_per_second, COLOURS[2])
             bottom.set_ylabel("completion tokens/s")
-            bottom.yaxis.set_major_formatter(EngFormatter(sep=""))
+            bottom.yaxis.set_major_formatter(count_formatter())
         figure.autofmt_xdate()
-    return data_uri(figure)
+    return figure
 
 
 def hourly_bars(
@@ -123,19 +163,21 @@ def with_data(
     return days[span], {name: values[span] for name, values in series.items()}
 
 
-def status_mix(statuses: Sequence[str], counts: Sequence[int]) -> str:
+def status_mix(statuses: Sequence[str], counts: Sequence[int]) -> Figure:
     """Batches per status, in lifecycle order from the top."""
     figure = new_figure()
     axes = figure.axes[0]
     with rc_context(STYLE):
         axes.barh(list(statuses)[::-1], list(counts)[::-1], color=COLOURS[0])
         axes.set_xlabel("batches")
-    return data_uri(figure)
+    return figure
 
 
-def stacked_by_model(days: Sequence[date], series: dict[str, Sequence[float]], label: str) -> str:
-    """One bar per day, stacked by model; a long window from its first day with data to its
-    last, as filled steps."""
+def stacked_by_model(
+    days: Sequence[date], series: dict[str, Sequence[float]], label: str, today: date
+) -> Figure:
+    """One bar per day, stacked by model, `today` hatched; a long window from its first day
+    with data to its last, as filled steps."""
     if len(days) * len(series) > MOST_BARS:
         days, series = with_data(days, series)
     figure = new_figure()
@@ -150,8 +192,10 @@ def stacked_by_model(days: Sequence[date], series: dict[str, Sequence[float]], l
         else:
             # each day's value as a step centred on the day, where its bar would stand
             axes.stackplot(days, *series.values(), labels=list(series), colors=colours, step="mid")
+        if today in days:
+            hatch_day(axes, today)
         axes.set_ylabel(label)
-        axes.yaxis.set_major_formatter(EngFormatter(sep=""))
+        axes.yaxis.set_major_formatter(count_formatter())
         figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
         figure.autofmt_xdate()
-    return data_uri(figure)
+    return figure

@@ -250,15 +250,20 @@ def turnaround_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[
         Chart(
             "turnaround",
             "Turnaround of completed batches",
-            charts.turnaround_histogram(hours),
+            charts.data_uri(charts.turnaround_histogram(hours)),
             f"{counted(len(hours), 'batch')} created in these days and completed, by hours "
             "from created to completed",
         ),
         Chart(
             "daily_turnaround",
             "Turnaround per day created, p50 and p90",
-            charts.daily_quantiles(
-                [row[0] for row in daily], [row[1] for row in daily], [row[2] for row in daily]
+            charts.data_uri(
+                charts.daily_quantiles(
+                    [row[0] for row in daily],
+                    [row[1] for row in daily],
+                    [row[2] for row in daily],
+                    today=span[-1],
+                )
             ),
             "all endpoints together; the table below has them one by one",
         ),
@@ -277,11 +282,13 @@ def throughput_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[
         Chart(
             "throughput",
             "Throughput per hour",
-            charts.throughput(
-                [row[0] for row in hourly],
-                [row[1] for row in hourly],
-                [row[0] for row in tokens],
-                [row[1] for row in tokens],
+            charts.data_uri(
+                charts.throughput(
+                    [row[0] for row in hourly],
+                    [row[1] for row in hourly],
+                    [row[0] for row in tokens],
+                    [row[1] for row in tokens],
+                )
             ),
             caption,
         )
@@ -297,7 +304,7 @@ def status_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
         Chart(
             "statuses",
             "Status mix, all batches",
-            charts.status_mix(statuses, [counts[s] for s in statuses]),
+            charts.data_uri(charts.status_mix(statuses, [counts[s] for s in statuses])),
             ", ".join(f"{status} {counts[status]:,}" for status in statuses),
         )
     ]
@@ -310,8 +317,10 @@ def usage_charts(usage: list[dict], window: Window, currency: str) -> list[Chart
         Chart(
             "tokens",
             "Tokens per day and model",
-            charts.stacked_by_model(
-                window.days, per_model(usage, window, "total_tokens"), "tokens"
+            charts.data_uri(
+                charts.stacked_by_model(
+                    window.days, per_model(usage, window, "total_tokens"), "tokens", window.last
+                )
             ),
             "prompt and completion tokens of the batches that ended each UTC day",
         )
@@ -321,10 +330,13 @@ def usage_charts(usage: list[dict], window: Window, currency: str) -> list[Chart
             Chart(
                 "cost",
                 "Estimated cost per day and model",
-                charts.stacked_by_model(
-                    window.days,
-                    per_model(usage, window, "estimated_cost"),
-                    f"estimated cost ({currency})",
+                charts.data_uri(
+                    charts.stacked_by_model(
+                        window.days,
+                        per_model(usage, window, "estimated_cost"),
+                        f"estimated cost ({currency})",
+                        window.last,
+                    )
                 ),
                 "from the batch prices in sql/seeds/model_prices.csv; unpriced models count 0",
             )

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import text_to_path
 from matplotlib.ticker import (
@@ -27,7 +27,8 @@ from matplotlib.ticker import (
     PercentFormatter,
 )
 
-from pipelines.analytics.report import COUNT_SCALES
+from pipelines.analytics.charts import PARTIAL_LABEL, hatch_day
+from pipelines.analytics.report import short_count
 from pipelines.errors import SfBatchesError
 from pipelines.warehouse.database import DEFAULT_DB, open_database
 
@@ -59,7 +60,6 @@ DURATION_TICKS_H = {
 }
 # space between two tick labels, in multiples of the label font size
 TICK_GAP_EM = 1.0
-PARTIAL_LABEL = "today (partial)"
 # what the notebooks call a batch (or a failed line) whose model no output line names
 UNKNOWN_MODEL = "(unknown model)"
 UNKNOWN_COLOR = "0.6"
@@ -271,17 +271,7 @@ def mark_partial_days(ax: Axes, days: Iterable[object], align: str = "center") -
     points and centred bars, "edge" for bars that start at the day (`bar(align="edge")`)."""
     partial = partial_days(days)
     for index, day in enumerate(partial):
-        start = date2num(datetime(day.year, day.month, day.day)) - (0.5 if align == "center" else 0)
-        ax.axvspan(
-            start,
-            start + 1,
-            facecolor=(1, 1, 1, 0.5),
-            edgecolor="0.55",
-            hatch="///",
-            linewidth=0,
-            zorder=2.5,  # over bars and lines: the day reads faded, not missing
-            label=PARTIAL_LABEL if index == 0 else "_nolegend_",
-        )
+        hatch_day(ax, day, centred=align == "center", labelled=index == 0)
     return partial
 
 
@@ -420,10 +410,7 @@ def stacked_bars(ax: Axes, table: pd.DataFrame, colors: Mapping[str, object]) ->
 
 def count_label(value: float, _position: int | None = None) -> str:
     """A count as a short label: 950, 12k, 1.5M, 2B, 3T."""
-    for size, suffix in COUNT_SCALES:
-        if abs(value) >= size:
-            return f"{value / size:.3g}{suffix}"
-    return f"{value:.3g}"
+    return short_count(value)
 
 
 def count_axis(ax: Axes, label: str, axis: str = "y") -> None:

@@ -350,6 +350,15 @@ def missing_lines(con: duckdb.DuckDBPyConnection, days: list[date]) -> list[str]
     ]
 
 
+def short_count(value: float) -> str:
+    """A count or amount as a short axis label: 0.15, 950, 12k, 1.5M, 2B, 3T (never SI's
+    milli, which reads as millions: 0.15 CNY is not "150m")."""
+    for size, suffix in COUNT_SCALES:
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 def amount(count: int | None) -> str:
     """A large count in plain words: 950, 12.3k, 4.56M, 1.2B, 3.4T."""
     if count is None:

@@ -1,0 +1,91 @@
+"""The web page's charts as figures: what their axes and marks show."""
+
+from datetime import date, timedelta
+
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import date2num
+from matplotlib.figure import Figure
+
+from pipelines.analytics import charts
+
+TODAY = date(2025, 3, 13)
+WEEK = [TODAY - timedelta(days=n) for n in range(6, -1, -1)]
+SCALE = {"k": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+def drawn_labels(figure: Figure) -> list[tuple[float, str]]:
+    """(value, label) of each y tick drawn inside the first axes' view."""
+    FigureCanvasAgg(figure).draw()
+    axes = figure.axes[0]
+    low, high = axes.get_ylim()
+    return [
+        (tick.get_position()[1], tick.get_text())
+        for tick in axes.yaxis.get_majorticklabels()
+        if low <= tick.get_position()[1] <= high
+    ]
+
+
+def read_label(text: str) -> float:
+    """What a reader takes a label for: 0.15 is 0.15, 1.5M is 1,500,000."""
+    text = text.replace("\u2212", "-")
+    return float(text[:-1]) * SCALE[text[-1]] if text[-1] in SCALE else float(text)
+
+
+@pytest.mark.parametrize(
+    ("values", "label"),
+    [
+        ([0.05, 0.17, 0.1, 0.02, 0, 0.08, 0.12], "estimated cost (CNY)"),
+        ([1.2e6, 3e6, 0, 2.5e6, 9e5, 1e6, 4e5], "tokens"),
+        ([3e-4, 1e-3, 0, 0, 2e-4, 5e-4, 7e-4], "estimated cost (CNY)"),
+    ],
+    ids=["cents", "millions", "fractions of a cent"],
+)
+def test_amount_axes_read_as_the_amounts_they_mark(values, label):
+    figure = charts.stacked_by_model(WEEK, {"model-a": values}, label, TODAY)
+
+    ticks = drawn_labels(figure)
+
+    assert len(ticks) >= 3
+    for value, text in ticks:
+        assert read_label(text) == pytest.approx(value, rel=0.01, abs=1e-12), text
+
+
+def hatched_days(figure: Figure) -> list[float]:
+    """The middle of each hatched span on the first axes, as a matplotlib date number."""
+    axes = figure.axes[0]
+    return [
+        patch.get_x() + patch.get_width() / 2
+        for patch in axes.patches
+        if patch.get_hatch() == "///"
+    ]
+
+
+def legend_texts(figure: Figure) -> list[str]:
+    legends = [*figure.legends, *(a.get_legend() for a in figure.axes if a.get_legend())]
+    return [text.get_text() for legend in legends for text in legend.get_texts()]
+
+
+@pytest.mark.parametrize(
+    "chart",
+    [
+        lambda today: charts.daily_quantiles(WEEK, [1.0] * 7, [2.0] * 7, today),
+        lambda today: charts.stacked_by_model(WEEK, {"model-a": [5.0] * 7}, "tokens", today),
+    ],
+    ids=["turnaround per day", "tokens per day"],
+)
+def test_per_day_charts_hatch_today_alone(chart):
+    marked = chart(TODAY)
+    past = chart(TODAY + timedelta(days=30))  # a window that ended: no partial day shown
+
+    assert hatched_days(marked) == [pytest.approx(date2num(TODAY))]
+    assert charts.PARTIAL_LABEL in legend_texts(marked)
+    assert hatched_days(past) == [] and charts.PARTIAL_LABEL not in legend_texts(past)
+
+
+def test_a_single_day_is_shown_with_a_day_either_side():
+    figure = charts.daily_quantiles([TODAY], [7.5], [7.5], TODAY)
+
+    low, high = figure.axes[0].get_xlim()
+
+    assert (low, high) == (date2num(TODAY) - 1, date2num(TODAY) + 1)
