@@ -1,6 +1,7 @@
 """The analyst notebooks: each runs top to bottom on a freshly synced warehouse, then lets go."""
 
 import json
+import logging
 import math
 import os
 import pickle
@@ -8,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -45,6 +47,7 @@ from pipelines.analytics.notebooks import (
     model_colors,
     partial_days,
     repo_root,
+    use_style,
 )
 from pipelines.simulator import World
 
@@ -987,3 +990,22 @@ def test_each_model_keeps_its_colour_and_unknown_models_are_grey():
     assert colors[UNKNOWN_MODEL] == UNKNOWN_COLOR
     assert colors["a"] != colors["b"]
     assert model_colors(["a", "b", "c"])["a"] == colors["a"]
+
+
+def test_charts_with_chinese_model_names_draw_without_a_warning_or_log_line(
+    caplog: pytest.LogCaptureFixture,
+):
+    use_style()
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    axes.bar(["深度求索-V3", "通义千问"], [3, 4])
+    axes.set_title("模型")
+
+    with warnings.catch_warnings(record=True) as warned, caplog.at_level(logging.INFO):
+        warnings.simplefilter("default")
+        use_style()  # as each notebook's first cell does
+        figure.canvas.draw()
+
+    assert [str(w.message) for w in warned] == []
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib")]

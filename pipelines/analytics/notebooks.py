@@ -6,6 +6,7 @@ Needs the `notebooks` (or `dev`) extra for matplotlib. Nothing in the package im
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.font_manager import FontProperties
+from matplotlib.font_manager import FontProperties, fontManager
 from matplotlib.textpath import text_to_path
 from matplotlib.ticker import (
     FuncFormatter,
@@ -27,7 +28,7 @@ from matplotlib.ticker import (
     PercentFormatter,
 )
 
-from pipelines.analytics.charts import PARTIAL_LABEL, hatch_day
+from pipelines.analytics.charts import CJK_FONTS, PARTIAL_LABEL, hatch_day
 from pipelines.analytics.report import short_count
 from pipelines.errors import SfBatchesError
 from pipelines.warehouse.database import DEFAULT_DB, open_database
@@ -195,9 +196,16 @@ def require_view(con: duckdb.DuckDBPyConnection, db_path: Path, view: str) -> No
 
 
 def use_style() -> None:
-    """Figure defaults the notebooks share: readable sizes, light grids, tight layout."""
+    """Figure defaults the notebooks share: readable sizes, light grids, tight layout, and
+    Chinese model names drawn in a CJK font where one is installed."""
+    installed = {font.name for font in fontManager.ttflist}
+    # Only installed families: matplotlib logs a line for each one it cannot find, at each draw.
+    cjk = [name for name in CJK_FONTS if name in installed]
+    # Without one, a Chinese glyph is drawn as a box; a warning per glyph would bury the charts.
+    warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
     plt.rcParams.update(
         {
+            "font.family": ["DejaVu Sans", *cjk],
             "figure.figsize": (10, 4),
             "figure.dpi": 90,
             "figure.constrained_layout.use": True,
