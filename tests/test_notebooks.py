@@ -43,6 +43,7 @@ from pipelines.analytics.notebooks import (
     count_label,
     database_path,
     duration,
+    hours_axis,
     load,
     model_colors,
     partial_days,
@@ -1009,3 +1010,23 @@ def test_charts_with_chinese_model_names_draw_without_a_warning_or_log_line(
 
     assert [str(w.message) for w in warned] == []
     assert not [r for r in caplog.records if r.name.startswith("matplotlib")]
+
+
+@pytest.mark.parametrize("spread_h", [(7.1, 8.1), (0.2, 0.3), (30.0, 40.0)])
+def test_a_duration_axis_always_shows_at_least_two_labels(spread_h):
+    use_style()
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    axes.plot([0, 1], list(spread_h), marker="o")
+    hours_axis(axes, "turnaround")
+    figure.canvas.draw()
+
+    low, high = axes.get_ylim()
+    labels = [
+        tick.get_text()
+        for tick in axes.yaxis.get_majorticklabels()
+        if low <= tick.get_position()[1] <= high and tick.get_text()
+    ]
+    assert len(labels) >= 2, labels
+    assert low <= min(spread_h) and max(spread_h) <= high

@@ -293,6 +293,17 @@ class DurationLocator(Locator):
     def __call__(self) -> list[float]:
         return self.tick_values(*self.axis.get_view_interval())
 
+    def view_limits(self, vmin: float, vmax: float) -> tuple[float, float]:
+        """Autoscaled limits, widened to the nearest ticks around the data when fewer than two
+        fall inside (7 h to 8 h would show no label at all; 6 h to 12 h shows two)."""
+        low, high = sorted((vmin, vmax))
+        ticks = sorted(DURATION_TICKS_H)
+        if sum(low <= tick <= high for tick in ticks) >= 2:
+            return vmin, vmax
+        below = max((tick for tick in ticks if tick <= low), default=low)
+        above = min((tick for tick in ticks if tick >= high), default=high)
+        return (below, above) if vmin <= vmax else (above, below)
+
     def tick_values(self, vmin: float, vmax: float) -> list[float]:
         low, high = sorted((vmin, vmax))
         inside = [tick for tick in DURATION_TICKS_H if low <= tick <= high]
@@ -344,6 +355,8 @@ def hours_axis(ax: Axes, label: str, axis: str = "y") -> None:
     target.set_major_formatter(FuncFormatter(duration_label))
     target.set_minor_formatter(NullFormatter())
     target.set_label_text(label)
+    # Limits already fitted to the data (unless set by hand) take the locator's view limits.
+    ax.autoscale_view(scalex=axis == "x", scaley=axis == "y")
 
 
 def percent_axis(ax: Axes, label: str) -> None:
