@@ -1030,3 +1030,23 @@ def test_a_duration_axis_always_shows_at_least_two_labels(spread_h):
     ]
     assert len(labels) >= 2, labels
     assert low <= min(spread_h) and max(spread_h) <= high
+
+
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+def test_the_missed_batches_chart_says_none_missed_when_none_did(synced_db: Path, shown):
+    with duckdb.connect(str(synced_db)) as con:
+        con.execute(
+            "delete from siliconflow.batches where id in (select batch_id "
+            "from analytics.batch_turnaround where not met_window)"
+        )
+        [(met,)] = con.execute(
+            "select count(*) from analytics.batch_turnaround where met_window"
+        ).fetchall()
+    assert met > 0
+
+    figures = shown(REPO / "notebooks" / "turnaround.ipynb").figures
+
+    [missed] = [
+        ax for figure in figures for ax in figure.axes if ax.get_title().startswith("Missed")
+    ]
+    assert [text.get_text() for text in missed.texts] == ["none: every ended batch met its window"]
