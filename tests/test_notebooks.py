@@ -48,6 +48,8 @@ from pipelines.analytics.notebooks import (
     model_colors,
     partial_days,
     repo_root,
+    short_label,
+    stack_legend,
     use_style,
 )
 from pipelines.simulator import World
@@ -1050,3 +1052,17 @@ def test_the_missed_batches_chart_says_none_missed_when_none_did(synced_db: Path
         ax for figure in figures for ax in figure.axes if ax.get_title().startswith("Missed")
     ]
     assert [text.get_text() for text in missed.texts] == ["none: every ended batch met its window"]
+
+
+def test_long_model_names_are_cut_in_legends_and_labels():
+    long = "Pro/deepseek-ai/DeepSeek-R1-Distill-Qwen-32B-instruct-2026-preview"
+    figure = Figure()
+    axes = figure.subplots()
+    axes.bar([0, 1], [1, 2], label=long)
+    axes.bar([0, 1], [1, 1], label="Qwen/QwQ-32B")
+
+    stack_legend(axes)
+
+    shown = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert shown == ["Qwen/QwQ-32B", long[:31] + "…"]
+    assert short_label("短名") == "短名"

@@ -64,6 +64,8 @@ TICK_GAP_EM = 1.0
 # what the notebooks call a batch (or a failed line) whose model no output line names
 UNKNOWN_MODEL = "(unknown model)"
 UNKNOWN_COLOR = "0.6"
+# the longest model name a legend or axis label shows whole
+LABEL_WIDTH = 32
 
 
 class NotebookStop(Exception):
@@ -459,6 +461,12 @@ def log_axis(ax: Axes, label: str, axis: str = "x") -> None:
     target.set_label_text(label)
 
 
+def short_label(name: str, width: int = LABEL_WIDTH) -> str:
+    """`name` cut to `width` characters (the last one an ellipsis): a model named at length must
+    not squeeze the chart beside its legend or its axis labels."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
 def stack_legend(ax: Axes) -> None:
     """A legend right of the axes listing a bar stack top to bottom, as it reads on the chart;
     the partial-day entry, if any, comes last."""
@@ -469,7 +477,7 @@ def stack_legend(ax: Axes) -> None:
     ordered = stack + rest
     ax.legend(
         [handle for handle, _ in ordered],
-        [label for _, label in ordered],
+        [short_label(label) for _, label in ordered],
         loc="upper left",
         bbox_to_anchor=(1, 1),
     )
