@@ -89,3 +89,12 @@ def test_a_single_day_is_shown_with_a_day_either_side():
     low, high = figure.axes[0].get_xlim()
 
     assert (low, high) == (date2num(TODAY) - 1, date2num(TODAY) + 1)
+
+
+def test_a_long_model_name_is_cut_in_the_legend():
+    long = "Pro/deepseek-ai/DeepSeek-R1-Distill-Qwen-32B-instruct-2026-preview"
+    figure = charts.stacked_by_model(WEEK, {long: [1.0] * 7, "Qwen/QwQ-32B": [2.0] * 7}, "t", TODAY)
+
+    assert sorted(legend_texts(figure)) == sorted(
+        [long[:31] + "…", "Qwen/QwQ-32B", charts.PARTIAL_LABEL]
+    )

@@ -403,3 +403,25 @@ def test_a_page_made_by_cron_for_chinese_model_names_prints_nothing(warehouse, t
 
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert "通义千问" in target.read_text()
+
+
+def test_a_long_model_name_wraps_and_leaves_every_column_in_view(chromium, warehouse, tmp_path):
+    db_path = tmp_path / "long.duckdb"
+    shutil.copyfile(warehouse, db_path)
+    long = "Pro/deepseek-ai/DeepSeek-R1-Distill-Qwen-32B-" + "instruct-" * 8 + "preview"
+    with duckdb.connect(str(db_path)) as con:
+        con.execute(
+            "update siliconflow.batch_requests set model = ? where model is not null", [long]
+        )
+    target = tmp_path / "long.html"
+    assert cli.main(["report", "--db", str(db_path), "--html", str(target)]) == 0
+
+    show(chromium, target, LAPTOP)
+    table = chromium.find_element(By.CSS_SELECTOR, "#usage table")
+    chromium.execute_script("arguments[0].scrollIntoView()", table)
+    shown_width, box_width = chromium.execute_script(
+        "const box = arguments[0].parentElement; return [box.scrollWidth, box.clientWidth]", table
+    )
+
+    assert long in table.text.replace("\n", "")
+    assert shown_width <= box_width

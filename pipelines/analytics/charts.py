@@ -38,6 +38,8 @@ COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#f
 # lines): each bar is a shape of its own, in matplotlib and in the SVG, so a long window of bars
 # is slow to draw and heavy to send, and thinner than a pixel anyway.
 MOST_BARS = 400
+# the longest model name a legend or axis label shows whole
+LABEL_WIDTH = 32
 # how a per-day chart names the day not over yet, hatched (the notebooks do the same)
 PARTIAL_LABEL = "today (partial)"
 
@@ -74,6 +76,12 @@ def hatch_day(axes: Axes, day: date, centred: bool = True, labelled: bool = True
         zorder=2.5,  # over bars and lines: the day reads faded, not missing
         label=PARTIAL_LABEL if labelled else "_nolegend_",
     )
+
+
+def short_label(name: str, width: int = LABEL_WIDTH) -> str:
+    """`name` cut to `width` characters (the last one an ellipsis): a model named at length must
+    not squeeze the chart beside its legend or its axis labels."""
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def count_formatter() -> FuncFormatter:
@@ -187,11 +195,12 @@ def stacked_by_model(
         if len(days) * len(series) <= MOST_BARS:
             base = [0.0] * len(days)
             for (model, values), colour in zip(series.items(), colours, strict=True):
-                axes.bar(days, values, bottom=base, label=model, color=colour)
+                axes.bar(days, values, bottom=base, label=short_label(model), color=colour)
                 base = [b + v for b, v in zip(base, values, strict=True)]
         else:
             # each day's value as a step centred on the day, where its bar would stand
-            axes.stackplot(days, *series.values(), labels=list(series), colors=colours, step="mid")
+            labels = [short_label(model) for model in series]
+            axes.stackplot(days, *series.values(), labels=labels, colors=colours, step="mid")
         if today in days:
             hatch_day(axes, today)
         axes.set_ylabel(label)

@@ -28,7 +28,7 @@ from matplotlib.ticker import (
     PercentFormatter,
 )
 
-from pipelines.analytics.charts import CJK_FONTS, PARTIAL_LABEL, hatch_day
+from pipelines.analytics.charts import CJK_FONTS, PARTIAL_LABEL, hatch_day, short_label
 from pipelines.analytics.report import short_count
 from pipelines.errors import SfBatchesError
 from pipelines.warehouse.database import DEFAULT_DB, open_database
@@ -64,8 +64,6 @@ TICK_GAP_EM = 1.0
 # what the notebooks call a batch (or a failed line) whose model no output line names
 UNKNOWN_MODEL = "(unknown model)"
 UNKNOWN_COLOR = "0.6"
-# the longest model name a legend or axis label shows whole
-LABEL_WIDTH = 32
 
 
 class NotebookStop(Exception):
@@ -459,12 +457,6 @@ def log_axis(ax: Axes, label: str, axis: str = "x") -> None:
     target.set_major_formatter(FuncFormatter(rate_label))
     target.set_minor_formatter(NullFormatter())
     target.set_label_text(label)
-
-
-def short_label(name: str, width: int = LABEL_WIDTH) -> str:
-    """`name` cut to `width` characters (the last one an ellipsis): a model named at length must
-    not squeeze the chart beside its legend or its axis labels."""
-    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def stack_legend(ax: Axes) -> None:
