@@ -476,21 +476,21 @@ def test_a_stopped_sync_says_so_and_the_next_sync_brings_it_current(
         "downloads": lambda: len(simulator.file_requests()) >= 3,
     }[during]
     args = ["--full-refresh"] if during == "listing" else []
-    sync = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--no-models", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    while not reached() and sync.poll() is None:
+    while not reached() and process.poll() is None:
         time.sleep(0.02)
-    assert sync.poll() is None, "the sync ended before it was stopped"
+    assert process.poll() is None, "the sync ended before it was stopped"
 
-    sync.send_signal(stop)
-    out, err = sync.communicate(timeout=120)
+    process.send_signal(stop)
+    out, err = process.communicate(timeout=120)
 
-    assert sync.returncode == code and err.splitlines()[-1] == f"sfbatches: {said}", err
+    assert process.returncode == code and err.splitlines()[-1] == f"sfbatches: {said}", err
     assert "unexpected" not in err and "sync of" not in out
     last = query(
         db_path, "select exit_code, message from siliconflow.sync_runs order by finished_at"

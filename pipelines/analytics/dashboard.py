@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from matplotlib.figure import Figure
 
 from pipelines.errors import ViewsOutOfDate
 from pipelines.warehouse.database import open_database
@@ -132,6 +133,11 @@ class Chart:
     caption: str
 
 
+def chart(name: str, title: str, figure: Figure, caption: str) -> Chart:
+    """A chart of the page, its figure drawn as a data: URI."""
+    return Chart(name, title, charts.data_uri(figure), caption)
+
+
 def render_html(
     con: duckdb.DuckDBPyConnection, limits: Limits, days: int = 7, now: datetime | None = None
 ) -> str:
@@ -247,23 +253,21 @@ def turnaround_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[
         return []
     daily = con.execute(_DAILY_QUANTILES, span).fetchall()
     return [
-        Chart(
+        chart(
             "turnaround",
             "Turnaround of completed batches",
-            charts.data_uri(charts.turnaround_histogram(hours)),
+            charts.turnaround_histogram(hours),
             f"{counted(len(hours), 'batch')} created in these days and completed, by hours "
             "from created to completed",
         ),
-        Chart(
+        chart(
             "daily_turnaround",
             "Turnaround per day created, p50 and p90",
-            charts.data_uri(
-                charts.daily_quantiles(
-                    [row[0] for row in daily],
-                    [row[1] for row in daily],
-                    [row[2] for row in daily],
-                    today=span[-1],
-                )
+            charts.daily_quantiles(
+                [row[0] for row in daily],
+                [row[1] for row in daily],
+                [row[2] for row in daily],
+                today=span[-1],
             ),
             "all endpoints together; the table below has them one by one",
         ),
@@ -279,16 +283,14 @@ def throughput_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[
     if tokens:
         caption += "; below, completion tokens of the batches with result files"
     return [
-        Chart(
+        chart(
             "throughput",
             "Throughput per hour",
-            charts.data_uri(
-                charts.throughput(
-                    [row[0] for row in hourly],
-                    [row[1] for row in hourly],
-                    [row[0] for row in tokens],
-                    [row[1] for row in tokens],
-                )
+            charts.throughput(
+                [row[0] for row in hourly],
+                [row[1] for row in hourly],
+                [row[0] for row in tokens],
+                [row[1] for row in tokens],
             ),
             caption,
         )
@@ -301,10 +303,10 @@ def status_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
         return []
     statuses = by_lifecycle(counts)
     return [
-        Chart(
+        chart(
             "statuses",
             "Status mix, all batches",
-            charts.data_uri(charts.status_mix(statuses, [counts[s] for s in statuses])),
+            charts.status_mix(statuses, [counts[s] for s in statuses]),
             ", ".join(f"{status} {counts[status]:,}" for status in statuses),
         )
     ]
@@ -314,29 +316,25 @@ def usage_charts(usage: list[dict], window: Window, currency: str) -> list[Chart
     if not usage:
         return []
     found = [
-        Chart(
+        chart(
             "tokens",
             "Tokens per day and model",
-            charts.data_uri(
-                charts.stacked_by_model(
-                    window.days, per_model(usage, window, "total_tokens"), "tokens", window.last
-                )
+            charts.stacked_by_model(
+                window.days, per_model(usage, window, "total_tokens"), "tokens", window.last
             ),
             "prompt and completion tokens of the batches that ended each UTC day",
         )
     ]
     if any(row["estimated_cost"] is not None for row in usage):
         found.append(
-            Chart(
+            chart(
                 "cost",
                 "Estimated cost per day and model",
-                charts.data_uri(
-                    charts.stacked_by_model(
-                        window.days,
-                        per_model(usage, window, "estimated_cost"),
-                        f"estimated cost ({currency})",
-                        window.last,
-                    )
+                charts.stacked_by_model(
+                    window.days,
+                    per_model(usage, window, "estimated_cost"),
+                    f"estimated cost ({currency})",
+                    window.last,
                 ),
                 "from the batch prices in sql/seeds/model_prices.csv; unpriced models count 0",
             )
