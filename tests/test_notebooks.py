@@ -623,6 +623,74 @@ def test_per_day_charts_mark_today_as_partial(path: Path, synced_db: Path, shown
             assert today in places, ax.get_title()
 
 
+# The per-day charts drawn as lines, and those whose days without data are none at all (0),
+# not unknown (a gap).
+LINE_CHARTS = {
+    "turnaround": {
+        "Turnaround, by day created",
+        "Queue wait, by day created",
+        "Window-miss rate, by day created",
+    },
+    "throughput": {
+        "Failed requests in completed batches, by day completed",
+        "Batches that did not complete, by day ended",
+        "Requests per second, daily average by endpoint",
+    },
+}
+IDLE_IS_ZERO = {"Requests per second, daily average by endpoint"}
+EVENT_TIMES = (
+    "created_at",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelled_at",
+)
+
+
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+@pytest.mark.parametrize(
+    "path", [path for path in NOTEBOOKS if path != USAGE], ids=lambda path: path.stem
+)
+def test_per_day_lines_never_join_days_around_one_without_data(
+    path: Path, synced_db: Path, shown, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    gapped = tmp_path / "gapped.duckdb"
+    shutil.copy(synced_db, gapped)
+    [(first, last)] = query(
+        gapped, "select min(created_at), max(created_at) from siliconflow.batches"
+    )
+    gap = (first + (last - first) / 2).astimezone(UTC).date()
+    happened_on_gap = " or ".join(f"timezone('UTC', {column})::date = ?" for column in EVENT_TIMES)
+    with duckdb.connect(str(gapped)) as con:
+        con.execute(
+            f"delete from siliconflow.batches where {happened_on_gap}", [gap] * len(EVENT_TIMES)
+        )
+    monkeypatch.setenv("SFBATCHES_DB", str(gapped))
+    gap_day = math.floor(date2num(datetime(gap.year, gap.month, gap.day)))
+
+    figures = shown(path).figures
+
+    lines = [
+        (ax.get_title(), line)
+        for figure in figures
+        for ax in figure.axes
+        if ax.get_title() in PER_DAY_CHARTS[path.stem]
+        for line in ax.lines
+    ]
+    assert {title for title, _ in lines} == LINE_CHARTS[path.stem]
+    for title, line in lines:
+        days = [math.floor(float(x)) for x in line.get_xdata(orig=False)]
+        assert days == list(range(days[0], days[-1] + 1)), title  # one point a day, none skipped
+        assert days[0] < gap_day < days[-1], title
+        on_gap = float(line.get_ydata(orig=False)[days.index(gap_day)])
+        if title in IDLE_IS_ZERO:
+            assert on_gap == 0, title
+        else:
+            assert math.isnan(on_gap), title
+
+
 def test_partial_days_are_today_and_later_in_utc():
     days = [
         "2025-11-22",

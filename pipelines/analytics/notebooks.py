@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import matplotlib.pyplot as plt
@@ -32,6 +33,8 @@ from pipelines.analytics.charts import CJK_FONTS, PARTIAL_LABEL, hatch_day, shor
 from pipelines.analytics.report import short_count
 from pipelines.errors import SfBatchesError
 from pipelines.warehouse.database import DEFAULT_DB, open_database
+
+Table = TypeVar("Table", pd.DataFrame, pd.Series)
 
 DEMO_DB = "demo.duckdb"
 HOUR_S = 3600.0
@@ -271,6 +274,18 @@ def utc_date(value: object) -> date:
     """The UTC day of a date, a datetime (a naive one is taken as UTC) or an ISO string."""
     stamp = pd.Timestamp(value)
     return (stamp.tz_convert("UTC") if stamp.tzinfo else stamp).date()
+
+
+def every_day(table: Table, fill: float = np.nan) -> Table:
+    """`table`, indexed by day, with a row for every day from its first to its last. A line
+    drawn straight from one day with data to the next one would show values nobody measured in
+    between: the added rows hold NaN, which breaks the line, or `fill` (0 for a count or a rate,
+    where a day without data is a day with none)."""
+    if table.empty:
+        return table
+    days = pd.DatetimeIndex(table.index)
+    every = pd.date_range(days.min(), days.max(), name=table.index.name)
+    return table.set_axis(days).reindex(every, fill_value=fill)
 
 
 def mark_partial_days(ax: Axes, days: Iterable[object], align: str = "center") -> list[date]:
