@@ -19,14 +19,17 @@ import duckdb
 import numpy as np
 import pytest
 from conftest import REPO
+from matplotlib.dates import num2date
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from pipelines import cli
+from pipelines.analytics import dashboard
 from pipelines.analytics.report import duration
 from pipelines.simulator import Simulator, World
+from pipelines.warehouse.database import open_database
 
 HOUR = 3600
 LAPTOP = (1280, 900)
@@ -425,3 +428,45 @@ def test_a_long_model_name_wraps_and_leaves_every_column_in_view(chromium, wareh
 
     assert long in table.text.replace("\n", "")
     assert shown_width <= box_width
+
+
+def test_the_daily_turnaround_line_breaks_on_a_day_without_completed_batches(
+    warehouse, tmp_path, monkeypatch
+):
+    gapped = tmp_path / "gapped.duckdb"
+    shutil.copy(warehouse, gapped)
+    completed_days = [
+        day
+        for (day,) in query(
+            gapped,
+            "select distinct cast(timezone('UTC', created_at) as date) as day "
+            "from analytics.batch_turnaround where status = 'completed' order by day",
+        )
+    ]
+    assert len(completed_days) >= 3
+    gap = completed_days[len(completed_days) // 2]
+    with duckdb.connect(str(gapped)) as con:
+        con.execute(
+            "delete from siliconflow.batches "
+            "where cast(timezone('UTC', created_at) as date) = ? and status = 'completed'",
+            [gap],
+        )
+    drawn = {}
+
+    def keep(name: str, title: str, figure, caption: str) -> None:
+        drawn[name] = figure
+
+    monkeypatch.setattr(dashboard, "chart", keep)
+
+    with open_database(gapped, read_only=True) as con:
+        dashboard.turnaround_charts(con, [completed_days[0], completed_days[-1]])
+
+    for line in drawn["daily_turnaround"].axes[0].lines:  # p50, p90
+        days = [num2date(x).date() for x in line.get_xdata(orig=False)]
+        assert days == [
+            completed_days[0] + timedelta(days=n)
+            for n in range((completed_days[-1] - completed_days[0]).days + 1)
+        ]
+        heights = dict(zip(days, line.get_ydata(orig=False), strict=True))
+        assert np.isnan(heights[gap])
+        assert not np.isnan(heights[completed_days[0]])

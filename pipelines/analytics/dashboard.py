@@ -47,16 +47,29 @@ _TURNAROUNDS = """
         and turnaround_seconds is not null  -- a batch the API sent without its end time
         and cast(timezone('UTC', created_at) as date) between ? and ?
 """
+# Every day from the first with a completed batch to the last: a day without one is a gap in
+# the lines (null), not a line drawn through values nobody measured.
 _DAILY_QUANTILES = """
-    select
-        cast(timezone('UTC', created_at) as date) as day,
-        quantile_cont(turnaround_seconds, 0.5) / 3600,
-        quantile_cont(turnaround_seconds, 0.9) / 3600
-    from analytics.batch_turnaround
-    where status = 'completed'
-        and cast(timezone('UTC', created_at) as date) between ? and ?
-    group by day
-    order by day
+    with quantiles as (
+        select
+            cast(timezone('UTC', created_at) as date) as day,
+            quantile_cont(turnaround_seconds, 0.5) / 3600 as p50_h,
+            quantile_cont(turnaround_seconds, 0.9) / 3600 as p90_h
+        from analytics.batch_turnaround
+        where status = 'completed'
+            and cast(timezone('UTC', created_at) as date) between ? and ?
+        group by day
+    ),
+
+    days as (
+        select cast(unnest(generate_series(min(day), max(day), interval 1 day)) as date) as day
+        from quantiles
+    )
+
+    select days.day, quantiles.p50_h, quantiles.p90_h
+    from days
+    left join quantiles on days.day = quantiles.day
+    order by days.day
 """
 DAILY_COUNTS = ("batches", "completed", "failed", "expired", "cancelled", "in_flight")
 _DAILY = f"""
