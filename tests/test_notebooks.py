@@ -691,6 +691,47 @@ def test_per_day_lines_never_join_days_around_one_without_data(
             assert math.isnan(on_gap), title
 
 
+THROUGHPUT = REPO / "notebooks" / "throughput.ipynb"
+
+
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+def test_progress_panels_count_whole_requests_even_for_a_batch_of_one(
+    synced_db: Path, shown, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    one = tmp_path / "one.duckdb"
+    shutil.copy(synced_db, one)
+    [(batch_id,)] = query(
+        one,
+        "select batch_id from analytics.open_batches where in_progress_at is not null "
+        "and progress is not null order by created_at limit 1",
+    )
+    with duckdb.connect(str(one)) as con:  # the oldest started open batch holds one request
+        con.execute(
+            "update siliconflow.batch_status_history "
+            "set requests_total = 1, requests_completed = least(requests_completed, 1) "
+            "where batch_id = ?",
+            [batch_id],
+        )
+    monkeypatch.setenv("SFBATCHES_DB", str(one))
+
+    figures = shown(THROUGHPUT).figures
+
+    [panels] = [
+        figure.axes
+        for figure in figures
+        if figure.get_suptitle() == "Open batches: requests completed over time"
+    ]
+    titles = [ax.get_title() for ax in panels if ax.get_title()]
+    assert any(title.startswith(batch_id[:18]) for title in titles)
+    for ax in panels:
+        if not ax.get_title():
+            continue  # an empty place in the grid
+        low, high = ax.get_ylim()
+        ticks = [tick for tick in ax.get_yticks() if low <= tick <= high]
+        assert len(ticks) >= 2, ax.get_title()
+        assert all(float(tick).is_integer() for tick in ticks), (ax.get_title(), ticks)
+
+
 def test_partial_days_are_today_and_later_in_utc():
     days = [
         "2025-11-22",

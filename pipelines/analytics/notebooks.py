@@ -25,6 +25,7 @@ from matplotlib.ticker import (
     FuncFormatter,
     Locator,
     LogLocator,
+    MaxNLocator,
     NullFormatter,
     PercentFormatter,
 )
@@ -372,6 +373,13 @@ def hours_axis(ax: Axes, label: str, axis: str = "y") -> None:
     target.set_label_text(label)
     # Limits already fitted to the data (unless set by hand) take the locator's view limits.
     ax.autoscale_view(scalex=axis == "x", scaley=axis == "y")
+
+
+def requests_axis(ax: Axes, total: int) -> None:
+    """A y axis of whole requests from 0 to a little above `total`: a batch of one request is
+    not counted in quarters."""
+    ax.set_ylim(0, total * 1.1)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def percent_axis(ax: Axes, label: str) -> None:
