@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
 
 from pipelines.errors import ConfigError, Terminated, exit_code_of, one_line, printable
 from pipelines.vocabulary import ALERT_DEFAULTS
@@ -96,6 +96,11 @@ def say(text: str) -> None:
         _reader_gone()
 
 
+def on_a_terminal(stream: TextIO | None) -> bool:
+    """Whether `stream` is a terminal; a closed one (a daemon's `2>&-`) is None, and no terminal."""
+    return stream is not None and stream.isatty()
+
+
 def _fail(message: str, code: int, verbose: bool) -> int:
     if verbose:
         traceback.print_exc()
@@ -104,12 +109,18 @@ def _fail(message: str, code: int, verbose: bool) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", action="store_true", help="show details and tracebacks")
     parser = argparse.ArgumentParser(
         prog="sfbatches",
         description="Sync SiliconFlow batch jobs into DuckDB and report on them.",
-        parents=[common],
+    )
+    parser.add_argument("--verbose", action="store_true", help="show details and tracebacks")
+    # also after the command; unset there, so that `sfbatches --verbose sync` keeps it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show details and tracebacks",
     )
     parser.add_argument("--version", action="version", version=f"sfbatches {version('sfbatches')}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -279,7 +290,7 @@ def _sync_and_build(
     from pipelines.warehouse.sync import run_sync
 
     result = run_sync(
-        db_path, full_refresh=full_refresh, config=config, progress=sys.stderr.isatty()
+        db_path, full_refresh=full_refresh, config=config, progress=on_a_terminal(sys.stderr)
     )
     for warning in result.warnings:
         print(f"sfbatches: warning: {printable(warning)}", file=sys.stderr)

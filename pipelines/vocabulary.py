@@ -66,8 +66,9 @@ TIMESTAMP_FIELDS = (
 CHILD_FIELDS = frozenset({"request_counts", "metadata", "errors"})
 
 # Statuses in the order a batch lives through them (SiliconFlow's `in_queue`, OpenAI's
-# `validating`). Compared in lower case: other OpenAI-compatible providers shout. Any other
-# status is stored as sent and counted as open.
+# `validating`). Compared without the spaces around them and in lower case (other
+# OpenAI-compatible providers pad and shout): `normal_status`, `status_sql`. Any other status,
+# and none at all, is stored as sent and counted as open.
 LIFECYCLE = (
     "in_queue",
     "validating",
@@ -80,9 +81,27 @@ LIFECYCLE = (
     "cancelled",
 )
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+# A batch in one of these has started whatever its `in_progress_at` says: it is not queued.
+STARTED_STATUSES = frozenset({"in_progress", "finalizing"})
 KNOWN_STATUSES = frozenset(LIFECYCLE)
 
 
 def sql_list(values: frozenset[str] | tuple[str, ...]) -> str:
     """`'a', 'b'`: a status list for SQL text, sorted so that it reads the same every time."""
     return ", ".join(f"'{value}'" for value in sorted(values))
+
+
+def normal_status(status: str) -> str:
+    """A status as compared: without the spaces around it, in lower case, as `status_sql`."""
+    return status.strip(" ").lower()
+
+
+def status_sql(column: str) -> str:
+    """SQL for the status in `column` as compared (DuckDB's `trim` takes spaces only)."""
+    return f"lower(trim({column}))"
+
+
+def is_terminal_sql(column: str) -> str:
+    """SQL that is true when the status in `column` is terminal, false otherwise (also null),
+    as `analytics.int_batch_lifecycle.is_terminal` decides."""
+    return f"coalesce({status_sql(column)} in ({sql_list(TERMINAL_STATUSES)}), false)"

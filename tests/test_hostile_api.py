@@ -740,6 +740,40 @@ def test_an_unknown_status_is_stored_as_sent_counted_open_and_named_once(simulat
     assert set(paused[:3]) <= open_now
 
 
+def test_a_status_with_spaces_counts_as_its_status_and_none_as_open(
+    simulator, db_path, run, monkeypatch
+):
+    done = [
+        b["id"]
+        for b in simulator.world.visible()[100:400]
+        if b["status"] == "completed" and b.get("output_file_id")
+    ]
+    padded, missing = done[:2], done[2:4]
+    simulator.faults.overrides = {
+        padded[0]: {"status": " completed "},
+        padded[1]: {"status": "Completed  "},
+        **{i: {"status": None} for i in missing},
+    }
+    monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "true")
+
+    outcome = run("sync", "--db", str(db_path))
+
+    assert outcome.code == 0 and "does not know" not in outcome.err
+    open_positions = set(plan.read_plan(db_path).open_positions)
+    assert not open_positions & set(padded)  # ended: not read again by each sync
+    assert set(missing) <= open_positions  # no status: open, read again until it has one
+    open_now = {row[0] for row in query(db_path, "select batch_id from analytics.open_batches")}
+    assert not open_now & set(padded) and set(missing) <= open_now
+    loaded = {
+        row[0]
+        for row in query(
+            db_path, "select batch_id from siliconflow.batch_files where kind = 'output'"
+        )
+    }
+    assert set(padded) <= loaded  # an ended batch's result files are fetched
+    assert not loaded & set(missing)
+
+
 def test_the_sync_process_never_hangs_on_a_looping_server(simulator, db_path):
     simulator.faults.ignore_after = True
     process = subprocess.run(

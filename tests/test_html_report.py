@@ -7,6 +7,7 @@ import html.parser
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -27,7 +28,8 @@ from selenium.webdriver.common.by import By
 
 from pipelines import cli
 from pipelines.analytics import dashboard
-from pipelines.analytics.report import duration
+from pipelines.analytics.check import Limits
+from pipelines.analytics.report import counted, duration
 from pipelines.simulator import Simulator, World
 from pipelines.warehouse.database import open_database
 
@@ -470,3 +472,142 @@ def test_the_daily_turnaround_line_breaks_on_a_day_without_completed_batches(
         heights = dict(zip(days, line.get_ydata(orig=False), strict=True))
         assert np.isnan(heights[gap])
         assert not np.isnan(heights[completed_days[0]])
+
+
+CHART = re.compile(r'data-chart="(\w+)" src="([^"]+)"')
+
+
+def charts_drawn_in(zone: str, db_path: Path, folder: Path) -> dict[str, str]:
+    """Each chart of the page `report --html` writes on a machine in time zone `zone`, as the
+    image it shows."""
+    target = folder / f"{zone.replace('/', '-')}.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "report", "--db", str(db_path), "--html", str(target)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TZ": zone},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(CHART.findall(target.read_text()))
+
+
+def test_every_chart_reads_utc_whatever_the_machines_time_zone(warehouse, tmp_path):
+    in_utc = charts_drawn_in("UTC", warehouse, tmp_path)
+    assert {"turnaround", "daily_turnaround", "throughput", "tokens", "cost"} <= in_utc.keys()
+
+    for zone in ("Asia/Shanghai", "America/Los_Angeles"):
+        assert charts_drawn_in(zone, warehouse, tmp_path) == in_utc, zone
+
+
+def test_the_hourly_throughput_bars_stand_on_utc_hours(warehouse):
+    drawn = {}
+    shown = dashboard.chart
+
+    def keep(name: str, title: str, figure, caption: str):
+        drawn[name] = figure
+        return shown(name, title, figure, caption)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dashboard, "chart", keep)
+        dashboard.render_html_at(warehouse, Limits())
+    hours = query(
+        warehouse,
+        "select distinct strftime(timezone('UTC', hour), '%Y-%m-%d %H:00') "
+        "from analytics.hourly_throughput where hour >= ?",
+        [datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=6)],
+    )
+    top = drawn["throughput"].axes[0]
+    starts = {bar.get_x() for bar in top.patches} | {
+        segment[0][0] for lines in top.collections for segment in lines.get_segments()
+    }
+    assert {num2date(x).strftime("%Y-%m-%d %H:00") for x in starts} == {h for (h,) in hours}
+
+
+@pytest.mark.parametrize(
+    ("rate", "queue", "said"),
+    [
+        ("0.245", "12", "sync 1 h, queue 12 h, finalizing 2 h, failed requests 24.5%"),
+        ("0.005", "0.5", "sync 1 h, queue 0.5 h, finalizing 2 h, failed requests 0.5%"),
+    ],
+)
+def test_the_limits_line_shows_each_limit_as_given(
+    chromium, warehouse, tmp_path, monkeypatch, rate, queue, said
+):
+    monkeypatch.setenv("ALERTS__MAX_FAILURE_RATE", rate)
+    monkeypatch.setenv("ALERTS__MAX_QUEUE_HOURS", queue)
+    page = tmp_path / "limits.html"
+    assert cli.main(["report", "--db", str(warehouse), "--html", str(page)]) == 0
+
+    show(chromium, page, LAPTOP)
+
+    line = chromium.find_element(By.CSS_SELECTOR, '[data-figure="limits"]').text
+    assert line == f"Limits: {said} (sfbatches check applies the same rules)."
+
+
+def test_costs_in_two_currencies_stay_apart_and_a_failed_batch_is_not_unpriced(
+    chromium, warehouse, tmp_path
+):
+    db_path = tmp_path / "currencies.duckdb"
+    shutil.copy(warehouse, db_path)
+    start, end = window()
+    ended = [
+        batch_id
+        for (batch_id,) in query(
+            db_path,
+            "select usage.batch_id from analytics.batch_usage as usage "
+            "join analytics.batch_turnaround as t using (batch_id) "
+            "where usage.estimated_cost is not null "
+            "and cast(timezone('UTC', t.ended_at) as date) between ? and ? order by 1",
+            [start, end],
+        )
+    ]
+    in_usd, all_failed = ended[:3], ended[3]
+    with duckdb.connect(str(db_path)) as con:
+        con.execute(
+            "insert into analytics.seed_model_prices (model, input_per_million, "
+            "output_per_million, currency, source, as_of) "
+            "values ('test/usd-model', '3', '9', 'USD', 'a test', '2026-01-01')"
+        )
+        con.execute(
+            "update siliconflow.batch_requests set model = 'test/usd-model' "
+            f"where batch_id in ({', '.join('?' * len(in_usd))}) and model is not null",
+            in_usd,
+        )
+        con.execute(
+            "update siliconflow.batch_requests set model = null, prompt_tokens = null, "
+            "completion_tokens = null, total_tokens = null, status_code = 500, "
+            "error_code = 'server_error' where batch_id = ?",
+            [all_failed],
+        )
+    ((unpriced,),) = query(
+        db_path,
+        "select count(*) from analytics.batch_usage as usage "
+        "join analytics.batch_turnaround as t using (batch_id) "
+        "where usage.estimated_cost is null "
+        "and coalesce(usage.prompt_tokens, 0) + coalesce(usage.completion_tokens, 0) > 0 "
+        "and cast(timezone('UTC', t.ended_at) as date) between ? and ?",
+        [start, end],
+    )
+    page = tmp_path / "currencies.html"
+    assert cli.main(["report", "--db", str(db_path), "--html", str(page)]) == 0
+
+    show(chromium, page, LAPTOP)
+
+    charts = [i.get_attribute("data-chart") for i in chromium.find_elements(By.CSS_SELECTOR, "img")]
+    assert charts[-2:] == ["cost_cny", "cost_usd"]
+    heading = chromium.find_elements(By.CSS_SELECTOR, "#usage thead th")[-1].text
+    assert heading == "cost"
+    costs = {(row[1], row[-1].split(" ")[-1]) for row in rows(chromium, "usage")}
+    assert ("test/usd-model", "USD") in costs
+    assert {currency for model, currency in costs if model != "test/usd-model"} <= {
+        "CNY",
+        "price",  # "no price", a model without one
+        "-",  # nothing to price: every request of the day's batches failed
+    }
+    note = chromium.find_element(By.CSS_SELECTOR, '[data-figure="estimated_cost"] .note').text
+    assert note == (f"{counted(unpriced, 'batch')} without a price" if unpriced else "all priced")
+    assert card(chromium, "estimated_cost").startswith("CNY ") and ", USD " in card(
+        chromium, "estimated_cost"
+    )

@@ -160,6 +160,43 @@ def test_help_tells_the_defaults_of_each_command():
     assert "demo.duckdb" in demo.out and "siliconflow.duckdb" in sync.out
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["sync", "--no-models"], ["demo", "--batches", "100"]],
+    ids=["sync", "demo"],
+)
+def test_a_run_whose_stderr_is_closed_still_syncs(simulator, db_path, command):
+    # a daemon or supervisor may start us with file descriptor 2 closed (`2>&-`)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", *command, "--db", str(db_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        preexec_fn=lambda: os.close(2),
+    )
+
+    assert done.returncode == 0, done.stdout
+    assert "full sync of" in done.stdout and "unexpected" not in done.stdout
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        assert con.execute("select count(*) from siliconflow.batches").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--verbose", "models"], ["models", "--verbose"]],
+    ids=["before-the-command", "after-it"],
+)
+def test_verbose_shows_the_traceback_wherever_it_is_given(tmp_path, argv):
+    (tmp_path / "a-folder.duckdb").mkdir()  # a folder where the database should be
+
+    said = run_process(*argv, "--db", str(tmp_path / "a-folder.duckdb"))
+
+    assert said.code == 2
+    assert "Traceback (most recent call last)" in said.err
+    assert said.err.splitlines()[-1].startswith("sfbatches: ")
+
+
 def test_version_is_the_packages():
     with open(REPO / "pyproject.toml", "rb") as file:
         wanted = tomllib.load(file)["project"]["version"]

@@ -434,6 +434,52 @@ def test_notebook_holding_the_database_gets_exit_5_not_a_traceback(simulator, db
     assert outcome.err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_sync_waiting_for_a_held_database_stops_at_once_when_told(
+    simulator, db_path, run, stop, code
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+            "print('open', flush=True); sys.stdin.read()",
+            str(db_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "sync", "--verbose", "--db", str(db_path)],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "SFBATCHES_LOCK_TIMEOUT": "120"},
+        )
+        said = []
+        for line in waiting.stderr:
+            said.append(line)
+            if "another process holds" in line:
+                break
+        assert waiting.poll() is None, "".join(said)  # it waits for the database
+
+        waiting.send_signal(stop)
+        # without a second 120 s wait for the database, only to record that it stopped
+        _, rest = waiting.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert waiting.returncode == code
+    assert rest.splitlines()[-1].startswith("sfbatches: ")
+
+
 # --- secrets ----------------------------------------------------------------------------------
 
 

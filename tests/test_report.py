@@ -225,6 +225,23 @@ def test_report_summarises_the_last_days(warehouse):
     ]
 
 
+def test_a_batch_whose_every_request_failed_had_nothing_to_price(warehouse):
+    # r3 failed in the window; its error file holds two lines, neither with a model or tokens
+    warehouse.execute(
+        "insert into siliconflow.batch_files (batch_id, kind, state) "
+        "values ('r3', 'error', 'loaded')"
+    )
+    warehouse.execute(
+        "insert into siliconflow.batch_requests (batch_id, kind, line, error_code) "
+        "values ('r3', 'error', 1, 'invalid_request'), ('r3', 'error', 2, 'invalid_request')"
+    )
+
+    lines = render_report(warehouse, days=7, now=NOW).splitlines()
+
+    assert "Result files             3 ended batches loaded" in lines
+    assert "  Cost        CNY 2.40 estimated; 1 batch of models without a price" in lines
+
+
 @pytest.mark.parametrize(
     ("count", "text"),
     [

@@ -1369,3 +1369,29 @@ def test_a_sync_stopped_before_its_files_load_records_none_of_them(
         "select exit_code, files_loaded, request_lines from siliconflow.sync_runs "
         "order by finished_at desc limit 1",
     ) == [(130, 0, 0)]
+
+
+@pytest.mark.parametrize("psutil", [True, False], ids=["with-psutil", "without-psutil"])
+def test_a_terminal_sees_counts_not_memory_figures_nor_a_psutil_warning(
+    simulator, db_path, tmp_path, psutil
+):
+    simulator.faults.latency_ms = 100  # ~4 s of downloads: dlt's progress log speaks every 2 s
+    env = dict(os.environ)
+    if not psutil:  # as `pip install sfbatches` leaves it: psutil comes with the dev tools only
+        (tmp_path / "psutil.py").write_text("raise ImportError('psutil is not installed')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    command = f"{sys.executable} -m pipelines sync --no-models --db {db_path}"
+
+    done = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )
+
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert re.search(r"result files: \d+/\d+", done.stdout)
+    for unwanted in ("psutil", "Warning", "Memory usage", "CPU usage"):
+        assert unwanted not in done.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.analytics.models import default_sql_dir
-from pipelines.vocabulary import LIFECYCLE, TERMINAL_STATUSES
+from pipelines.vocabulary import LIFECYCLE, TERMINAL_STATUSES, normal_status, status_sql
 
 SQL_FILES = sorted(default_sql_dir().rglob("*.sql"))
 
@@ -75,3 +75,10 @@ def test_sql_spells_the_terminal_statuses_once_and_as_the_vocabulary_does():
 def test_every_status_the_sql_names_is_one_of_the_lifecycle(path):
     unknown = sorted(set(status_literals(code_of(path))) - set(LIFECYCLE))
     assert not unknown, f"{path.name} compares status with {unknown}, not in LIFECYCLE"
+
+
+def test_the_views_read_a_status_as_the_python_side_compares_it():
+    staging = code_of(default_sql_dir() / "staging" / "stg_batches.sql")
+    assert f"{status_sql('status')} as status" in staging
+    assert normal_status("  COMPLETED ") == "completed"
+    assert normal_status("\tcompleted") != "completed"  # DuckDB's trim, too, takes spaces only

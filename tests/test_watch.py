@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from conftest import REPO, run_process
+from truth import served
 
 from pipelines.simulator import TERMINAL, Simulator, World
 from pipelines.warehouse import database
@@ -123,23 +124,29 @@ def test_check_keeps_its_exit_code_when_the_reader_leaves_early(simulator, db_pa
 # --- what each rule must find, from the API objects ---------------------------------------------
 
 
+def status(batch: dict) -> str | None:
+    """The batch's status as the views read it: spaces around it dropped, in lower case."""
+    return None if batch.get("status") is None else batch["status"].strip(" ").lower()
+
+
 def ended_at(batch: dict) -> int | None:
-    if batch["status"] not in TERMINAL:
+    if status(batch) not in TERMINAL:
         return None
     return next((batch[name] for name in TIMES if batch.get(name) is not None), None)
 
 
 def expected_problems(api: list[dict], now: float, limits: dict[str, float]) -> dict[str, dict]:
     """rule -> {"batch_ids": [...], "value": ...} for the account rules that must trip."""
-    open_ = [b for b in api if b["status"] not in TERMINAL]
+    open_ = [b for b in api if status(b) not in TERMINAL]
     aged = {
+        # not started: no in_progress_at, and no status saying it runs all the same
         "queue": [
-            (b["id"], (now - b["created_at"]) / HOUR) for b in open_ if b["in_progress_at"] is None
+            (b["id"], (now - b["created_at"]) / HOUR)
+            for b in open_
+            if b.get("in_progress_at") is None and status(b) not in ("in_progress", "finalizing")
         ],
         "finalizing": [
-            (b["id"], (now - b["finalizing_at"]) / HOUR)
-            for b in open_
-            if b["status"] == "finalizing"
+            (b["id"], (now - b["finalizing_at"]) / HOUR) for b in open_ if status(b) == "finalizing"
         ],
         "past_window": [
             (b["id"], (now - b["expires_at"]) / HOUR) for b in open_ if b["expires_at"] < now
@@ -340,6 +347,55 @@ def test_check_names_exactly_the_batches_the_api_shows_stuck(simulator, db_path,
     assert picked["past_window"] in found["past_window"]["batch_ids"]
     queue_limit = limits.get("max_queue_hours", 12.0)
     assert (picked["queue"] in found.get("queue", {}).get("batch_ids", [])) is (queue_limit < 15)
+
+
+def test_check_reads_padded_shouted_missing_and_running_statuses_as_the_views_do(
+    simulator, db_path, run
+):
+    now = simulator.world.now
+    batches = sorted(simulator.world.visible(), key=lambda b: -b["created_at"])
+    ended = [
+        b for b in batches if b["status"] == "completed" and b["completed_at"] > now - 20 * HOUR
+    ]
+    failing = next(b["id"] for b in ended if b["request_counts"]["failed"])
+    clean = next(b["id"] for b in ended if not b["request_counts"]["failed"])
+    old_ended = [b["id"] for b in batches if b["status"] == "completed" and b["expires_at"] < now]
+    running = [b["id"] for b in batches if b["status"] == "in_progress"]
+    assert len(old_ended) >= 5 and running
+    simulator.faults.overrides = {
+        # ended: not open, counted in the failure rate, past their window without a problem
+        failing: {"status": " completed "},
+        clean: {"status": "Completed  "},
+        old_ended[2]: {"status": "  COMPLETED"},
+        # no status at all: open, and past its window
+        old_ended[3]: {"status": None},
+        old_ended[4]: {"status": None, "in_progress_at": None},
+        # running without the time it started: not waiting in a queue
+        running[0]: {"in_progress_at": None, "created_at": now - 20 * HOUR},
+    }
+    sync_ok(run, db_path)
+    assert run("models", "--db", str(db_path)).code == 0
+
+    code, report = check_json(run, db_path, max_failure_rate=0.0)
+
+    now = datetime.fromisoformat(report["checked_at"]).timestamp()
+    api = served(simulator)
+    wanted = expected_problems(api, now, {**DEFAULTS, "max_failure_rate": 0.0})
+    found = {p["rule"]: p for p in report["problems"]}
+    assert set(found) == set(wanted)
+    for rule, expected in wanted.items():
+        assert found[rule]["batch_ids"] == expected["batch_ids"], rule
+        assert found[rule]["value"] == pytest.approx(expected["value"], abs=1e-6), rule
+    assert code == 6
+    assert failing in found["failure_rate"]["batch_ids"]
+    assert {old_ended[3], old_ended[4]} <= set(found["past_window"]["batch_ids"])
+    assert not {failing, clean, old_ended[2]} & set(found["past_window"]["batch_ids"])
+    assert running[0] not in found.get("queue", {}).get("batch_ids", [])
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        viewed = {
+            i for (i,) in con.execute("select batch_id from analytics.open_batches").fetchall()
+        }
+    assert viewed == {b["id"] for b in api if status(b) not in TERMINAL}
 
 
 def test_a_healthy_account_and_warehouse_check_ok(simulator, db_path, run):

@@ -51,7 +51,8 @@ def data_uri(figure: Figure) -> str:
         # without any of CJK_FONTS a glyph is drawn as a box: the page still reads, and a
         # warning per glyph would only fill cron's mail
         warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
-        figure.savefig(buffer, format="svg", bbox_inches="tight")
+        # no date in the SVG's metadata: the machine's local time, not the page's
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

@@ -20,9 +20,10 @@ from pipelines.vocabulary import (
     BATCHES,
     DATASET,
     REQUEST_COUNTS,
+    STARTED_STATUSES,
     SYNC_RUNS,
-    TERMINAL_STATUSES,
-    sql_list,
+    is_terminal_sql,
+    status_sql,
 )
 from pipelines.warehouse.database import open_database
 
@@ -43,6 +44,14 @@ class Limits:
     max_finalizing_hours: float = ALERT_DEFAULTS["max_finalizing_hours"]
     max_failure_rate: float = ALERT_DEFAULTS["max_failure_rate"]
 
+    def described(self) -> str:
+        """The limits in a line, each as it was given (0.245 is 24.5%, not 24%)."""
+        return (
+            f"sync {self.max_sync_age_hours:g} h, queue {self.max_queue_hours:g} h, "
+            f"finalizing {self.max_finalizing_hours:g} h, "
+            f"failed requests {percent(self.max_failure_rate)}"
+        )
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -56,7 +65,7 @@ class Problem:
 @dataclass(frozen=True)
 class OpenBatch:
     batch_id: str
-    status: str
+    status: str | None
     created_at: datetime
     in_progress_at: datetime | None
     finalizing_at: datetime | None
@@ -102,7 +111,12 @@ class Facts:
         return (self.checked_at - moment).total_seconds() / HOUR
 
     def in_queue(self) -> list[tuple[OpenBatch, float]]:
-        return self._aged(b for b in self.open_batches if b.in_progress_at is None)
+        """Open batches not started: no `in_progress_at`, and no status that says otherwise."""
+        return self._aged(
+            b
+            for b in self.open_batches
+            if b.in_progress_at is None and b.status not in STARTED_STATUSES
+        )
 
     def finalizing(self) -> list[tuple[OpenBatch, float]]:
         return self._aged(
@@ -174,16 +188,16 @@ _LAST_RUNS = f"""
     ) as newest on true
 """
 _OPEN = f"""
-    select id, lower(status), created_at, in_progress_at, finalizing_at, expires_at
+    select id, {status_sql("status")}, created_at, in_progress_at, finalizing_at, expires_at
     from {DATASET}.{BATCHES}
-    where lower(status) not in ({sql_list(TERMINAL_STATUSES)})
+    where not {is_terminal_sql("status")}
 """
 _ENDED = "coalesce(completed_at, failed_at, expired_at, cancelled_at)"
 _FAILURES = f"""
     select batch.id, coalesce(counts.completed, 0), coalesce(counts.failed, 0)
     from {DATASET}.{BATCHES} as batch
     inner join {DATASET}.{REQUEST_COUNTS} as counts on counts.batch_id = batch.id
-    where lower(batch.status) in ({sql_list(TERMINAL_STATUSES)})
+    where {is_terminal_sql("batch.status")}
         and {_ENDED} > $since
         and {_ENDED} <= $now  -- an end the API dates in the future has not come yet
 """
@@ -321,10 +335,11 @@ def failure_rate(facts: Facts, limits: Limits) -> Problem | None:
     rate = failures.rate
     if rate is None or rate <= limit:
         return None
+    requests = failures.failed + failures.completed
     return Problem(
         "failure_rate",
         f"{rate:.1%} of requests failed in the batches that ended in the last 24 h "
-        f"(limit {limit:.1%}; {failures.failed:,} of {failures.failed + failures.completed:,}), "
+        f"(limit {percent(limit)}; {failures.failed:,} of {requests:,}), "
         f"most in {named(failures.batch_ids)}",
         failures.batch_ids,
         rate,
@@ -333,6 +348,11 @@ def failure_rate(facts: Facts, limits: Limits) -> Problem | None:
 
 
 # --- words ---------------------------------------------------------------------------------------
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage, to the digits it holds: 0.1 is 10%, 0.005 is 0.5%."""
+    return f"{fraction * 100:.6g}%"
 
 
 def hours(value: float) -> str:

@@ -120,12 +120,17 @@ _USAGE = """
         prompt_tokens,
         completion_tokens,
         total_tokens,
-        estimated_cost
+        estimated_cost,
+        prices.currency
     from analytics.daily_usage
+    left join (
+        select model, any_value(currency) as currency
+        from analytics.batch_usage
+        group by model
+    ) as prices using (model)
     where usage_date between ? and ?
     order by usage_date desc, model
 """
-_CURRENCIES = "select distinct currency from analytics.model_prices order by currency"
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,7 @@ def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health)
     span = [window.first, window.last]
     usage = usage_rows(con, span)
     (open_count,) = fetch_one(con, _OPEN_COUNT)
-    currency = " / ".join(row[0] for row in con.execute(_CURRENCIES).fetchall())
+    currencies = sorted({row["currency"] for row in usage if row["estimated_cost"] is not None})
     return {
         "title": f"SiliconFlow batches, last {counted(len(window.days), 'day')}",
         "window": f"{window.first.isoformat()} to {window.last.isoformat()} (UTC)",
@@ -197,13 +202,14 @@ def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health)
             *turnaround_charts(con, span),
             *throughput_charts(con, span),
             *status_charts(con),
-            *usage_charts(usage, window, currency),
+            *usage_charts(usage, window, currencies),
         ],
         "daily": daily_rows(con, span),
         "open_rows": open_rows(con),
         "open_count": open_count,
-        "usage": usage_table(usage),
-        "currency": currency,
+        "usage": usage_table(usage, several_currencies=len(currencies) > 1),
+        # the cost column's heading names the currency when there is one only
+        "currency": currencies[0] if len(currencies) == 1 else None,
     }
 
 
@@ -325,10 +331,12 @@ def status_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
     ]
 
 
-def usage_charts(usage: list[dict], window: Window, currency: str) -> list[Chart]:
+def usage_charts(usage: list[dict], window: Window, currencies: list[str]) -> list[Chart]:
+    """Tokens per day and model, then the cost in each currency apart: amounts in two
+    currencies do not add up."""
     if not usage:
         return []
-    found = [
+    return [
         chart(
             "tokens",
             "Tokens per day and model",
@@ -336,23 +344,24 @@ def usage_charts(usage: list[dict], window: Window, currency: str) -> list[Chart
                 window.days, per_model(usage, window, "total_tokens"), "tokens", window.last
             ),
             "prompt and completion tokens of the batches that ended each UTC day",
-        )
+        ),
+        *(cost_chart(usage, window, one, alone=len(currencies) == 1) for one in currencies),
     ]
-    if any(row["estimated_cost"] is not None for row in usage):
-        found.append(
-            chart(
-                "cost",
-                "Estimated cost per day and model",
-                charts.stacked_by_model(
-                    window.days,
-                    per_model(usage, window, "estimated_cost"),
-                    f"estimated cost ({currency})",
-                    window.last,
-                ),
-                "from the batch prices in sql/seeds/model_prices.csv; unpriced models count 0",
-            )
-        )
-    return found
+
+
+def cost_chart(usage: list[dict], window: Window, currency: str, alone: bool) -> Chart:
+    priced = [row for row in usage if row["currency"] == currency]
+    return chart(
+        "cost" if alone else f"cost_{currency.lower()}",
+        "Estimated cost per day and model" + ("" if alone else f", in {currency}"),
+        charts.stacked_by_model(
+            window.days,
+            per_model(priced, window, "estimated_cost"),
+            f"estimated cost ({currency})",
+            window.last,
+        ),
+        "from the batch prices in sql/seeds/model_prices.csv; unpriced models count 0",
+    )
 
 
 def per_model(usage: list[dict], window: Window, column: str) -> dict[str, list[float]]:
@@ -408,7 +417,7 @@ def records(con: duckdb.DuckDBPyConnection, sql: str, parameters: list) -> list[
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def usage_table(usage: list[dict]) -> list[dict]:
+def usage_table(usage: list[dict], several_currencies: bool) -> list[dict]:
     return [
         {
             "day": row["usage_date"].isoformat(),
@@ -418,12 +427,19 @@ def usage_table(usage: list[dict]) -> list[dict]:
             "failed": f"{row['requests_failed']:,}",
             "prompt": count_or_dash(row["prompt_tokens"]),
             "completion": count_or_dash(row["completion_tokens"]),
-            "cost": "no price"
-            if row["estimated_cost"] is None
-            else f"{row['estimated_cost']:,.2f}",
+            "cost": cost_cell(row, several_currencies),
         }
         for row in usage
     ]
+
+
+def cost_cell(row: dict, several_currencies: bool) -> str:
+    """A day's cost of a model: with its currency when the table holds several; 'no price'
+    for a model without one, '-' where there was nothing to price (every request failed)."""
+    if row["estimated_cost"] is None:
+        return "no price" if row["prompt_tokens"] or row["completion_tokens"] else "-"
+    amount = f"{row['estimated_cost']:,.2f}"
+    return f"{amount} {row['currency']}" if several_currencies else amount
 
 
 def count_or_dash(value: int | None) -> str:

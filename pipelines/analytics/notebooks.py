@@ -152,8 +152,7 @@ def load(
 
 
 def _load(db_path: Path, queries: Mapping[str, str], result_files: bool) -> dict[str, pd.DataFrame]:
-    with open_database(db_path, read_only=True) as con:
-        con.execute("set TimeZone = 'UTC'")
+    with open_database(db_path, read_only=True) as con:  # in UTC
         views = ("batch_turnaround", "batch_usage") if result_files else ("batch_turnaround",)
         for view in views:
             require_view(con, db_path, view)

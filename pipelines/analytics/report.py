@@ -77,7 +77,12 @@ USED_SQL = """
         sum(usage.prompt_tokens),
         sum(usage.completion_tokens),
         median(usage.completion_tokens_per_second),
-        count(*) filter (where usage.estimated_cost is null)
+        -- a batch with tokens of a model without a price; one whose every request failed
+        -- had nothing to price
+        count(*) filter (
+            where usage.estimated_cost is null
+            and coalesce(usage.prompt_tokens, 0) + coalesce(usage.completion_tokens, 0) > 0
+        )
     from analytics.batch_usage as usage
     inner join analytics.int_batch_lifecycle as lifecycle
         on usage.batch_id = lifecycle.batch_id

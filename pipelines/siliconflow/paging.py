@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from requests.exceptions import HTTPError, RequestException
 
-from pipelines.vocabulary import KNOWN_STATUSES
+from pipelines.vocabulary import KNOWN_STATUSES, normal_status
 
 from .client import BatchApi
 from .rows import ExtraColumns, batch_text, check_batches, fingerprint, rows_table
@@ -209,7 +209,7 @@ class ReadStats:
         self.batches += len(batches)
         for batch in batches:
             status = batch.get("status")
-            if isinstance(status, str) and status.lower() not in KNOWN_STATUSES:
+            if isinstance(status, str) and normal_status(status) not in KNOWN_STATUSES:
                 self.unknown_statuses.setdefault(status, {})[batch["id"]] = None
 
     def warn_unknown_statuses(self) -> None:

@@ -2,6 +2,7 @@
 and the scratch folder dlt works in beside it."""
 
 import hashlib
+import logging
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from filelock import FileLock, Timeout
 
 from pipelines.errors import ConfigError, DatabaseBusy, disk_full
 from pipelines.vocabulary import DATASET
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DB = "siliconflow.duckdb"
 # How long to wait for a lock held by another process before exit 5 (cron runs overlap rarely).
@@ -213,7 +216,9 @@ def connect(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the database, waiting a little while another process holds DuckDB's file lock."""
     check_is_duckdb(Path(db_path))
-    deadline = time.monotonic() + (lock_wait_s() if wait_s is None else wait_s)
+    wait_s = lock_wait_s() if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    waiting = False
     while True:
         try:
             con = _open(db_path, read_only, config or {})
@@ -223,6 +228,9 @@ def connect(
                 raise open_failure(db_path, error, read_only) from None
             if time.monotonic() >= deadline:
                 raise DatabaseBusy(busy_message(db_path)) from None
+            if not waiting:
+                log.info("another process holds %s: waiting up to %g s", db_path, wait_s)
+                waiting = True
             time.sleep(0.2)
     try:
         yield con
@@ -230,9 +238,11 @@ def connect(
         con.close()
 
 
-def connect_for_sync(db_path: Path) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+def connect_for_sync(
+    db_path: Path, wait_s: float | None = None
+) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
     """`connect` with a sync's settings (`sync_config`)."""
-    return connect(db_path, config=sync_config(db_path))
+    return connect(db_path, wait_s=wait_s, config=sync_config(db_path))
 
 
 def _open(
@@ -248,6 +258,9 @@ def _open(
     try:
         con.execute(f"attach ? as {ATTACHED_AS} ({', '.join(options)})", [path])
         con.execute(f"use {ATTACHED_AS}")
+        # UTC whatever the machine's zone, as SPEC's times are: DuckDB hands TIMESTAMPTZ values
+        # to Python, and casts them to dates, in the session's zone.
+        con.execute("set TimeZone = 'UTC'")
     except BaseException:
         con.close()
         raise

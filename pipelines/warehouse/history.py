@@ -330,9 +330,9 @@ def _append_history(
     return int(new), int(changed)
 
 
-def record_run(db_path: Path, row: dict[str, object]) -> None:
+def record_run(db_path: Path, row: dict[str, object], wait_s: float | None = None) -> None:
     """Append one sync's `sync_runs` row; a first sync that failed leaves one too."""
-    with database.connect_for_sync(db_path) as con:
+    with database.connect_for_sync(db_path, wait_s) as con:
         con.execute(f"create schema if not exists {SCHEMA}")
         # run_id is a fresh uuid4; no key constraint, which DuckDB 1.0 cannot read from a file
         con.execute(
@@ -363,7 +363,8 @@ def record_run(db_path: Path, row: dict[str, object]) -> None:
         )
 
 
-def record_failed_run(db_path: Path, row: dict[str, object]) -> None:
-    """Record a failed sync when the database can be written, never hiding why it failed."""
+def record_failed_run(db_path: Path, row: dict[str, object], wait: bool = True) -> None:
+    """Record a failed sync when the database can be written, never hiding why it failed;
+    unless `wait`, only if it can be written at once."""
     with contextlib.suppress(Exception):
-        record_run(db_path, row)
+        record_run(db_path, row, wait_s=None if wait else 0.0)

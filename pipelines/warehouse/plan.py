@@ -17,13 +17,12 @@ from pipelines.vocabulary import (
     FINGERPRINTS,
     GONE,
     SYNC_STATE,
-    TERMINAL_STATUSES,
-    sql_list,
+    is_terminal_sql,
 )
 
 from .database import connect_for_sync
 
-IS_OPEN = f"lower(status) not in ({sql_list(TERMINAL_STATUSES)})"
+IS_OPEN = f"not {is_terminal_sql('status')}"
 # Result files one sync tries at most; the rest wait for the next.
 MAX_FILES = 10_000
 RESULT_TABLES = {BATCH_FILES, BATCH_REQUESTS}

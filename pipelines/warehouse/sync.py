@@ -120,7 +120,10 @@ def run_sync(
         try:
             sync_into(result, config, full_refresh, progress)
         except BaseException as error:
-            history.record_failed_run(db_path, result.run_row(error))
+            # a sync stopped (Ctrl-C, SIGTERM) or kept out of the database by another process
+            # is not held up again by a second wait for the database, only to record that
+            waited = isinstance(error, (KeyboardInterrupt, DatabaseBusy))
+            history.record_failed_run(db_path, result.run_row(error), wait=not waited)
             raise
         result.seconds = time.monotonic() - started
         history.record_run(db_path, result.run_row())
@@ -250,8 +253,14 @@ def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pip
             credentials=DuckDbCredentials(str(db_path), global_config=database.sync_config(db_path))
         ),
         dataset_name=DATASET,
-        progress=dlt.progress.log(log_period=2.0, logger=sys.stderr) if progress else None,
+        progress=progress_log() if progress else None,
     )
+
+
+def progress_log() -> dlt.common.runtime.collector.LogCollector:
+    """dlt's counts of pages, files and rows on the terminal every 2 s; without the process's
+    memory and CPU, which need psutil (not installed with sfbatches) and tell a user nothing."""
+    return dlt.progress.log(log_period=2.0, logger=sys.stderr, dump_system_stats=False)
 
 
 def load_credentials(con: duckdb.DuckDBPyConnection) -> DuckDbCredentials:

@@ -19,7 +19,7 @@ renamed as (
         error_file_id,
         file_name,
         completion_window,
-        -- statuses as other OpenAI-compatible providers shout them count the same
+        -- statuses as other providers pad or shout them count the same (vocabulary.status_sql)
         lower(trim(status)) as status,
         created_at,
         in_progress_at,
