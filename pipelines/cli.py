@@ -357,9 +357,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.config import SourceConfig
     from pipelines.simulator.process import served_elsewhere
-    from pipelines.warehouse.database import mark_as_demo, remove_demo_database
+    from pipelines.warehouse.database import local_file, mark_as_demo, remove_demo_database
 
-    db_path = Path(args.db)
+    db_path = local_file(args.db)
     remove_demo_database(db_path)
     # marked before it holds anything, so that the next demo replaces one this demo left half
     # made (Ctrl-C, a failure)

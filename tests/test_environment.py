@@ -315,6 +315,52 @@ def test_a_database_that_is_no_local_file_exits_2_and_makes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("named", ["sqlite:w.duckdb", "hf:w.duckdb", "ducklake:w.duckdb"])
+def test_a_file_named_like_a_kind_of_database_is_a_local_file_like_any_other(
+    simulator, tmp_path, monkeypatch, run, named
+):
+    # DuckDB reads `sqlite:` and the like at the start of a name it attaches as the kind of
+    # database, and would download an extension for it
+    monkeypatch.chdir(tmp_path)
+
+    assert run("sync", "--db", named).code == 0
+    outcome = run("report", "--db", named)
+
+    assert outcome.code == 0 and "Created" in outcome.out
+    assert_warehouse_equals(tmp_path / named, served(simulator))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [named, f"{named}.lock"]
+
+
+@pytest.mark.parametrize("kind", ["loop", "not-utf-8"])
+@pytest.mark.parametrize("command", ["sync", "check", "demo"])
+def test_a_path_duckdb_cannot_be_given_exits_2_saying_why(tmp_path, monkeypatch, kind, command):
+    monkeypatch.chdir(tmp_path)
+    if kind == "loop":
+        named, said = "loop.duckdb", "is a loop of symbolic links"
+        os.symlink(named, named)
+    else:
+        named, said = os.fsdecode(b"caf\xe9.duckdb"), "the name is not valid UTF-8"
+    before = sorted(os.listdir(tmp_path))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", command, "--db", named],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "SILICONFLOW_API_KEY": "sk-test",
+            "SOURCES__SILICONFLOW__BASE_URL": "http://127.0.0.1:9/v1",  # nothing answers
+        },
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and done.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == before
+
+
 def test_a_home_folder_in_sfbatches_db_is_the_home_folder(simulator, tmp_path, monkeypatch, run):
     # a crontab line does not expand `~`: SFBATCHES_DB=~/w.duckdb reaches sfbatches as it is
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

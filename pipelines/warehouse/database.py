@@ -1,6 +1,7 @@
 """The DuckDB file: which one, whether it is ours, opening it while another process may hold it,
 and the scratch folder dlt works in beside it."""
 
+import errno
 import hashlib
 import logging
 import math
@@ -62,13 +63,38 @@ NOT_A_FILE = re.compile(r":memory:|(md|motherduck):|[a-z][a-z0-9+.-]*://", re.IG
 def resolve_db_path(cli_value: str | None) -> Path:
     """The file `--db` names, else SFBATCHES_DB (blank counts as unset), else the default; a
     leading `~` is the home folder, as a shell would have it but a crontab line does not."""
-    named = cli_value or os.environ.get("SFBATCHES_DB", "").strip() or DEFAULT_DB
+    return local_file(cli_value or os.environ.get("SFBATCHES_DB", "").strip() or DEFAULT_DB)
+
+
+def local_file(named: str) -> Path:
+    """The local file `named` names, `~` expanded; refused when DuckDB would open something
+    else (memory, a service) or could not be given it."""
     if NOT_A_FILE.match(named):
         raise ConfigError(
             f"{named} is not a file on this machine: the warehouse is a local DuckDB file; "
             "point --db or SFBATCHES_DB at one"
         )
-    return Path(named).expanduser()
+    path = Path(named).expanduser()
+    check_nameable(path)
+    return path
+
+
+def check_nameable(path: Path) -> None:
+    """Refuse a path DuckDB cannot be given: one not in UTF-8, or a loop of symbolic links."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{path}: the name is not valid UTF-8, which DuckDB needs; rename it, or choose "
+            "another --db"
+        ) from None
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{path} is a loop of symbolic links: point --db at a file, or a link to one"
+            ) from None
 
 
 def sync_config(db_path: Path) -> dict[str, object]:
@@ -248,7 +274,9 @@ def connect_for_sync(
 def _open(
     db_path: Path | str, read_only: bool, config: dict[str, object]
 ) -> duckdb.DuckDBPyConnection:
-    path = str(db_path)
+    # absolute: DuckDB reads `sqlite:`, `hf:` and the like at the start of a name as the kind
+    # of database to attach, not as part of a file's name
+    path = str(Path(db_path).absolute())
     options = ["read_only"] if read_only else [f"row_group_size {ROW_GROUP_SIZE}"]
     if not read_only:
         make_room_for_wal(Path(db_path))

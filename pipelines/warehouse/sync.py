@@ -250,7 +250,9 @@ def open_pipeline(db_path: Path, progress: bool, fresh: bool = False) -> dlt.Pip
         pipeline_name=PIPELINE_NAME,
         pipelines_dir=str(workdir),
         destination=dlt.destinations.duckdb(
-            credentials=DuckDbCredentials(str(db_path), global_config=database.sync_config(db_path))
+            credentials=DuckDbCredentials(
+                str(db_path.absolute()), global_config=database.sync_config(db_path)
+            )
         ),
         dataset_name=DATASET,
         progress=progress_log() if progress else None,
