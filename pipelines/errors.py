@@ -10,6 +10,8 @@ from typing import Any
 # How the system says a disk or quota is full: DuckDB's errors carry only this text, no errno.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_TEXTS = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
+# How DuckDB says a database file is damaged (cut short, or bytes changed under it)
+DUCKDB_DAMAGED = ("Corrupt database file", "Could not read enough bytes from file")
 # How DuckDB says it may not create or write a file; it raises no OSError
 DUCKDB_CANNOT_OPEN = re.compile(
     r'Cannot open file "(?P<path>[^"]+)": (?P<why>'
@@ -122,6 +124,8 @@ def _setup_problem(error: BaseException) -> str | None:
     error a library raised and wrapped; None when `error` is none of these."""
     if full := disk_full(error):
         return f"the disk is full ({first_line(full)}); free some space and run again"
+    if damage := damaged(error):
+        return f"the database file is damaged ({first_line(damage)}): {DAMAGED_ADVICE}"
     if toml := _bad_toml(error):
         where = " or ".join(toml.full_paths)
         why = " ".join(str(toml).splitlines()[1:]) or "unreadable"
@@ -186,6 +190,19 @@ def disk_full(error: BaseException) -> BaseException | None:
         elif any(text in str(cause) for text in DISK_FULL_TEXTS):
             return cause
     return None
+
+
+DAMAGED_ADVICE = (
+    "restore it from a backup, or move it aside and run `sfbatches sync` to rebuild it "
+    "(result files whose links expired are lost unless archive_dir kept them)"
+)
+
+
+def damaged(error: BaseException) -> BaseException | None:
+    """The error, in `error`'s chain, in which DuckDB says a database file is damaged."""
+    return next(
+        (cause for cause in _chain(error) if any(t in str(cause) for t in DUCKDB_DAMAGED)), None
+    )
 
 
 def _bad_toml(error: BaseException) -> Any:

@@ -361,6 +361,32 @@ def test_a_path_duckdb_cannot_be_given_exits_2_saying_why(tmp_path, monkeypatch,
     assert sorted(os.listdir(tmp_path)) == before
 
 
+def cut_short(data: bytes) -> bytes:
+    return data[: 300 << 10]
+
+
+def scribbled(data: bytes) -> bytes:
+    """64 bytes changed in DuckDB's first block (after its three 4 KB headers)."""
+    start = (12 + 4) << 10
+    return data[:start] + bytes(b ^ 0xFF for b in data[start : start + 64]) + data[start + 64 :]
+
+
+@pytest.mark.parametrize("damage", [cut_short, scribbled], ids=["cut-short", "scribbled"])
+@pytest.mark.parametrize("command", ["sync", "check", "report"])
+def test_a_damaged_database_exits_2_saying_what_to_do_and_is_left_alone(
+    simulator, db_path, run, damage, command
+):
+    assert run("sync", "--db", str(db_path)).code == 0
+    db_path.write_bytes(damage(db_path.read_bytes()))
+    before = hashlib.sha256(db_path.read_bytes()).hexdigest()
+
+    outcome = run(command, "--db", str(db_path))
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1, outcome.err
+    assert "damaged" in outcome.err and "move it aside and run `sfbatches sync`" in outcome.err
+    assert hashlib.sha256(db_path.read_bytes()).hexdigest() == before
+
+
 def test_a_home_folder_in_sfbatches_db_is_the_home_folder(simulator, tmp_path, monkeypatch, run):
     # a crontab line does not expand `~`: SFBATCHES_DB=~/w.duckdb reaches sfbatches as it is
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

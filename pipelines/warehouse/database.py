@@ -18,7 +18,7 @@ import duckdb
 import platformdirs
 from filelock import FileLock, Timeout
 
-from pipelines.errors import ConfigError, DatabaseBusy, disk_full
+from pipelines.errors import DAMAGED_ADVICE, ConfigError, DatabaseBusy, damaged, disk_full
 from pipelines.vocabulary import DATASET
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,8 @@ def open_failure(db_path: Path | str, error: duckdb.Error, read_only: bool) -> C
         return ConfigError(
             f"cannot {need} {db_path} (permission denied): use a file and folder you can {need}"
         )
+    if damaged(error):
+        return ConfigError(f"{db_path} is damaged ({_first_line(text)}): {DAMAGED_ADVICE}")
     if "version" in text.lower():
         return ConfigError(
             f"{db_path} was written by a DuckDB this sfbatches cannot read ({_first_line(text)})"
