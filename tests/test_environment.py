@@ -331,16 +331,19 @@ def test_a_file_named_like_a_kind_of_database_is_a_local_file_like_any_other(
     assert sorted(path.name for path in tmp_path.iterdir()) == [named, f"{named}.lock"]
 
 
-@pytest.mark.parametrize("kind", ["loop", "not-utf-8"])
+@pytest.mark.parametrize("kind", ["loop", "not-utf-8", "backslash"])
 @pytest.mark.parametrize("command", ["sync", "check", "demo"])
 def test_a_path_duckdb_cannot_be_given_exits_2_saying_why(tmp_path, monkeypatch, kind, command):
     monkeypatch.chdir(tmp_path)
     if kind == "loop":
         named, said = "loop.duckdb", "is a loop of symbolic links"
         os.symlink(named, named)
+    elif kind == "backslash":  # a folder `back` exists: DuckDB would write in it
+        named, said = "back\\slash.duckdb", "reads the backslash in it as a folder separator"
+        (tmp_path / "back").mkdir()
     else:
         named, said = os.fsdecode(b"caf\xe9.duckdb"), "the name is not valid UTF-8"
-    before = sorted(os.listdir(tmp_path))
+    before = sorted(tmp_path.rglob("*"))
 
     done = subprocess.run(
         [sys.executable, "-m", "pipelines", command, "--db", named],
@@ -358,7 +361,7 @@ def test_a_path_duckdb_cannot_be_given_exits_2_saying_why(tmp_path, monkeypatch,
 
     assert done.returncode == 2, done.stderr
     assert said in done.stderr and done.stderr.count("\n") == 1
-    assert sorted(os.listdir(tmp_path)) == before
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def cut_short(data: bytes) -> bytes:

@@ -80,7 +80,8 @@ def local_file(named: str) -> Path:
 
 
 def check_nameable(path: Path) -> None:
-    """Refuse a path DuckDB cannot be given: one not in UTF-8, or a loop of symbolic links."""
+    """Refuse a path DuckDB cannot be given: one not in UTF-8, one with a backslash (a folder
+    separator to DuckDB, a character in a name to this system), or a loop of symbolic links."""
     try:
         str(path).encode()
     except UnicodeEncodeError:
@@ -88,6 +89,11 @@ def check_nameable(path: Path) -> None:
             f"{path}: the name is not valid UTF-8, which DuckDB needs; rename it, or choose "
             "another --db"
         ) from None
+    if os.sep != "\\" and "\\" in str(path):
+        raise ConfigError(
+            f"{path}: DuckDB reads the backslash in it as a folder separator; rename it, or "
+            "choose another --db"
+        )
     try:
         path.stat()
     except OSError as error:
