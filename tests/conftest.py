@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +91,28 @@ def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 
         cwd=REPO,
     )
     return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+@contextmanager
+def held_open(db_path: Path, read_only: bool = False) -> Iterator[None]:
+    """Another process holding `db_path` open while the block runs: read-only as a notebook
+    does, else for writing as a DuckDB shell does."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == 'ro'); "
+            "print('open', flush=True); sys.stdin.read()",
+            str(db_path),
+            "ro" if read_only else "rw",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout and holder.stdout.readline().strip() == "open"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

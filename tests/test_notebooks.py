@@ -24,7 +24,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, START
+from conftest import REPO, START, held_open
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -376,39 +376,18 @@ def test_database_path_without_any_database_says_what_to_do(tmp_path: Path):
         database_path({}, tmp_path)
 
 
-def hold_open(db_path: Path) -> subprocess.Popen[str]:
-    """Another process holding `db_path` open for writing, as a DuckDB shell would."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import duckdb, sys; c = duckdb.connect({str(db_path)!r}); "
-            "print('open', flush=True); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout and holder.stdout.readline().strip() == "open"
-    return holder
-
-
 @pytest.mark.parametrize("case", ["not a database", "held by another process"])
 def test_load_stops_with_the_line_the_cli_would_say(tmp_path: Path, monkeypatch, case):
     db_path = tmp_path / "x.duckdb"
     monkeypatch.setenv("SFBATCHES_LOCK_TIMEOUT", "0.2")
+    held = ExitStack()
     if case == "not a database":
         db_path.write_text("my notes, not a warehouse")
-        holder = None
     else:
         duckdb.connect(str(db_path)).close()
-        holder = hold_open(db_path)
-    try:
-        with pytest.raises(NotebookStop) as stopped:
-            load(db_path, {"one": "select 1"})
-    finally:
-        if holder:
-            holder.communicate("")
+        held.enter_context(held_open(db_path))
+    with held, pytest.raises(NotebookStop) as stopped:
+        load(db_path, {"one": "select 1"})
 
     said = {"not a database": "not a DuckDB", "held by another process": "is locked by"}[case]
     assert said in str(stopped.value) and len(str(stopped.value).splitlines()) == 1

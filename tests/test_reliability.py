@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import REPO, run_process
+from conftest import REPO, held_open, run_process
 from truth import assert_warehouse_equals, expected_latest_history, latest_history
 
 from pipelines.siliconflow import siliconflow
@@ -411,23 +411,8 @@ def test_second_sync_waits_then_exits_5_while_one_runs(simulator, db_path, run, 
 
 def test_notebook_holding_the_database_gets_exit_5_not_a_traceback(simulator, db_path, run):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
-    reader = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-            "print('open', flush=True); time.sleep(30)",
-            str(db_path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert reader.stdout.readline().strip() == "open"
+    with held_open(db_path, read_only=True):
         outcome = run_process("sync", "--db", str(db_path), env={"SFBATCHES_LOCK_TIMEOUT": "0.5"})
-    finally:
-        reader.kill()
-        reader.wait()
 
     assert outcome.code == 5
     assert "locked" in outcome.err and "Traceback" not in outcome.err
@@ -441,20 +426,7 @@ def test_a_sync_waiting_for_a_held_database_stops_at_once_when_told(
     simulator, db_path, run, stop, code
 ):
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
-            "print('open', flush=True); sys.stdin.read()",
-            str(db_path),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "open"
+    with held_open(db_path):
         waiting = subprocess.Popen(
             [sys.executable, "-m", "pipelines", "sync", "--verbose", "--db", str(db_path)],
             stderr=subprocess.PIPE,
@@ -472,9 +444,6 @@ def test_a_sync_waiting_for_a_held_database_stops_at_once_when_told(
         waiting.send_signal(stop)
         # without a second 120 s wait for the database, only to record that it stopped
         _, rest = waiting.communicate(timeout=60)
-    finally:
-        holder.kill()
-        holder.wait()
 
     assert waiting.returncode == code
     assert rest.splitlines()[-1].startswith("sfbatches: ")

@@ -1316,9 +1316,12 @@ def test_a_sync_leaves_pandas_unimported(simulator, db_path):
     assert_results_equal(db_path, simulator)
 
 
-def test_a_terminal_sees_the_files_done_out_of_all_as_they_download(simulator, db_path):
-    simulator.faults.latency_ms = 100  # ~4 s of downloads: dlt's progress log speaks every 2 s
-    total = len(served(simulator))
+def sync_on_a_terminal(
+    simulator, db_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A sync whose output is a terminal (`script`'s), its downloads slowed enough for dlt's
+    progress log (every 2 s) to speak: what it showed, stdout and stderr together."""
+    simulator.faults.latency_ms = 100  # ~4 s of downloads
     command = f"{sys.executable} -m pipelines sync --no-models --db {db_path}"
     done = subprocess.run(
         ["script", "-qec", command, "/dev/null"],
@@ -1326,8 +1329,15 @@ def test_a_terminal_sees_the_files_done_out_of_all_as_they_download(simulator, d
         text=True,
         timeout=300,
         cwd=REPO,
+        env=env,
     )
     assert done.returncode == 0, done.stdout[-2000:]
+    return done
+
+
+def test_a_terminal_sees_the_files_done_out_of_all_as_they_download(simulator, db_path):
+    total = len(served(simulator))
+    done = sync_on_a_terminal(simulator, db_path)
     seen = [(int(n), int(of)) for n, of in re.findall(r"result files: (\d+)/(\d+)", done.stdout)]
     assert {of for _, of in seen} == {total}
     assert any(n < total for n, _ in seen), "no progress before the end"
@@ -1375,23 +1385,13 @@ def test_a_sync_stopped_before_its_files_load_records_none_of_them(
 def test_a_terminal_sees_counts_not_memory_figures_nor_a_psutil_warning(
     simulator, db_path, tmp_path, psutil
 ):
-    simulator.faults.latency_ms = 100  # ~4 s of downloads: dlt's progress log speaks every 2 s
     env = dict(os.environ)
     if not psutil:  # as `pip install sfbatches` leaves it: psutil comes with the dev tools only
         (tmp_path / "psutil.py").write_text("raise ImportError('psutil is not installed')\n")
         env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    command = f"{sys.executable} -m pipelines sync --no-models --db {db_path}"
 
-    done = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=env,
-    )
+    done = sync_on_a_terminal(simulator, db_path, env)
 
-    assert done.returncode == 0, done.stdout[-2000:]
     assert re.search(r"result files: \d+/\d+", done.stdout)
     for unwanted in ("psutil", "Warning", "Memory usage", "CPU usage"):
         assert unwanted not in done.stdout
