@@ -5,6 +5,9 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 # How the system says a disk or quota is full: DuckDB's errors carry only this text, no errno.
@@ -182,14 +185,17 @@ def first_line(error: BaseException) -> str:
 
 def disk_full(error: BaseException) -> BaseException | None:
     """The error, in `error`'s chain, that says a disk is full: the database's own disk, dlt's
-    working folder or a file written for the user, wherever a library wrapped it."""
-    for cause in reversed(_chain(error)):
-        if isinstance(cause, OSError):
-            if cause.errno in DISK_FULL_ERRNOS:
-                return cause
-        elif any(text in str(cause) for text in DISK_FULL_TEXTS):
-            return cause
-    return None
+    working folder or a file written for the user, wherever a library wrapped it; one that
+    names its file (`naming`) before the innermost."""
+    found = [cause for cause in reversed(_chain(error)) if _says_disk_full(cause)]
+    named = [cause for cause in found if getattr(cause, "filename", None)]
+    return (named or found or [None])[0]
+
+
+def _says_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL_ERRNOS
+    return any(text in str(error) for text in DISK_FULL_TEXTS)
 
 
 DAMAGED_ADVICE = (
@@ -252,3 +258,15 @@ def _dlt_error(error: BaseException, module: str, name: str) -> Any:
 def _is_file_error(error: BaseException) -> bool:
     """A file or folder the user named could not be used (a path, a permission)."""
     return isinstance(error, OSError) and getattr(error, "filename", None) is not None
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """A failure to write names `path`: Python's own does not, and a full disk must say
+    which disk."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error

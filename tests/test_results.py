@@ -620,10 +620,11 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-def assert_full_disk_said(outcome) -> None:
+def assert_full_disk_said(outcome, disk: Path) -> None:
+    """One line that the disk is full, naming a folder or file on it: which disk to clear."""
     assert outcome.code == 2 and outcome.err.count("\n") == 1, outcome.err
-    assert "the disk is full" in outcome.err and "free some space" in outcome.err
-    assert "unexpected" not in outcome.err
+    assert "is full" in outcome.err and "free some space" in outcome.err
+    assert str(disk) in outcome.err and "unexpected" not in outcome.err
 
 
 # The database's own disk: full before DuckDB wrote the file's header, before the first load
@@ -647,7 +648,7 @@ def test_a_first_sync_on_a_full_disk_exits_2_and_the_next_one_loads_everything(
     monkeypatch.setenv("SOURCES__SILICONFLOW__ARCHIVE_DIR", str(archive))
     filler = fill(small_disk, leave)
 
-    assert_full_disk_said(run("sync", "--db", str(db_path), "--no-models"))
+    assert_full_disk_said(run("sync", "--db", str(db_path), "--no-models"), small_disk)
 
     filler.unlink()
     assert run("sync", "--db", str(db_path), "--no-models").code == 0
@@ -676,7 +677,9 @@ def test_a_full_disk_later_keeps_the_warehouse_as_it_was(simulator, small_disk, 
     simulator.world.advance(6 * 3600)
     filler = fill(small_disk, 20_000)
 
-    assert_full_disk_said(run("sync", "--db", str(db_path), "--full-refresh", "--no-models"))
+    assert_full_disk_said(
+        run("sync", "--db", str(db_path), "--full-refresh", "--no-models"), small_disk
+    )
 
     after = {t: query(db_path, f"select * from siliconflow.{t} order by all") for t in tables}
     assert after == before
@@ -690,7 +693,9 @@ def test_a_page_for_a_full_disk_exits_2_and_leaves_no_file(simulator, db_path, s
     assert run("sync", "--db", str(db_path)).code == 0
     fill(small_disk, 20_000)
 
-    assert_full_disk_said(run("report", "--db", str(db_path), "--html", str(small_disk / "r.html")))
+    assert_full_disk_said(
+        run("report", "--db", str(db_path), "--html", str(small_disk / "r.html")), small_disk
+    )
 
     assert sorted(path.name for path in small_disk.iterdir()) == ["filler"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, naming
 
 PREFIX = "sfbatches"
 # What the first bytes of each kind of file we write look like.
@@ -34,7 +34,7 @@ def write_ours(path: Path, text: str, mark: str) -> None:
             f"cannot write in {folder} ({error.strerror}): choose a file in a folder you can write"
         ) from None
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        with naming(path), os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())

@@ -7,6 +7,7 @@ gzipped copy into the archive. The resource then reads the numbered copy with Du
 its rows in Arrow batches, followed by the file's `batch_files` row.
 """
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -29,7 +30,7 @@ from requests import Response
 from requests.exceptions import HTTPError, RequestException
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from pipelines.errors import SyncTimeout, first_line
+from pipelines.errors import SyncTimeout, first_line, naming
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
 from .client import READ_BYTES, BatchApi, api_code, is_under, read_chunks, redact
@@ -506,9 +507,11 @@ class Fetcher:
             check_decodable(response)
             for chunk in unpacked(read_chunks(response, self.api.deadline)):
                 for copy in copies:
-                    copy.write(chunk)
+                    with naming(copy.path):
+                        copy.write(chunk)
             for copy in copies:
-                copy.close()
+                with naming(copy.path):
+                    copy.close()
             # Content-Length counts the body as sent: gzip-encoded, it is shorter than the file.
             expected, received = response.headers.get("Content-Length", ""), response.raw.tell()
             if expected.isdigit() and int(expected) != received:
@@ -707,7 +710,9 @@ class Numbered:
         """Nothing to move: the caller reads the numbered copy where it is."""
 
     def discard(self) -> None:
-        self.out.close()
+        # on a full disk closing fails too: the copy goes anyway, and the first error stands
+        with contextlib.suppress(OSError):
+            self.out.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -759,7 +764,8 @@ class Archived:
         os.replace(self.part, self.path)
 
     def discard(self) -> None:
-        self.out.close()
+        with contextlib.suppress(OSError):  # as Numbered.discard
+            self.out.close()
         self.part.unlink(missing_ok=True)
 
 

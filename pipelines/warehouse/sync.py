@@ -19,7 +19,16 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.sources import DltSource
 
 from pipelines.config import SourceConfig, resolve_source_config
-from pipelines.errors import DatabaseBusy, SfBatchesError, exit_code_of, find_error, one_line
+from pipelines.errors import (
+    ConfigError,
+    DatabaseBusy,
+    SfBatchesError,
+    disk_full,
+    exit_code_of,
+    find_error,
+    first_line,
+    one_line,
+)
 from pipelines.siliconflow import (
     Deadline,
     ReadStats,
@@ -179,8 +188,8 @@ def source(
 def extract(pipeline: dlt.Pipeline, batches: DltSource) -> None:
     """Read the API into a load package; the database is not opened meanwhile, so notebooks
     and DuckDB shells are shut out for the load alone, not for the whole download."""
-    _guard(lambda: pipeline.extract(batches))
-    _guard(pipeline.normalize)
+    _guard(pipeline, lambda: pipeline.extract(batches))
+    _guard(pipeline, pipeline.normalize)
     # Arrow's allocator keeps what the chunks used for reuse; DuckDB is about to take its
     # memory, so hand it back first.
     pa.default_memory_pool().release_unused()
@@ -228,7 +237,7 @@ def load_and_record(
     """Load the package through `con` and do the bookkeeping on it; return (new, changed)."""
     if stats is not None:
         history.widen_columns(con, stats.columns.widened)
-    _guard(lambda: pipeline.load(credentials=load_credentials(con)))
+    _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
     # Rows the load merged stay in memory until a checkpoint; at 1M batches they left the
     # bookkeeping's join over the history too little of DuckDB's memory.
     con.execute("checkpoint")
@@ -315,10 +324,10 @@ def finish_pending_loads(pipeline: dlt.Pipeline, db_path: Path) -> Leftovers:
         return Leftovers.NONE
     try:
         if pipeline.list_extracted_load_packages():
-            _guard(pipeline.normalize)
+            _guard(pipeline, pipeline.normalize)
         if pipeline.list_normalized_load_packages():
             with database.connect_for_sync(db_path) as con:
-                _guard(lambda: pipeline.load(credentials=load_credentials(con)))
+                _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
     except SfBatchesError:
         raise
     except Exception:
@@ -328,8 +337,9 @@ def finish_pending_loads(pipeline: dlt.Pipeline, db_path: Path) -> Leftovers:
     return Leftovers.LOADED
 
 
-def _guard(step: Callable[[], object]) -> None:
-    """Run a dlt step; surface our own errors and a locked database instead of dlt's wrappers."""
+def _guard(pipeline: dlt.Pipeline, step: Callable[[], object]) -> None:
+    """Run a dlt step; surface our own errors, a locked database and a full disk under dlt's
+    working folder instead of dlt's wrappers."""
     try:
         step()
     except Exception as error:
@@ -337,4 +347,11 @@ def _guard(step: Callable[[], object]) -> None:
             raise ours from None
         if database.is_lock_error(error):
             raise DatabaseBusy(database.busy_message()) from None
+        full = disk_full(error)
+        # DuckDB names the file it could not write; a file dlt writes in its folder is unnamed
+        if isinstance(full, OSError) and full.filename is None:
+            raise ConfigError(
+                f"the disk holding dlt's working folder {pipeline.pipelines_dir} is full "
+                f"({first_line(full)}); free some space there and run again"
+            ) from None
         raise
