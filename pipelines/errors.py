@@ -131,6 +131,11 @@ def _setup_problem(error: BaseException) -> str | None:
         return f"the database file is damaged ({first_line(damage)}): {DAMAGED_ADVICE}"
     if toml := _bad_toml(error):
         where = " or ".join(toml.full_paths)
+        if isinstance(unread := toml.__context__, OSError):  # the file is fine, not its access
+            return (
+                f"cannot read {toml.file_name} ({unread.strerror}): let the user who runs "
+                f"sfbatches read it, in {where}"
+            )
         why = " ".join(str(toml).splitlines()[1:]) or "unreadable"
         return f"{toml.file_name} is not valid TOML ({why}): fix it in {where}"
     if mistyped := _mistyped(error):

@@ -2,6 +2,8 @@
 that are not ours, folders nobody may write, closed pipes. Each gets its exit code and one line
 saying what to do; nothing of the user's is overwritten and the key is written nowhere."""
 
+import builtins
+import errno
 import hashlib
 import os
 import socket
@@ -463,6 +465,31 @@ def test_a_toml_file_dlt_cannot_read_exits_2_naming_it(simulator, tmp_path, name
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{name} is not valid TOML" in done.stderr and "line 2" in done.stderr
     assert "sk-cut" not in done.stderr and "unexpected" not in done.stderr
+
+
+@pytest.mark.parametrize(("name", "command"), [("secrets.toml", "sync"), ("config.toml", "check")])
+def test_a_toml_file_one_may_not_read_exits_2_saying_so_not_that_it_is_invalid(
+    tmp_path, monkeypatch, run, name, command
+):
+    # as root every file is readable: the refusal another user meets is played by open()
+    (tmp_path / ".dlt").mkdir()
+    toml = tmp_path / ".dlt" / name
+    toml.write_text("[alerts]\nmax_queue_hours = 5\n")
+    monkeypatch.chdir(tmp_path)
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file).endswith(str(Path(".dlt") / name)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+
+    outcome = run(command, "--db", str(tmp_path / "w.duckdb"))
+
+    assert outcome.code == 2 and outcome.err.count("\n") == 1, outcome.err
+    assert f"cannot read {name} (Permission denied): let the user who runs sfbatches" in outcome.err
+    assert "not valid TOML" not in outcome.err
 
 
 @pytest.mark.parametrize(
