@@ -2,8 +2,6 @@
 that are not ours, folders nobody may write, closed pipes. Each gets its exit code and one line
 saying what to do; nothing of the user's is overwritten and the key is written nowhere."""
 
-import builtins
-import errno
 import hashlib
 import os
 import socket
@@ -469,27 +467,36 @@ def test_a_toml_file_dlt_cannot_read_exits_2_naming_it(simulator, tmp_path, name
 
 @pytest.mark.parametrize(("name", "command"), [("secrets.toml", "sync"), ("config.toml", "check")])
 def test_a_toml_file_one_may_not_read_exits_2_saying_so_not_that_it_is_invalid(
-    tmp_path, monkeypatch, run, name, command
+    tmp_path, name, command
 ):
-    # as root every file is readable: the refusal another user meets is played by open()
     (tmp_path / ".dlt").mkdir()
-    toml = tmp_path / ".dlt" / name
-    toml.write_text("[alerts]\nmax_queue_hours = 5\n")
-    monkeypatch.chdir(tmp_path)
-    real_open = builtins.open
+    (tmp_path / ".dlt" / name).write_text("[alerts]\nmax_queue_hours = 5\n")
+    # as root every file is readable: the refusal another user meets is played by open(), in a
+    # process of its own (dlt reads .dlt/ once per process)
+    refusing = f"""
+import builtins, errno, os, sys
+real_open = builtins.open
+def refusing_open(file, *args, **kwargs):
+    if str(file).endswith({str(Path(".dlt") / name)!r}):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+    return real_open(file, *args, **kwargs)
+builtins.open = refusing_open
+from pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
-    def refusing_open(file, *args, **kwargs):
-        if str(file).endswith(str(Path(".dlt") / name)):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
-        return real_open(file, *args, **kwargs)
+    done = subprocess.run(
+        [sys.executable, "-c", refusing, command, "--db", str(tmp_path / "w.duckdb")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
-    monkeypatch.setattr(builtins, "open", refusing_open)
-
-    outcome = run(command, "--db", str(tmp_path / "w.duckdb"))
-
-    assert outcome.code == 2 and outcome.err.count("\n") == 1, outcome.err
-    assert f"cannot read {name} (Permission denied): let the user who runs sfbatches" in outcome.err
-    assert "not valid TOML" not in outcome.err
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot read {name} (Permission denied): let the user who runs sfbatches" in done.stderr
+    assert "not valid TOML" not in done.stderr
 
 
 @pytest.mark.parametrize(

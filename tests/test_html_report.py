@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, run_process
 from matplotlib.dates import num2date
 from PIL import Image
 from selenium import webdriver
@@ -611,3 +611,60 @@ def test_costs_in_two_currencies_stay_apart_and_a_failed_batch_is_not_unpriced(
     assert card(chromium, "estimated_cost").startswith("CNY ") and ", USD " in card(
         chromium, "estimated_cost"
     )
+
+
+def test_a_batch_without_a_status_shows_as_such_on_the_page_and_in_the_report(
+    chromium, warehouse, tmp_path
+):
+    db_path = tmp_path / "no-status.duckdb"
+    shutil.copy(warehouse, db_path)
+    with duckdb.connect(str(db_path)) as con:
+        ((batch_id,),) = con.execute(
+            "select id from siliconflow.batches order by created_at desc limit 1"
+        ).fetchall()
+        con.execute("update siliconflow.batches set status = null where id = ?", [batch_id])
+    page = tmp_path / "no-status.html"
+
+    assert cli.main(["report", "--db", str(db_path), "--html", str(page)]) == 0
+    text = run_process("report", "--db", str(db_path))
+
+    show(chromium, page, LAPTOP)
+    caption = chromium.find_element(By.CSS_SELECTOR, '[data-chart="statuses"] + figcaption')
+    assert "(no status) 1" in caption.text
+    assert [batch_id, "(no status)"] in [row[:2] for row in rows(chromium, "open")]
+    assert text.code == 0 and "(no status) 1" in text.out and "None" not in text.out
+
+
+def test_a_price_in_no_currency_prices_nothing(warehouse, tmp_path):
+    db_path = tmp_path / "no-currency.duckdb"
+    shutil.copy(warehouse, db_path)
+    start, end = window()
+    with duckdb.connect(str(db_path)) as con:
+        ((batch_id,),) = con.execute(
+            "select usage.batch_id from analytics.batch_usage as usage "
+            "join analytics.batch_turnaround as t using (batch_id) "
+            "where usage.estimated_cost is not null "
+            "and cast(timezone('UTC', t.ended_at) as date) between ? and ? limit 1",
+            [start, end],
+        ).fetchall()
+        con.execute(
+            "update siliconflow.batch_requests set model = 'test/no-currency' "
+            "where batch_id = ? and model is not null",
+            [batch_id],
+        )
+        con.execute(  # a row whose currency was left blank
+            "insert into analytics.seed_model_prices (model, input_per_million, "
+            "output_per_million, currency, source, as_of) "
+            "values ('test/no-currency', '1', '2', ' ', 'a test', '2026-01-01')"
+        )
+        priced = con.execute(
+            "select count(*) from analytics.model_prices where model = 'test/no-currency'"
+        ).fetchall()
+    page = tmp_path / "no-currency.html"
+
+    assert cli.main(["report", "--db", str(db_path), "--html", str(page)]) == 0
+    text = run_process("report", "--db", str(db_path))
+
+    assert priced == [(0,)]
+    assert text.code == 0 and "None" not in text.out
+    assert "models without a price" in text.out

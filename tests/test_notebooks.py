@@ -670,6 +670,32 @@ def test_per_day_lines_never_join_days_around_one_without_data(
             assert math.isnan(on_gap), title
 
 
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+@pytest.mark.parametrize(
+    "path", [path for path in NOTEBOOKS if path != USAGE], ids=lambda path: path.stem
+)
+def test_days_filled_in_up_to_a_batch_far_ahead_are_not_hatched_as_partial(
+    path: Path, synced_db: Path, shown, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    ahead = tmp_path / "ahead.duckdb"
+    shutil.copy(synced_db, ahead)
+    moved = " , ".join(f"{column} = {column} + interval 30 day" for column in EVENT_TIMES)
+    with duckdb.connect(str(ahead)) as con:  # the newest completed batch, dated a month ahead
+        con.execute(
+            f"update siliconflow.batches set {moved} where id = (select id from "
+            "siliconflow.batches where status = 'completed' order by created_at desc limit 1)"
+        )
+    monkeypatch.setenv("SFBATCHES_DB", str(ahead))
+
+    figures = shown(path).figures
+
+    for figure in figures:
+        for ax in figure.axes:
+            if ax.get_title() in PER_DAY_CHARTS[path.stem]:
+                hatched = [patch for patch in ax.patches if patch.get_hatch()]
+                assert len(hatched) <= 2, ax.get_title()  # today and the day ahead, no more
+
+
 THROUGHPUT = REPO / "notebooks" / "throughput.ipynb"
 
 

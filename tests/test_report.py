@@ -242,6 +242,17 @@ def test_a_batch_whose_every_request_failed_had_nothing_to_price(warehouse):
     assert "  Cost        CNY 2.40 estimated; 1 batch of models without a price" in lines
 
 
+def test_a_window_whose_every_request_failed_had_no_cost_not_an_unknown_one(warehouse):
+    warehouse.execute(
+        "update siliconflow.batch_requests set model = null, prompt_tokens = null, "
+        "completion_tokens = null, error_code = 'server_error'"
+    )
+
+    lines = render_report(warehouse, days=7, now=NOW).splitlines()
+
+    assert "  Cost        none: no tokens to price" in lines
+
+
 @pytest.mark.parametrize(
     ("count", "text"),
     [

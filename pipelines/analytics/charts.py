@@ -205,6 +205,7 @@ def stacked_by_model(
         if today in days:
             hatch_day(axes, today)
         axes.set_ylabel(label)
+        axes.set_ylim(bottom=0)  # all zero (every request failed): not -0.04 to 0.04 tokens
         axes.yaxis.set_major_formatter(count_formatter())
         figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
         figure.autofmt_xdate()

@@ -23,6 +23,7 @@ from .check import Health, Limits, check
 from .report import (
     COMPLETED_SQL,
     COSTS_SQL,
+    NO_STATUS,
     USED_SQL,
     Window,
     amount,
@@ -35,6 +36,7 @@ from .report import (
     freshness_line,
     last_sync,
     rate,
+    shown_statuses,
 )
 
 OPEN_SHOWN = 20
@@ -256,8 +258,11 @@ def cards(
             Card(
                 "estimated_cost",
                 "Estimated cost",
-                ", ".join(f"{currency} {total:,.2f}" for currency, total in costs) or "unknown",
-                f"{counted(used[6], 'batch')} without a price" if used[6] else "all priced",
+                ", ".join(f"{currency} {total:,.2f}" for currency, total in costs)
+                or ("unknown" if used[6] else "none"),
+                f"{counted(used[6], 'batch')} without a price"
+                if used[6]
+                else ("all priced" if costs else "no tokens to price"),
             ),
         ]
     return found
@@ -317,7 +322,7 @@ def throughput_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[
 
 
 def status_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
-    counts = dict(con.execute(_STATUS_COUNTS).fetchall())
+    counts = shown_statuses(con.execute(_STATUS_COUNTS).fetchall())
     if not counts:
         return []
     statuses = by_lifecycle(counts)
@@ -395,7 +400,7 @@ def open_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
     return [
         {
             "batch_id": batch_id,
-            "status": status or "?",
+            "status": status or NO_STATUS,
             "endpoint": endpoint or "",
             "age": duration(age),
             "progress": "no counts yet"

@@ -42,6 +42,8 @@ CREATED_SQL = """
     where cast(timezone('UTC', created_at) as date) between ? and ?
 """
 
+# How a batch the API sent without a status is shown (it counts as open)
+NO_STATUS = "(no status)"
 STATUSES_SQL = """
     select
         status,
@@ -231,7 +233,7 @@ def elapsed(seconds: float) -> str:
 def created_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     """Statuses, turnaround, queue wait and window met for batches created in the window."""
     days = [window.first, window.last]
-    counts = dict(con.execute(STATUSES_SQL, days).fetchall())
+    counts = shown_statuses(con.execute(STATUSES_SQL, days).fetchall())
     created = sum(counts.values())
     if not created:
         return [section("Created in these days", "none")]
@@ -323,9 +325,7 @@ def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     if not count:
         none = section("Result files", "none loaded for batches that ended in these days")
         return [none, *missing]
-    costs = con.execute(COSTS_SQL, days).fetchall()
-    cost = ", ".join(f"{currency} {amount:,.2f}" for currency, amount in costs) or "unknown"
-    priced = f"; {counted(unpriced, 'batch')} of models without a price" if unpriced else ""
+    cost, priced = cost_figures(con.execute(COSTS_SQL, days).fetchall(), unpriced)
     average = None if completion is None else completion / window.seconds
     return [
         section("Result files", f"{counted(count, 'ended batch')} loaded"),
@@ -336,9 +336,19 @@ def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
             f"{per_second(batch_tps)} per batch (p50), {per_second(average)} over these days "
             "(completion)",
         ),
-        detail("Cost", f"{cost} estimated{priced}"),
+        detail("Cost", f"{cost}; {priced}" if priced else cost),
         *missing,
     ]
+
+
+def cost_figures(costs: list[tuple[str, float]], unpriced: int) -> tuple[str, str]:
+    """The estimated cost per currency, and what it leaves out (empty when nothing): a window
+    whose batches had no tokens at all (every request failed) had nothing to price."""
+    if costs:
+        cost = ", ".join(f"{currency} {total:,.2f}" for currency, total in costs) + " estimated"
+    else:
+        cost = "unknown" if unpriced else "none: no tokens to price"
+    return cost, f"{counted(unpriced, 'batch')} of models without a price" if unpriced else ""
 
 
 def missing_lines(con: duckdb.DuckDBPyConnection, days: list[date]) -> list[str]:
@@ -403,7 +413,7 @@ def open_line(
 ) -> str:
     """One open batch: id, status, age and progress, shortened to fit the width."""
     shown_id = batch_id if len(batch_id) <= id_width else batch_id[: id_width - 3] + "..."
-    head = f"  {shown_id:<{id_width}}  {(status or '?')[:11]:<11}  {duration(age):>7}"
+    head = f"  {shown_id:<{id_width}}  {(status or NO_STATUS)[:11]:<11}  {duration(age):>7}"
     if not total or done is None:
         return f"{head}  no counts yet"
     line = f"{head}  {done / total:.0%} ({done:,}/{total:,})"
@@ -426,6 +436,15 @@ def fetch_one(
     row = con.execute(sql, parameters or []).fetchone()
     assert row is not None, "an aggregate query returns one row"
     return row
+
+
+def shown_statuses(rows: list[tuple[str | None, int]]) -> dict[str, int]:
+    """Batches per status as shown: a batch the API sent without a status under NO_STATUS."""
+    counts: dict[str, int] = {}
+    for status, batches in rows:
+        shown = status or NO_STATUS
+        counts[shown] = counts.get(shown, 0) + batches
+    return counts
 
 
 def by_lifecycle(statuses: dict[str, int]) -> list[str]:

@@ -19,7 +19,10 @@ prices as (
         source,
         try_cast(as_of as date) as as_of
     from seed
-    where nullif(trim(model), '') is not null
+    -- a price in no named currency prices nothing: its amounts could not be added up
+    where
+        nullif(trim(model), '') is not null
+        and nullif(trim(currency), '') is not null
 
 ),
 
