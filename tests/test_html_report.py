@@ -27,7 +27,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from pipelines import cli
-from pipelines.analytics import dashboard
+from pipelines.analytics import charts, dashboard
 from pipelines.analytics.check import Limits
 from pipelines.analytics.report import counted, duration
 from pipelines.simulator import Simulator, World
@@ -501,7 +501,9 @@ def test_every_chart_reads_utc_whatever_the_machines_time_zone(warehouse, tmp_pa
         assert charts_drawn_in(zone, warehouse, tmp_path) == in_utc, zone
 
 
-def test_the_hourly_throughput_bars_stand_on_utc_hours(warehouse):
+def page_figures(db_path: Path) -> dict:
+    """Each chart of the page `report --html` makes from `db_path`, by name, as the figure it
+    was drawn from."""
     drawn = {}
     shown = dashboard.chart
 
@@ -511,7 +513,12 @@ def test_the_hourly_throughput_bars_stand_on_utc_hours(warehouse):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dashboard, "chart", keep)
-        dashboard.render_html_at(warehouse, Limits())
+        dashboard.render_html_at(db_path, Limits())
+    return drawn
+
+
+def test_the_hourly_throughput_bars_stand_on_utc_hours(warehouse):
+    drawn = page_figures(warehouse)
     hours = query(
         warehouse,
         "select distinct strftime(timezone('UTC', hour), '%Y-%m-%d %H:00') "
@@ -668,3 +675,45 @@ def test_a_price_in_no_currency_prices_nothing(warehouse, tmp_path):
     assert priced == [(0,)]
     assert text.code == 0 and "None" not in text.out
     assert "models without a price" in text.out
+
+
+def test_many_models_get_a_colour_each_and_the_rest_one_band_alike_on_every_chart(
+    warehouse, tmp_path
+):
+    db_path = tmp_path / "models.duckdb"
+    shutil.copy(warehouse, db_path)
+    with duckdb.connect(str(db_path)) as con:  # twelve models, by batch
+        con.execute(
+            "update siliconflow.batch_requests "
+            "set model = 'deepseek-ai/DeepSeek-V3' || (hash(batch_id) % 12)::varchar "
+            "where model is not null"
+        )
+        con.execute(
+            "insert into analytics.seed_model_prices (model, input_per_million, "
+            "output_per_million, currency, source, as_of) "
+            "select 'deepseek-ai/DeepSeek-V3' || n::varchar, '1', '2', 'CNY', 'a test', "
+            "'2026-01-01' from range(12) as t(n)"
+        )
+    start, end = window()
+    ((models,),) = query(
+        db_path,
+        "select count(distinct coalesce(model, '?')) from analytics.daily_usage "
+        "where usage_date between ? and ?",
+        [start, end],
+    )
+    assert models > len(charts.COLOURS)
+    drawn = page_figures(db_path)
+
+    colour_of = {}
+    for name in ("tokens", "cost"):
+        legend = drawn[name].legends[0]
+        bands = [
+            (text.get_text(), tuple(handle.get_facecolor()))
+            for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+            if text.get_text() != charts.PARTIAL_LABEL
+        ]
+        labels, colours = [label for label, _ in bands], [colour for _, colour in bands]
+        assert len(labels) <= len(charts.COLOURS) and len(set(colours)) == len(colours), name
+        assert labels[-1] == f"{models - len(charts.COLOURS) + 1} other models", name
+        for label, colour in zip(labels, colours, strict=True):
+            assert colour_of.setdefault(label, colour) == colour, (name, label)

@@ -602,6 +602,19 @@ def test_per_day_charts_mark_today_as_partial(path: Path, synced_db: Path, shown
             assert today in places, ax.get_title()
 
 
+def edited_copy(db_path: Path, folder: Path, sql: str, parameters: list | None = None) -> Path:
+    """A copy of `db_path` in `folder` with `sql` run on it (the views read the edit live)."""
+    copy = folder / f"edited-{db_path.name}"
+    shutil.copy(db_path, copy)
+    with duckdb.connect(str(copy)) as con:
+        con.execute(sql, parameters or [])
+    return copy
+
+
+# The notebooks that draw per-day lines
+PER_DAY_LINES = pytest.mark.parametrize(
+    "path", [path for path in NOTEBOOKS if path != USAGE], ids=lambda path: path.stem
+)
 # The per-day charts drawn as lines, and those whose days without data are none at all (0),
 # not unknown (a gap).
 LINE_CHARTS = {
@@ -629,23 +642,21 @@ EVENT_TIMES = (
 
 
 @pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
-@pytest.mark.parametrize(
-    "path", [path for path in NOTEBOOKS if path != USAGE], ids=lambda path: path.stem
-)
+@PER_DAY_LINES
 def test_per_day_lines_never_join_days_around_one_without_data(
     path: Path, synced_db: Path, shown, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    gapped = tmp_path / "gapped.duckdb"
-    shutil.copy(synced_db, gapped)
     [(first, last)] = query(
-        gapped, "select min(created_at), max(created_at) from siliconflow.batches"
+        synced_db, "select min(created_at), max(created_at) from siliconflow.batches"
     )
     gap = (first + (last - first) / 2).astimezone(UTC).date()
     happened_on_gap = " or ".join(f"timezone('UTC', {column})::date = ?" for column in EVENT_TIMES)
-    with duckdb.connect(str(gapped)) as con:
-        con.execute(
-            f"delete from siliconflow.batches where {happened_on_gap}", [gap] * len(EVENT_TIMES)
-        )
+    gapped = edited_copy(
+        synced_db,
+        tmp_path,
+        f"delete from siliconflow.batches where {happened_on_gap}",
+        [gap] * len(EVENT_TIMES),
+    )
     monkeypatch.setenv("SFBATCHES_DB", str(gapped))
     gap_day = math.floor(date2num(datetime(gap.year, gap.month, gap.day)))
 
@@ -671,20 +682,17 @@ def test_per_day_lines_never_join_days_around_one_without_data(
 
 
 @pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
-@pytest.mark.parametrize(
-    "path", [path for path in NOTEBOOKS if path != USAGE], ids=lambda path: path.stem
-)
+@PER_DAY_LINES
 def test_days_filled_in_up_to_a_batch_far_ahead_are_not_hatched_as_partial(
     path: Path, synced_db: Path, shown, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    ahead = tmp_path / "ahead.duckdb"
-    shutil.copy(synced_db, ahead)
     moved = " , ".join(f"{column} = {column} + interval 30 day" for column in EVENT_TIMES)
-    with duckdb.connect(str(ahead)) as con:  # the newest completed batch, dated a month ahead
-        con.execute(
-            f"update siliconflow.batches set {moved} where id = (select id from "
-            "siliconflow.batches where status = 'completed' order by created_at desc limit 1)"
-        )
+    ahead = edited_copy(  # the newest completed batch, dated a month ahead
+        synced_db,
+        tmp_path,
+        f"update siliconflow.batches set {moved} where id = (select id from "
+        "siliconflow.batches where status = 'completed' order by created_at desc limit 1)",
+    )
     monkeypatch.setenv("SFBATCHES_DB", str(ahead))
 
     figures = shown(path).figures
@@ -703,20 +711,19 @@ THROUGHPUT = REPO / "notebooks" / "throughput.ipynb"
 def test_progress_panels_count_whole_requests_even_for_a_batch_of_one(
     synced_db: Path, shown, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    one = tmp_path / "one.duckdb"
-    shutil.copy(synced_db, one)
     [(batch_id,)] = query(
-        one,
+        synced_db,
         "select batch_id from analytics.open_batches where in_progress_at is not null "
         "and progress is not null order by created_at limit 1",
     )
-    with duckdb.connect(str(one)) as con:  # the oldest started open batch holds one request
-        con.execute(
-            "update siliconflow.batch_status_history "
-            "set requests_total = 1, requests_completed = least(requests_completed, 1) "
-            "where batch_id = ?",
-            [batch_id],
-        )
+    one = edited_copy(  # the oldest started open batch holds one request
+        synced_db,
+        tmp_path,
+        "update siliconflow.batch_status_history "
+        "set requests_total = 1, requests_completed = least(requests_completed, 1) "
+        "where batch_id = ?",
+        [batch_id],
+    )
     monkeypatch.setenv("SFBATCHES_DB", str(one))
 
     figures = shown(THROUGHPUT).figures

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 
 from matplotlib import rc_context
@@ -32,6 +33,7 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
 }
+UNKNOWN_MODEL = "(unknown model)"  # the model of a batch whose result lines name none
 # a colour per series, in order; the same model keeps its colour within a chart
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
 # A chart draws up to this many bars; beyond, one shape per series (filled steps, or one set of
@@ -183,15 +185,21 @@ def status_mix(statuses: Sequence[str], counts: Sequence[int]) -> Figure:
 
 
 def stacked_by_model(
-    days: Sequence[date], series: dict[str, Sequence[float]], label: str, today: date
+    days: Sequence[date],
+    series: dict[str, Sequence[float]],
+    label: str,
+    today: date,
+    colour_of: Mapping[str, str] | None = None,
 ) -> Figure:
     """One bar per day, stacked by model, `today` hatched; a long window from its first day
-    with data to its last, as filled steps."""
+    with data to its last, as filled steps. Each model in its colour of `colour_of`, else in
+    COLOURS' order."""
     if len(days) * len(series) > MOST_BARS:
         days, series = with_data(days, series)
     figure = new_figure()
     axes = figure.axes[0]
-    colours = [COLOURS[index % len(COLOURS)] for index in range(len(series))]
+    colour_of = colour_of or dict(zip(series, itertools.cycle(COLOURS)))
+    colours = [colour_of[model] for model in series]
     with rc_context(STYLE):
         if len(days) * len(series) <= MOST_BARS:
             base = [0.0] * len(days)

@@ -40,6 +40,7 @@ from .report import (
 )
 
 OPEN_SHOWN = 20
+OTHER_COLOUR = "#9d9d9d"  # the band of the models past those a chart names apart
 HOUR = 3600.0
 
 _TURNAROUNDS = """
@@ -341,40 +342,82 @@ def usage_charts(usage: list[dict], window: Window, currencies: list[str]) -> li
     currencies do not add up."""
     if not usage:
         return []
+    bands = model_bands(usage)
     return [
         chart(
             "tokens",
             "Tokens per day and model",
             charts.stacked_by_model(
-                window.days, per_model(usage, window, "total_tokens"), "tokens", window.last
+                window.days,
+                per_model(usage, window, "total_tokens", bands),
+                "tokens",
+                window.last,
+                bands.colours,
             ),
             "prompt and completion tokens of the batches that ended each UTC day",
         ),
-        *(cost_chart(usage, window, one, alone=len(currencies) == 1) for one in currencies),
+        *(cost_chart(usage, window, bands, one, alone=len(currencies) == 1) for one in currencies),
     ]
 
 
-def cost_chart(usage: list[dict], window: Window, currency: str, alone: bool) -> Chart:
+def cost_chart(
+    usage: list[dict], window: Window, bands: Bands, currency: str, alone: bool
+) -> Chart:
     priced = [row for row in usage if row["currency"] == currency]
     return chart(
         "cost" if alone else f"cost_{currency.lower()}",
         "Estimated cost per day and model" + ("" if alone else f", in {currency}"),
         charts.stacked_by_model(
             window.days,
-            per_model(priced, window, "estimated_cost"),
+            per_model(priced, window, "estimated_cost", bands),
             f"estimated cost ({currency})",
             window.last,
+            bands.colours,
         ),
         "from the batch prices in sql/seeds/model_prices.csv; unpriced models count 0",
     )
 
 
-def per_model(usage: list[dict], window: Window, column: str) -> dict[str, list[float]]:
-    """Per model, the column's value on each day of the window (0 when none)."""
-    by_day: dict[str, dict[date, float]] = defaultdict(dict)
+@dataclass(frozen=True)
+class Bands:
+    """The band of the usage charts each model is drawn in, and each band's colour."""
+
+    of: dict[str, str]  # model -> band: the model itself, or the one of the other models
+    colours: dict[str, str]
+
+
+def model_bands(usage: list[dict]) -> Bands:
+    """The models with the most tokens a band each, the rest one band together: no two bands
+    share a colour and the legend stays short; a model has its colour on every chart."""
+    totals: dict[str, float] = defaultdict(float)
     for row in usage:
-        by_day[row["model"] or "(unknown model)"][row["usage_date"]] = row[column] or 0.0
-    return {model: [days.get(day, 0.0) for day in window.days] for model, days in by_day.items()}
+        totals[model_of(row)] += row["total_tokens"] or 0
+    ranked = sorted(totals, key=lambda model: (-totals[model], model))
+    apart = len(charts.COLOURS)
+    named = ranked if len(ranked) <= apart else ranked[: apart - 1]
+    other = f"{len(ranked) - len(named)} other models"
+    return Bands(
+        {model: model if model in named else other for model in ranked},
+        {**dict(zip(named, charts.COLOURS, strict=False)), other: OTHER_COLOUR},
+    )
+
+
+def model_of(row: dict) -> str:
+    return row["model"] or charts.UNKNOWN_MODEL
+
+
+def per_model(
+    usage: list[dict], window: Window, column: str, bands: Bands
+) -> dict[str, list[float]]:
+    """Per band, the column's value on each day of the window (0 when none), the bands of the
+    most tokens first."""
+    by_day: dict[str, dict[date, float]] = {band: {} for band in bands.of.values()}
+    for row in usage:
+        days = by_day[bands.of[model_of(row)]]
+        days[row["usage_date"]] = days.get(row["usage_date"], 0.0) + (row[column] or 0.0)
+    return {
+        band: [days.get(day, 0.0) for day in window.days] for band, days in by_day.items() if days
+    }
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -426,7 +469,7 @@ def usage_table(usage: list[dict], several_currencies: bool) -> list[dict]:
     return [
         {
             "day": row["usage_date"].isoformat(),
-            "model": row["model"] or "(unknown model)",
+            "model": model_of(row),
             "batches": f"{row['batches']:,}",
             "requests": f"{row['requests']:,}",
             "failed": f"{row['requests_failed']:,}",

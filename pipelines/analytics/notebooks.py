@@ -30,7 +30,13 @@ from matplotlib.ticker import (
     PercentFormatter,
 )
 
-from pipelines.analytics.charts import CJK_FONTS, PARTIAL_LABEL, hatch_day, short_label
+from pipelines.analytics.charts import (
+    CJK_FONTS,
+    PARTIAL_LABEL,
+    UNKNOWN_MODEL,
+    hatch_day,
+    short_label,
+)
 from pipelines.analytics.report import short_count
 from pipelines.errors import SfBatchesError
 from pipelines.warehouse.database import DEFAULT_DB, open_database
@@ -66,7 +72,6 @@ DURATION_TICKS_H = {
 # space between two tick labels, in multiples of the label font size
 TICK_GAP_EM = 1.0
 # what the notebooks call a batch (or a failed line) whose model no output line names
-UNKNOWN_MODEL = "(unknown model)"
 UNKNOWN_COLOR = "0.6"
 
 
