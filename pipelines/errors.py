@@ -15,6 +15,10 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_TEXTS = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
 # How DuckDB says a database file is damaged (cut short, or bytes changed under it)
 DUCKDB_DAMAGED = ("Corrupt database file", "Could not read enough bytes from file")
+DAMAGED_ADVICE = (
+    "restore it from a backup, or move it aside and run `sfbatches sync` to rebuild it "
+    "(result files whose links expired are lost unless archive_dir kept them)"
+)
 # How DuckDB says it may not create or write a file; it raises no OSError
 DUCKDB_CANNOT_OPEN = re.compile(
     r'Cannot open file "(?P<path>[^"]+)": (?P<why>'
@@ -201,12 +205,6 @@ def _says_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in DISK_FULL_ERRNOS
     return any(text in str(error) for text in DISK_FULL_TEXTS)
-
-
-DAMAGED_ADVICE = (
-    "restore it from a backup, or move it aside and run `sfbatches sync` to rebuild it "
-    "(result files whose links expired are lost unless archive_dir kept them)"
-)
 
 
 def damaged(error: BaseException) -> BaseException | None:
