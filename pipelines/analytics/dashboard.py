@@ -29,6 +29,7 @@ from .report import (
     amount,
     as_utc,
     by_lifecycle,
+    cost_amounts,
     counted,
     created_figures,
     duration,
@@ -259,8 +260,7 @@ def cards(
             Card(
                 "estimated_cost",
                 "Estimated cost",
-                ", ".join(f"{currency} {total:,.2f}" for currency, total in costs)
-                or ("unknown" if used[6] else "none"),
+                cost_amounts(costs) or ("unknown" if used[6] else "none"),
                 f"{counted(used[6], 'batch')} without a price"
                 if used[6]
                 else ("all priced" if costs else "no tokens to price"),

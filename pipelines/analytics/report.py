@@ -341,11 +341,16 @@ def usage_lines(con: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
     ]
 
 
+def cost_amounts(costs: list[tuple[str, float]]) -> str:
+    """'CNY 2.40, USD 1.25': the estimated cost in each currency."""
+    return ", ".join(f"{currency} {total:,.2f}" for currency, total in costs)
+
+
 def cost_figures(costs: list[tuple[str, float]], unpriced: int) -> tuple[str, str]:
     """The estimated cost per currency, and what it leaves out (empty when nothing): a window
     whose batches had no tokens at all (every request failed) had nothing to price."""
     if costs:
-        cost = ", ".join(f"{currency} {total:,.2f}" for currency, total in costs) + " estimated"
+        cost = f"{cost_amounts(costs)} estimated"
     else:
         cost = "unknown" if unpriced else "none: no tokens to price"
     return cost, f"{counted(unpriced, 'batch')} of models without a price" if unpriced else ""
