@@ -98,3 +98,23 @@ def test_a_long_model_name_is_cut_in_the_legend():
     assert sorted(legend_texts(figure)) == sorted(
         [long[:31] + "…", "Qwen/QwQ-32B", charts.PARTIAL_LABEL]
     )
+
+
+def test_up_to_eight_models_each_have_a_colour_of_their_own():
+    bands = charts.model_bands({"b": 5, "a": 5, charts.UNKNOWN_MODEL: 0, "c": 9})
+
+    assert bands.of == {name: name for name in ("a", "b", "c", charts.UNKNOWN_MODEL)}
+    assert len(set(bands.colours.values())) == 4
+
+
+def test_past_eight_models_the_seven_with_most_tokens_are_apart_and_the_rest_one_grey_band():
+    tokens = {f"model-{n:02}": 1000 * n for n in range(12)}
+
+    bands = charts.model_bands(tokens)
+
+    most = {f"model-{n:02}" for n in range(5, 12)}
+    assert {model for model, band in bands.of.items() if band == model} == most
+    assert set(bands.of.values()) - most == {"5 other models"}
+    assert len(bands.colours) == 8 and len(set(bands.colours.values())) == 8
+    assert bands.colour("model-00") == bands.colour("model-04") == charts.OTHER_COLOUR
+    assert bands.colour("model-11") != charts.OTHER_COLOUR

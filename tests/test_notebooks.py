@@ -37,7 +37,6 @@ from nbformat.v4 import new_code_cell
 from pipelines.analytics.notebooks import (
     DEMO_DB,
     PARTIAL_LABEL,
-    UNKNOWN_COLOR,
     UNKNOWN_MODEL,
     NotebookStop,
     count_label,
@@ -45,7 +44,6 @@ from pipelines.analytics.notebooks import (
     duration,
     hours_axis,
     load,
-    model_colors,
     partial_days,
     repo_root,
     short_label,
@@ -953,6 +951,53 @@ def test_usage_charts_show_the_tokens_cost_speeds_and_failures_the_views_hold(
 
 
 @pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+def test_past_seven_models_the_usage_charts_draw_the_rest_as_one_band_in_one_colour(
+    synced_db: Path, shown, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    many = edited_copy(  # twelve models, by batch
+        synced_db,
+        tmp_path,
+        "update siliconflow.batch_requests set model = 'vendor/model-' || "
+        "(hash(batch_id) % 12)::varchar where model is not null",
+    )
+    monkeypatch.setenv("SFBATCHES_DB", str(many))
+    loaded = "select batch_id from siliconflow.batch_files where state = 'loaded'"
+    model_of = {batch_id: None for (batch_id,) in query(many, loaded)}
+    tokens: dict[str, int] = defaultdict(int)
+    for batch_id, model, total in query(
+        many,
+        "select batch_id, model, total_tokens from siliconflow.batch_requests "
+        f"where kind = 'output' and batch_id in ({loaded})",
+    ):
+        model_of[batch_id] = model or model_of[batch_id]
+        tokens[batch_id] += total or 0
+    per_model: dict[str, int] = defaultdict(int)
+    for batch_id, model in model_of.items():  # a batch with no output line has no model
+        per_model[model or UNKNOWN_MODEL] += tokens[batch_id]
+    ranked = sorted(per_model, key=lambda model: -per_model[model])
+    assert len(ranked) >= 12
+
+    figures = shown(USAGE).figures
+
+    colour_of: dict[str, tuple] = {}
+    for title in (
+        "Prompt tokens, by day ended",
+        "Completion tokens, by day ended",
+        "Failed request lines, by reason and model",
+    ):
+        ax = titled(figures, title)
+        bands = set(legend_labels(ax)) - {PARTIAL_LABEL}
+        # the seven models with the most tokens apart (all of them on the tokens charts)
+        named = bands - {f"{len(ranked) - 7} other models"}
+        assert len(named) == len(bands) - 1 and named <= set(ranked[:7]), title
+        assert "tokens" not in title or named == set(ranked[:7])
+        for container in ax.containers:
+            [colour] = {bar.get_facecolor()[:3] for bar in container}
+            assert colour_of.setdefault(container.get_label(), colour) == colour, title
+    assert len(set(colour_of.values())) == len(colour_of)  # no two bands share a colour
+
+
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
 def test_usage_tables_and_totals_are_the_views_numbers(synced_db: Path, shown):
     printed, _, tables = shown(USAGE)
 
@@ -1108,15 +1153,6 @@ def test_load_says_what_to_do_when_the_usage_views_are_missing(tmp_path: Path):
 )
 def test_counts_read_in_thousands_millions_billions_and_trillions(value: float, text: str):
     assert count_label(value) == text
-
-
-def test_each_model_keeps_its_colour_and_unknown_models_are_grey():
-    colors = model_colors(["b", "a", None, UNKNOWN_MODEL, "a"])
-
-    assert colors.keys() == {"a", "b", UNKNOWN_MODEL}
-    assert colors[UNKNOWN_MODEL] == UNKNOWN_COLOR
-    assert colors["a"] != colors["b"]
-    assert model_colors(["a", "b", "c"])["a"] == colors["a"]
 
 
 def test_charts_with_chinese_model_names_draw_without_a_warning_or_log_line(

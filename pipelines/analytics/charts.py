@@ -8,6 +8,7 @@ import io
 import itertools
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from matplotlib import rc_context
@@ -36,6 +37,7 @@ STYLE = {
 UNKNOWN_MODEL = "(unknown model)"  # the model of a batch whose result lines name none
 # a colour per series, in order; the same model keeps its colour within a chart
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d")
+OTHER_COLOUR = "#9d9d9d"  # the band of the models past those a chart names apart
 # A chart draws up to this many bars; beyond, one shape per series (filled steps, or one set of
 # lines): each bar is a shape of its own, in matplotlib and in the SVG, so a long window of bars
 # is slow to draw and heavy to send, and thinner than a pixel anyway.
@@ -44,6 +46,32 @@ MOST_BARS = 400
 LABEL_WIDTH = 32
 # how a per-day chart names the day not over yet, hatched (the notebooks do the same)
 PARTIAL_LABEL = "today (partial)"
+
+
+@dataclass(frozen=True)
+class Bands:
+    """The band of the usage charts each model is drawn in, and each band's colour."""
+
+    of: dict[str, str]  # model -> band: the model itself, or the one of the other models
+    colours: dict[str, str]
+
+    def colour(self, model: str) -> str:
+        return self.colours[self.of[model]]
+
+
+def model_bands(tokens: Mapping[str, float]) -> Bands:
+    """The models with the most tokens a band each, the rest one band together: no two bands
+    share a colour and the legend stays short; a model has its colour on every chart (of the
+    web page and of the notebooks)."""
+    ranked = sorted(tokens, key=lambda model: (-tokens[model], model))
+    if len(ranked) <= len(COLOURS):
+        return Bands({model: model for model in ranked}, dict(zip(ranked, COLOURS, strict=False)))
+    named = ranked[: len(COLOURS) - 1]
+    other = f"{len(ranked) - len(named)} other models"
+    return Bands(
+        {model: model if model in named else other for model in ranked},
+        {**dict(zip(named, COLOURS, strict=False)), other: OTHER_COLOUR},
+    )
 
 
 def data_uri(figure: Figure) -> str:

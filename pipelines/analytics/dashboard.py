@@ -41,7 +41,6 @@ from .report import (
 )
 
 OPEN_SHOWN = 20
-OTHER_COLOUR = "#9d9d9d"  # the band of the models past those a chart names apart
 HOUR = 3600.0
 
 _TURNAROUNDS = """
@@ -342,7 +341,7 @@ def usage_charts(usage: list[dict], window: Window, currencies: list[str]) -> li
     currencies do not add up."""
     if not usage:
         return []
-    bands = model_bands(usage)
+    bands = charts.model_bands(token_totals(usage))
     return [
         chart(
             "tokens",
@@ -361,7 +360,7 @@ def usage_charts(usage: list[dict], window: Window, currencies: list[str]) -> li
 
 
 def cost_chart(
-    usage: list[dict], window: Window, bands: Bands, currency: str, alone: bool
+    usage: list[dict], window: Window, bands: charts.Bands, currency: str, alone: bool
 ) -> Chart:
     priced = [row for row in usage if row["currency"] == currency]
     return chart(
@@ -378,28 +377,11 @@ def cost_chart(
     )
 
 
-@dataclass(frozen=True)
-class Bands:
-    """The band of the usage charts each model is drawn in, and each band's colour."""
-
-    of: dict[str, str]  # model -> band: the model itself, or the one of the other models
-    colours: dict[str, str]
-
-
-def model_bands(usage: list[dict]) -> Bands:
-    """The models with the most tokens a band each, the rest one band together: no two bands
-    share a colour and the legend stays short; a model has its colour on every chart."""
+def token_totals(usage: list[dict]) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for row in usage:
         totals[model_of(row)] += row["total_tokens"] or 0
-    ranked = sorted(totals, key=lambda model: (-totals[model], model))
-    apart = len(charts.COLOURS)
-    named = ranked if len(ranked) <= apart else ranked[: apart - 1]
-    other = f"{len(ranked) - len(named)} other models"
-    return Bands(
-        {model: model if model in named else other for model in ranked},
-        {**dict(zip(named, charts.COLOURS, strict=False)), other: OTHER_COLOUR},
-    )
+    return totals
 
 
 def model_of(row: dict) -> str:
@@ -407,7 +389,7 @@ def model_of(row: dict) -> str:
 
 
 def per_model(
-    usage: list[dict], window: Window, column: str, bands: Bands
+    usage: list[dict], window: Window, column: str, bands: charts.Bands
 ) -> dict[str, list[float]]:
     """Per band, the column's value on each day of the window (0 when none), the bands of the
     most tokens first."""

@@ -33,9 +33,13 @@ from matplotlib.ticker import (
 from pipelines.analytics.charts import (
     CJK_FONTS,
     PARTIAL_LABEL,
-    UNKNOWN_MODEL,
+    Bands,
     hatch_day,
+    model_bands,
     short_label,
+)
+from pipelines.analytics.charts import (
+    UNKNOWN_MODEL as UNKNOWN_MODEL,  # the notebooks' name for a batch no output line names
 )
 from pipelines.analytics.report import short_count
 from pipelines.errors import SfBatchesError
@@ -71,8 +75,6 @@ DURATION_TICKS_H = {
 }
 # space between two tick labels, in multiples of the label font size
 TICK_GAP_EM = 1.0
-# what the notebooks call a batch (or a failed line) whose model no output line names
-UNKNOWN_COLOR = "0.6"
 
 
 class NotebookStop(Exception):
@@ -429,29 +431,23 @@ def duration_histogram(
     ax.legend()
 
 
-def model_colors(models: Iterable[object]) -> dict[str, object]:
-    """One colour per model name, so a model looks the same on every chart of a notebook:
-    the tab10 (then tab20) colours in name order, grey for UNKNOWN_MODEL."""
-    names = sorted({str(model) for model in models if pd.notna(model)} - {UNKNOWN_MODEL})
-    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
-    colors: dict[str, object] = {
-        name: palette[index % len(palette)] for index, name in enumerate(names)
-    }
-    colors[UNKNOWN_MODEL] = UNKNOWN_COLOR
-    return colors
+def usage_bands(batches: pd.DataFrame, failures: pd.DataFrame) -> Bands:
+    """The bands of the usage charts, as the web page draws them (`charts.model_bands`): the
+    models of `batches` by their tokens, and those only `failures` name, with none."""
+    tokens = batches.groupby("model").total_tokens.sum()
+    return model_bands(dict.fromkeys(failures.model, 0.0) | tokens.to_dict())
 
 
-def stacked_bars(ax: Axes, table: pd.DataFrame, colors: Mapping[str, object]) -> list[str]:
-    """One bar per row of `table` (index: day), stacked from its columns (models), the largest
-    column at the bottom; columns with nothing in them are left out. Returns the columns drawn,
-    in stacking order, each labelled for the legend."""
+def stacked_bars(ax: Axes, table: pd.DataFrame, colours: Mapping[str, object]) -> list[str]:
+    """One bar per row of `table` (index: day), stacked from its columns (bands of models), the
+    largest column at the bottom; columns with nothing in them are left out. Returns the
+    columns drawn, in stacking order, each labelled for the legend."""
     totals = table.fillna(0).sum().sort_values(ascending=False, kind="stable")
     drawn = [column for column, total in totals.items() if total > 0]
     base = np.zeros(len(table))
     for column in drawn:
         values = table[column].fillna(0).to_numpy(dtype="float64")
-        color = colors.get(column, UNKNOWN_COLOR)
-        ax.bar(table.index, values, bottom=base, width=0.8, label=column, color=color)
+        ax.bar(table.index, values, bottom=base, width=0.8, label=column, color=colours[column])
         base += values
     return drawn
 
