@@ -148,6 +148,19 @@ def test_permanent_error_fails_at_once_and_loads_nothing(
     assert snapshot(db_path) == synced
 
 
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_request_the_api_refuses_says_to_check_the_settings_not_to_wait(
+    simulator, db_path, run, status
+):
+    simulator.faults.queue(status=status, times=5)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 4 and f"HTTP {status}" in outcome.err
+    assert "check sources.siliconflow.page_size and base_url" in outcome.err
+    assert "retry later" not in outcome.err
+
+
 def test_wrong_base_url_says_to_check_it(simulator, db_path, run, monkeypatch):
     monkeypatch.setenv("SOURCES__SILICONFLOW__BASE_URL", simulator.base_url.replace("/v1", "/v2"))
 

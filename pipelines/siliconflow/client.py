@@ -431,7 +431,7 @@ class BatchApi:
         body = parsed_body(response)
         tries = f" after {self.retry.max_attempts} tries" if _is_transient(response) else ""
         if not is_success(response) or is_error_envelope(body):
-            hint = "check sources.siliconflow.base_url" if status == 404 else "retry later"
+            hint = _what_to_do(status)
             return ApiError, (
                 f"the SiliconFlow API failed (HTTP {status}{_api_code_text(response)}: "
                 f"{_api_message(response)}) at {where}{tries}; {hint}"
@@ -446,6 +446,18 @@ class BatchApi:
             f"(keys: {sorted(body)[:8] if isinstance(body, dict) else type(body).__name__}); "
             "nothing was loaded, retry later or report it to SiliconFlow"
         )
+
+
+def _what_to_do(status: int) -> str:
+    """The advice for an answer that failed: a wrong address or request is not mended by
+    waiting."""
+    if status == 404:
+        return "check sources.siliconflow.base_url"
+    if 400 <= status < 500 and status not in (408, 429):
+        return (
+            "the API refused the request itself: check sources.siliconflow.page_size and base_url"
+        )
+    return "retry later"
 
 
 def _is_missing_batch(response: Response | None) -> bool:
