@@ -872,6 +872,37 @@ def test_batch_usage_matches_the_files_and_the_shipped_prices(simulator, db_path
         assert cost == pytest.approx(want["cost"]) and currency == want["currency"]
 
 
+def test_a_price_left_blank_makes_a_cost_unknown_only_where_its_tokens_were_used(
+    simulator, db_path, run
+):
+    assert run("sync", "--db", str(db_path)).code == 0
+    usage = expected_usage(simulator).values()
+    only_prompt = {u["model"] for u in usage if u["prompt_tokens"] and not u["completion_tokens"]}
+    both = {u["model"] for u in usage if u["prompt_tokens"] and u["completion_tokens"]}
+    embeddings, chat = sorted(only_prompt - both)[0], sorted(both)[0]
+    with duckdb.connect(str(db_path)) as con:  # an input price alone, as for embeddings
+        con.executemany(
+            "insert into analytics.seed_model_prices "
+            "values (?, ?, '', 'CNY', 'a test', '2099-01-01')",
+            [[embeddings, "0.5"], [chat, "2"]],
+        )
+
+    costs = [
+        row
+        for row in query(
+            db_path, "select model, prompt_tokens, estimated_cost from analytics.batch_usage"
+        )
+        if row[0] in (embeddings, chat)
+    ]
+
+    assert {model for model, _, _ in costs} == {embeddings, chat}
+    for model, prompt_tokens, cost in costs:
+        if model == embeddings:
+            assert cost == pytest.approx(prompt_tokens * 0.5 / 1e6)
+        else:  # its completion tokens have no price
+            assert cost is None
+
+
 @pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles"])
 def test_daily_usage_sums_batches_by_the_utc_day_they_ended(simulator, db_path, run, timezone):
     assert run("sync", "--db", str(db_path)).code == 0

@@ -92,10 +92,19 @@ final as (
             when lifecycle.processing_seconds > 0
                 then totals.completion_tokens / lifecycle.processing_seconds
         end as completion_tokens_per_second,
-        (
-            coalesce(totals.prompt_tokens, 0) * prices.input_per_million
-            + coalesce(totals.completion_tokens, 0) * prices.output_per_million
-        ) / 1e6 as estimated_cost,
+        -- a price left blank matters only for tokens of its kind: an embeddings model needs
+        -- no output price
+        case
+            when prices.model is not null
+                then (
+                    if(totals.prompt_tokens > 0, totals.prompt_tokens * prices.input_per_million, 0)
+                    + if(
+                        totals.completion_tokens > 0,
+                        totals.completion_tokens * prices.output_per_million,
+                        0
+                    )
+                ) / 1e6
+        end as estimated_cost,
         prices.currency
     from loaded
     left join totals
