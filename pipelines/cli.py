@@ -298,6 +298,8 @@ def _sync_and_build(
     if models:
         line += f"; {len(_build_models(db_path))} models built"
     say(line)
+    if result.failure is not None:
+        raise result.failure
 
 
 def cmd_models(args: argparse.Namespace) -> int:

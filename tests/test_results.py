@@ -43,6 +43,7 @@ from pipelines.siliconflow.results import (
     groups,
     rows_of,
 )
+from pipelines.siliconflow.settings import FILE_DOWNLOADS
 from pipelines.simulator import Simulator, World
 from pipelines.simulator.server import STORAGE_ERRORS
 from pipelines.warehouse import database, history, sync
@@ -394,6 +395,38 @@ def test_files_that_fail_keep_no_rows_and_load_with_the_next_sync(
     assert query(
         db_path, "select distinct attempts from siliconflow.batch_files where state = 'loaded'"
     ) == [(2,)]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_the_api_refusing_the_key_for_result_files_exits_3_with_the_batches_stored(
+    simulator, db_path, run, status
+):
+    simulator.faults.queue(kind="file_error", status=status, times=100_000)
+
+    outcome = run("sync", "--db", str(db_path))
+
+    assert outcome.code == 3
+    said = outcome.err.strip().splitlines()[-1]
+    assert said.startswith("sfbatches: result files not downloaded, authentication refused")
+    assert f"HTTP {status}" in said and "the key from SILICONFLOW_API_KEY" in said
+    assert simulator.api_key not in outcome.err + outcome.out
+    assert "batches read" in outcome.out  # the summary, then the failure
+    (batches,) = query(db_path, "select count(*) from siliconflow.batches")
+    assert batches == (len(simulator.world.visible()),)
+    # a file or two at a time were asked for when the first refusal came; none after
+    plain = [f for f in served(simulator) if not f.signed]
+    asked = [r for r in simulator.file_requests() if r.host == "api"]
+    assert 1 <= len(asked) <= 2 * FILE_DOWNLOADS < len(plain)
+    assert query(db_path, "select outcome, exit_code, message from siliconflow.sync_runs") == [
+        ("failed", 3, said.removeprefix("sfbatches: "))
+    ]
+    assert query(db_path, "select count(*) from siliconflow.batch_requests") == [(0,)]
+    simulator.faults.reset()
+
+    # (a storage's 403 is an expired link: a file gone, until a full refresh)
+    assert run("sync", "--db", str(db_path), "--no-models", "--full-refresh").code == 0
+
+    assert_results_equal(db_path, simulator)
 
 
 def test_a_download_that_fails_once_is_fetched_again_within_the_sync(simulator, db_path, run):

@@ -30,7 +30,7 @@ from requests import Response
 from requests.exceptions import HTTPError, RequestException
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from pipelines.errors import SyncTimeout, first_line, naming
+from pipelines.errors import AuthError, SyncTimeout, first_line, naming
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
 from .client import READ_BYTES, BatchApi, api_code, is_under, read_chunks, redact
@@ -225,6 +225,7 @@ class Download:
     bytes: int = 0
     lines: int = 0
     message: str | None = None
+    refused: AuthError | None = None  # the API refused the key for it
 
 
 @dataclass
@@ -239,6 +240,7 @@ class ResultStats:
     bad: dict[str, list[int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     stored: bool = False  # the files read went into the warehouse (a sync stopped first keeps none)
+    refused: AuthError | None = None  # the API refused the key for a file: none was asked after
 
     def finish(self) -> None:
         """One warning per kind of trouble, naming a few files."""
@@ -383,6 +385,11 @@ def _tally(download: Download, counts: LineCounts, stats: ResultStats) -> pa.Tab
     if download.path is None:
         if download.state == FAILED:
             stats.failed[download.file.label] = download.message or "failed"
+        if download.refused is not None:
+            stats.refused = AuthError(
+                f"result files not downloaded, {download.refused}; the batches are synced and "
+                "the next sync asks for the files again"
+            )
         return file_row(download)
     stats.loaded += 1
     stats.lines += counts.good[key]
@@ -433,7 +440,8 @@ class Fetcher:
         self.archive = archive
 
     def downloads(self, files: list[ResultFile], stats: ResultStats) -> Iterator[Download]:
-        """Each file's download, in the order given; none started once the deadline passed."""
+        """Each file's download, in the order given; none started once the deadline passed, or
+        once the API refused the key for one (it would refuse each)."""
         self.scratch.mkdir(parents=True, exist_ok=True)
         # A killed sync's copies: each file it was fetching is fetched again from the start.
         for leftover in self.scratch.glob("*.lines"):
@@ -441,6 +449,7 @@ class Fetcher:
         waiting = iter(files)
         with ThreadPoolExecutor(max_workers=FILE_DOWNLOADS) as pool:
             running: deque[Future[Download]] = deque()
+            refused = False
             for file in waiting:
                 running.append(pool.submit(self.download, file))
                 if len(running) >= 2 * FILE_DOWNLOADS:
@@ -453,7 +462,8 @@ class Fetcher:
                     for future in running:
                         future.cancel()
                     return
-                if (file := next(waiting, None)) is not None:
+                refused = refused or download.refused is not None
+                if not refused and (file := next(waiting, None)) is not None:
                     running.append(pool.submit(self.download, file))
                 yield download
 
@@ -534,7 +544,9 @@ class Fetcher:
         if response is not None and response.status_code == 404:
             return Download(file, GONE, message="the API no longer has it (HTTP 404)")
         failure = self.api.failure(HTTPError(response=response))
-        return Download(file, FAILED, message=_said(failure or HTTPError(response=response)))
+        refused = failure if isinstance(failure, AuthError) else None
+        said = _said(failure or HTTPError(response=response))
+        return Download(file, FAILED, message=said, refused=refused)
 
 
 def _refused_by_storage(file: ResultFile, response: Response) -> Download:

@@ -73,6 +73,12 @@ class SyncResult:
     def warnings(self) -> list[str]:
         return self.stats.warnings + self.files.warnings
 
+    @property
+    def failure(self) -> SfBatchesError | None:
+        """Why a sync that stored all it read still failed: the API refused the key for the
+        result files, which a cron job must hear of."""
+        return self.files.refused
+
     def summary(self) -> str:
         kind = "full" if self.full else "incremental"
         stats, files = self.stats, self.files
@@ -135,7 +141,7 @@ def run_sync(
             history.record_failed_run(db_path, result.run_row(error), wait=not waited)
             raise
         result.seconds = time.monotonic() - started
-        history.record_run(db_path, result.run_row())
+        history.record_run(db_path, result.run_row(result.failure))
     return result
 
 
