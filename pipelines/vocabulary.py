@@ -66,7 +66,7 @@ TIMESTAMP_FIELDS = (
 CHILD_FIELDS = frozenset({"request_counts", "metadata", "errors"})
 
 # Statuses in the order a batch lives through them (SiliconFlow's `in_queue`, OpenAI's
-# `validating`). Compared without the spaces around them and in lower case (other
+# `validating`). Compared without the blanks around them and in lower case (other
 # OpenAI-compatible providers pad and shout): `normal_status`, `status_sql`. Any other status,
 # and none at all, is stored as sent and counted as open.
 LIFECYCLE = (
@@ -81,6 +81,8 @@ LIFECYCLE = (
     "cancelled",
 )
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+STATUS_PADDING = " \t\n\r\f\v"  # the blanks around a status that do not count
+STATUS_PADDING_SQL = r"e' \t\n\r\f' || chr(11)"  # the same in DuckDB, which has no \v
 # A batch in one of these has started whatever its `in_progress_at` says: it is not queued.
 STARTED_STATUSES = frozenset({"in_progress", "finalizing"})
 KNOWN_STATUSES = frozenset(LIFECYCLE)
@@ -92,13 +94,13 @@ def sql_list(values: frozenset[str] | tuple[str, ...]) -> str:
 
 
 def normal_status(status: str) -> str:
-    """A status as compared: without the spaces around it, in lower case, as `status_sql`."""
-    return status.strip(" ").lower()
+    """A status as compared: without the blanks around it, in lower case, as `status_sql`."""
+    return status.strip(STATUS_PADDING).lower()
 
 
 def status_sql(column: str) -> str:
-    """SQL for the status in `column` as compared (DuckDB's `trim` takes spaces only)."""
-    return f"lower(trim({column}))"
+    """SQL for the status in `column` as compared; DuckDB's `trim` alone takes spaces only."""
+    return f"lower(trim({column}, {STATUS_PADDING_SQL}))"
 
 
 def is_terminal_sql(column: str) -> str:

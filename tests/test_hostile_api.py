@@ -751,7 +751,7 @@ def test_a_status_with_spaces_counts_as_its_status_and_none_as_open(
     padded, missing = done[:2], done[2:4]
     simulator.faults.overrides = {
         padded[0]: {"status": " completed "},
-        padded[1]: {"status": "Completed  "},
+        padded[1]: {"status": "Completed\t\n"},
         **{i: {"status": None} for i in missing},
     }
     monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "true")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from pipelines.analytics.models import default_sql_dir
@@ -77,8 +78,13 @@ def test_every_status_the_sql_names_is_one_of_the_lifecycle(path):
     assert not unknown, f"{path.name} compares status with {unknown}, not in LIFECYCLE"
 
 
-def test_the_views_read_a_status_as_the_python_side_compares_it():
-    staging = code_of(default_sql_dir() / "staging" / "stg_batches.sql")
+@pytest.mark.parametrize("model", ["stg_batches.sql", "stg_batch_status_history.sql"])
+def test_the_views_read_a_status_as_the_python_side_compares_it(model):
+    staging = code_of(default_sql_dir() / "staging" / model)
     assert f"{status_sql('status')} as status" in staging
-    assert normal_status("  COMPLETED ") == "completed"
-    assert normal_status("\tcompleted") != "completed"  # DuckDB's trim, too, takes spaces only
+    padded = ["  COMPLETED ", "completed\t", "\r\n Completed\n", "\vcompleted\f", "validating\v"]
+    with duckdb.connect() as con:
+        read = con.execute(f"select {status_sql('s')} from unnest(?) as t(s)", [padded])
+        assert [row[0] for row in read.fetchall()] == [normal_status(s) for s in padded]
+    assert {normal_status(s) for s in padded} == {"completed", "validating"}
+    assert normal_status("completed\u00a0") != "completed"  # ASCII blanks only, as DuckDB

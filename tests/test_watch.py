@@ -125,8 +125,8 @@ def test_check_keeps_its_exit_code_when_the_reader_leaves_early(simulator, db_pa
 
 
 def status(batch: dict) -> str | None:
-    """The batch's status as the views read it: spaces around it dropped, in lower case."""
-    return None if batch.get("status") is None else batch["status"].strip(" ").lower()
+    """The batch's status as the views read it: ASCII blanks around it dropped, lower case."""
+    return None if batch.get("status") is None else batch["status"].strip(" \t\n\r\f\v").lower()
 
 
 def ended_at(batch: dict) -> int | None:
@@ -365,8 +365,8 @@ def test_check_reads_padded_shouted_missing_and_running_statuses_as_the_views_do
     simulator.faults.overrides = {
         # ended: not open, counted in the failure rate, past their window without a problem
         failing: {"status": " completed "},
-        clean: {"status": "Completed  "},
-        old_ended[2]: {"status": "  COMPLETED"},
+        clean: {"status": "Completed\t"},
+        old_ended[2]: {"status": "\r\n COMPLETED"},
         # no status at all: open, and past its window
         old_ended[3]: {"status": None},
         old_ended[4]: {"status": None, "in_progress_at": None},

@@ -14,7 +14,7 @@ final as (
     select
         batch_id,
         observed_at,
-        lower(trim(status)) as status,
+        lower(trim(status, e' \t\n\r\f' || chr(11))) as status,
         requests_total,
         requests_completed,
         requests_failed

@@ -20,7 +20,7 @@ renamed as (
         file_name,
         completion_window,
         -- statuses as other providers pad or shout them count the same (vocabulary.status_sql)
-        lower(trim(status)) as status,
+        lower(trim(status, e' \t\n\r\f' || chr(11))) as status,
         created_at,
         in_progress_at,
         expires_at,
