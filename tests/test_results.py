@@ -363,6 +363,7 @@ def test_downloads_the_api_redirects_to_its_storage_load_and_never_take_the_key_
     [
         "file_error",
         "cut_short",
+        "cut_unsized",  # no length given, and the connection closed inside a line
         "envelope",  # HTTP 200, but SiliconFlow's overload envelope instead of the file
         "bad_json",  # HTTP 200, but a proxy's HTML page
     ],
@@ -431,7 +432,7 @@ def test_the_api_refusing_the_key_for_result_files_exits_3_with_the_batches_stor
 
 def test_a_download_that_fails_once_is_fetched_again_within_the_sync(simulator, db_path, run):
     # one of each transient trouble, on the API or the storage, whichever file comes first
-    for kind in ("file_error", "cut_short", "envelope", "drop"):
+    for kind in ("file_error", "cut_short", "cut_unsized", "envelope", "drop"):
         simulator.faults.queue(kind=kind, files=True)
 
     outcome = run("sync", "--db", str(db_path), "--no-models")
@@ -439,7 +440,7 @@ def test_a_download_that_fails_once_is_fetched_again_within_the_sync(simulator, 
     assert outcome.code == 0 and "could not be fetched" not in outcome.err
     assert_results_equal(db_path, simulator)
     assert query(db_path, "select distinct attempts from siliconflow.batch_files") == [(1,)]
-    assert len(simulator.file_requests()) == len(served(simulator)) + 4
+    assert len(simulator.file_requests()) == len(served(simulator)) + 5
     assert simulator.faults.pending() == 0
 
 
@@ -1079,13 +1080,66 @@ def test_a_success_code_that_brings_no_whole_file_leaves_it_failed(tmp_path):
     assert not list((tmp_path / "s").iterdir())
 
 
-@pytest.fixture
-def encoded_files() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EncodedFiles)
+class UnsizedFiles(BaseHTTPRequestHandler):
+    """Serves EncodedFiles.BODY as HTTP/1.0 may, with neither a length nor chunks, the body
+    ending with the connection: `/whole` all of it, its last line without a line end; `/cut` up
+    to inside a line halfway; `/gzip-cut` gzip-encoded, cut halfway. `/garbage-end` is whole
+    and sized, its last line no JSON."""
+
+    WHOLE = EncodedFiles.BODY[:-1]
+    SENT: ClassVar[dict[str, bytes]] = {
+        "whole": WHOLE,
+        "cut": WHOLE[: EncodedFiles.HALF + 40],
+        "gzip-cut": gzip.compress(WHOLE)[: len(gzip.compress(WHOLE)) // 2],
+        "garbage-end": EncodedFiles.BODY + b'{"custom_id": "r-30',
+    }
+
+    def do_GET(self) -> None:
+        name = self.path.strip("/")
+        self.send_response(200)
+        if name.startswith("gzip"):
+            self.send_header("Content-Encoding", "gzip")
+        if name == "garbage-end":
+            self.send_header("Content-Length", str(len(self.SENT[name])))
+        self.end_headers()
+        self.wfile.write(self.SENT[name])
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def encoded_files() -> Iterator[str]:
+    yield from serving(EncodedFiles)
+
+
+@pytest.fixture
+def unsized_files() -> Iterator[str]:
+    yield from serving(UnsizedFiles)
+
+
+def test_a_body_of_no_stated_length_loads_unless_it_ends_inside_a_line(unsized_files, tmp_path):
+    retry = RetryPolicy(max_attempts=2, backoff_factor=0)
+    fetcher = Fetcher(BatchApi(unsized_files, "sk-test", retry, Deadline(None)), tmp_path / "s")
+    names = ("whole", "cut", "gzip-cut", "garbage-end")
+    files = [ResultFile(f"batch_{name}", "output", f"{unsized_files}/{name}") for name in names]
+
+    whole, cut, gzip_cut, garbage_end = fetcher.downloads(files, ResultStats())
+
+    assert (whole.state, whole.lines, whole.bytes) == ("loaded", 3_000, len(UnsizedFiles.WHOLE))
+    for download in (cut, gzip_cut):
+        assert (download.state, download.path) == ("failed", None), download.file
+        assert download.message.startswith("the connection closed inside a line")
+    # under a length that was met, a last line that is no JSON is a bad line, not a cut
+    assert (garbage_end.state, garbage_end.lines) == ("loaded", 3_001)
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])

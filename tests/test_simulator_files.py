@@ -531,6 +531,27 @@ def test_cut_short_sends_half_the_body_under_the_full_content_length(sim, api, s
     assert client.get(url, timeout=5).content == file.content()
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_cut_unsized_sends_part_of_the_body_without_a_length_ending_inside_a_line(sim, api, signed):
+    file = next(f for f in sim.world.result_files() if f.signed == signed and not f.gone)
+    client = requests.Session() if signed else api
+    url = file.file_id if signed else f"{sim.base_url}/files/{file.file_id}/content"
+    sim.faults.queue(kind="cut_unsized")
+
+    response = client.get(url, timeout=5)  # no length to miss: the body seems whole
+
+    assert response.status_code == 200 and sim.faults.pending() == 0
+    assert "Content-Length" not in response.headers
+    assert "Transfer-Encoding" not in response.headers
+    whole = file.content()
+    assert whole.startswith(response.content) and len(response.content) < len(whole)
+    *_, last = response.content.split(b"\n")
+    assert last and whole[len(response.content) : len(response.content) + 1] != b"\n"
+    with pytest.raises(ValueError):
+        json.loads(last)
+    assert client.get(url, timeout=5).content == whole
+
+
 def test_a_queued_page_fault_also_takes_the_next_api_download_but_not_the_storage(sim, api):
     plain = next(f for f in sim.world.result_files() if not f.signed and not f.gone)
     signed = next(f for f in sim.world.result_files() if f.signed and not f.gone)

@@ -526,6 +526,11 @@ class Fetcher:
             expected, received = response.headers.get("Content-Length", ""), response.raw.tell()
             if expected.isdigit() and int(expected) != received:
                 raise BodyCutShort(f"the body ended after {received:,} of {expected} bytes")
+            if not is_sized(response) and numbered.ends_inside_a_line():
+                raise BodyCutShort(
+                    "the connection closed inside a line, and the answer gave no length to "
+                    "tell a whole file by"
+                )
             check_is_result_file(numbered.head, numbered.lines)
         except BaseException as error:
             for copy in copies:
@@ -646,6 +651,13 @@ def _gunzipped(chunks: Iterator[bytes]) -> Iterator[bytes]:
         raise BodyCutShort("the body is a gzip file that ends before its end")
 
 
+def is_sized(response: Response) -> bool:
+    """Whether the answer says where its body ends (a length, or chunks), rather than ending
+    wherever the connection does."""
+    chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+    return chunked or "Content-Length" in response.headers
+
+
 def _raise_unless_success(response: Response, *args: object, **kwargs: object) -> None:
     status = response.status_code
     if response.is_redirect or status == 200:
@@ -670,6 +682,7 @@ class Numbered:
         self.lines = 0
         self.number = 0
         self.head = b""  # the start of the first line that is not blank: what the body is
+        self.unended: bytes | None = b""  # the last line when no line end followed it
 
     def write(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
@@ -715,8 +728,15 @@ class Numbered:
 
     def close(self) -> None:
         if self.started and not self.out.closed:
-            self.out.write(b"".join(self._numbered([self._end(b"")])))
+            self.unended = self._end(b"")
+            self.out.write(b"".join(self._numbered([self.unended])))
         self.out.close()
+
+    def ends_inside_a_line(self) -> bool:
+        """Whether the last line has no line end and is no JSON object: what a connection closed
+        while a line was on its way leaves."""
+        line = self.unended
+        return line is None or (bool(line.strip()) and not is_json_object(line))
 
     def keep(self) -> None:
         """Nothing to move: the caller reads the numbered copy where it is."""
@@ -726,6 +746,13 @@ class Numbered:
         with contextlib.suppress(OSError):
             self.out.close()
         self.path.unlink(missing_ok=True)
+
+
+def is_json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def readable(line: bytes | None) -> bytes:

@@ -50,7 +50,8 @@ PAGE_KINDS = ("end_early", "empty_end", "self_cursor", "skip", "bad_last_id", "e
 # Faults that still serve what was asked for, late, slowly or altered.
 SERVING_KINDS = ("slow", "trickle", "malformed", *PAGE_KINDS)
 # Faults only file downloads take (on the API or the storage); all others take the next /v1 request.
-FILE_FAULT_KINDS = ("file_error", "cut_short")
+FILE_FAULT_KINDS = ("file_error", "cut_short", "cut_unsized")
+CUT_KINDS = ("cut_short", "cut_unsized")
 FAULT_KINDS = (
     "status",
     "bad_json",
@@ -94,7 +95,8 @@ class Reply(NamedTuple):
     """One HTTP answer; the handler only writes it out, `trickle_s` apart per few bytes if set.
 
     A streamed answer has `chunks` instead of a body: sent chunked, or under Content-Length
-    `length` when given. `cut_at` hangs up after that many bytes of the body.
+    `length` when given. `cut_at` hangs up after that many bytes of the body. An answer not
+    `sized` says neither its length nor chunks: its body ends where the connection does.
     """
 
     status: int
@@ -105,6 +107,7 @@ class Reply(NamedTuple):
     chunks: Iterable[bytes] | None = None
     length: int | None = None
     cut_at: int | None = None
+    sized: bool = True
 
 
 class Request(NamedTuple):
@@ -301,7 +304,9 @@ class Faults:
     Result file downloads (GET /v1/files/{id}/content and the storage) have faults of their
     own, which wait for the next download and leave pages and batches alone: `file_error`
     (`status`, default 503, with SiliconFlow's body on the API and an XML one on the storage)
-    and `cut_short` (the full Content-Length, half the body, then the connection closes). Any
+    `cut_short` (the full Content-Length, half the body, then the connection closes) and
+    `cut_unsized` (no Content-Length nor chunks, the body up to inside a line halfway, then the
+    connection closes: all that tells it from a whole file is a last line cut short). Any
     other kind queued with `files=True` waits for a download too (e.g. `drop`, `slow`,
     `trickle` on the storage). A download on the API takes a waiting file fault first, else
     the next /v1 fault like any request; the storage takes file faults only. Page faults and
@@ -831,7 +836,7 @@ class Simulator:
     ) -> Reply | None:
         """A result file as the API (storage=False) or the storage answers it, `fault` applied;
         `gzipped`: a small file's body gzip-encoded, as a CDN in front of the storage sends it."""
-        if fault is None or fault.kind in (*SERVING_KINDS, "cut_short"):
+        if fault is None or fault.kind in (*SERVING_KINDS, *CUT_KINDS):
             if fault is not None and fault.kind == "slow":
                 time.sleep(fault.seconds)
             return self._file_reply(file_id, fault, storage, gzipped)
@@ -860,12 +865,16 @@ class Simulator:
         trickle_s = fault.seconds if fault is not None and fault.kind == "trickle" else 0.0
         reply = Reply(200, b"", JSONL, headers, trickle_s)
         content = self._file_content(file)
-        cut = fault is not None and fault.kind == "cut_short"
+        cut = fault is not None and fault.kind in CUT_KINDS
+        if cut:
+            reply = reply._replace(sized=fault.kind == "cut_short")
         if isinstance(content, bytes):
+            cut_at = _inside_a_line(content, len(content) // 2) if cut else None
             if gzipped:
                 content = gzip.compress(content, compresslevel=1)
                 reply = reply._replace(headers=(*headers, ("Content-Encoding", "gzip")))
-            return reply._replace(body=content, cut_at=len(content) // 2 if cut else None)
+                cut_at = len(content) // 2 if cut else None
+            return reply._replace(body=content, cut_at=cut_at)
         if cut:
             length = sum(map(len, file.lines()))  # one pass to count, then the real one
             return reply._replace(chunks=_chunks(file.lines()), length=length, cut_at=length // 2)
@@ -1086,14 +1095,16 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self.close_connection = True
             return
-        chunked = reply.chunks is not None and reply.length is None
+        chunked = reply.sized and reply.chunks is not None and reply.length is None
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
-        else:
+        elif reply.sized:
             length = len(reply.body) if reply.chunks is None else reply.length
             self.send_header("Content-Length", str(length))
+        else:
+            self.close_connection = True  # the body ends where the connection does
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
@@ -1167,6 +1178,14 @@ def _file_route(path: str) -> str | None:
         return None
     file_id = path[len(FILES_PREFIX) : -len(CONTENT_SUFFIX)]
     return unquote(file_id) if file_id and "/" not in file_id else None
+
+
+def _inside_a_line(body: bytes, at: int) -> int:
+    """`at`, or the nearest place before it inside a line: the body cut there ends with a line
+    neither ended nor whole."""
+    while at > 1 and b"\n" in (body[at - 1 : at], body[at : at + 1]):
+        at -= 1
+    return at
 
 
 def _chunks(lines: Iterable[bytes]) -> Iterator[bytes]:
