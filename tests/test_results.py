@@ -1341,6 +1341,39 @@ def test_carriage_returns_and_control_characters_read_as_json_reads_them(tmp_pat
     assert warning.endswith("(batch_a output line 2, 4, 5, 7)")
 
 
+# Lines with half a UTF-16 surrogate pair escaped alone (json.dumps writes `\ud83d`), and with
+# what looks alike but is not: (custom_id sent, custom_id stored).
+SURROGATE_IDS = [
+    ("r-1\ud83d", "r-1\ufffd"),  # a high half alone
+    ("r-2\ude00x", "r-2\ufffdx"),  # a low half alone
+    ("r-3\ud83d\ude00", "r-3\U0001f600"),  # a whole pair: an emoji
+    ("r-4\\ud83d", "r-4\\ud83d"),  # an escaped backslash, then text
+    ("r-5\udbff", "r-5\ufffd"),
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 16], ids=["byte by byte", "7 bytes", "whole"])
+def test_half_a_surrogate_pair_is_read_as_a_replacement_character_not_a_bad_line(tmp_path, chunk):
+    cut = json.loads(completion_line(6, 700))  # a completion cut inside an emoji
+    cut["response"]["body"]["choices"][0]["message"]["content"] += "\ud83d"
+    long = {"custom_id": "r-7\ud83d", "padding": "x" * SHORT_LINE}  # cut down as it is saved
+    lines = [json.dumps({"custom_id": sent}) for sent, _ in SURROGATE_IDS]
+    lines += [json.dumps(cut), json.dumps(long)]
+    assert all(line.isascii() for line in lines)
+
+    requests, files, warning = read_lines(tmp_path, {"batch_a": "\n".join(lines).encode()}, chunk)
+
+    assert (warning, [(f["lines"], f["bad_lines"]) for f in files]) == ("", [(7, 0)])
+    stored = {row[2]: row[3] for row in requests}
+    assert stored == {
+        **{n: kept for n, (_, kept) in enumerate(SURROGATE_IDS, 1)},
+        6: "r-6",
+        7: "r-7\ufffd",
+    }
+    [(prompt, completion)] = [(row[8], row[9]) for row in requests if row[2] == 6]
+    assert (prompt, completion) == (6, 700)
+
+
 @pytest.mark.parametrize("chunk", [1, 1 << 16], ids=["byte by byte", "whole"])
 def test_a_byte_order_mark_before_the_first_line_is_no_part_of_it(tmp_path, chunk):
     bom = b"\xef\xbb\xbf"

@@ -58,6 +58,13 @@ BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some writers put before 
 GZIP_MAGIC = b"\x1f\x8b"  # how a gzip file starts; no JSON text starts so
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's setting for the gzip format
 PART = ".gz.part"  # an archived file while it is written
+# Half of a UTF-16 surrogate pair escaped alone (`\ud83d`, as a completion cut inside an emoji
+# may end): JSON to Python and most readers, but DuckDB's refuses the whole line.
+LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+SURROGATE_ESCAPES = (b"\\ud", b"\\uD")  # how each such escape starts
 
 FILES_SCHEMA = pa.schema(
     [
@@ -690,7 +697,10 @@ class Numbered:
             chunk = chunk.translate(TO_READER)  # seldom: a scan for either costs far less
         *ended, rest = chunk.split(b"\n")
         if ended:
-            ended[0] = self._end(ended[0])
+            # the first line began in an earlier chunk: it is looked at alone
+            ended[0] = whole_characters(self._end(ended[0]))
+            if any(escape in chunk for escape in SURROGATE_ESCAPES):
+                ended = [whole_characters(line) for line in ended]
             self.out.write(b"".join(self._numbered(ended)))
         self._go_on(rest)
 
@@ -728,7 +738,7 @@ class Numbered:
 
     def close(self) -> None:
         if self.started and not self.out.closed:
-            self.unended = self._end(b"")
+            self.unended = whole_characters(self._end(b""))
             self.out.write(b"".join(self._numbered([self.unended])))
         self.out.close()
 
@@ -746,6 +756,18 @@ class Numbered:
         with contextlib.suppress(OSError):
             self.out.close()
         self.path.unlink(missing_ok=True)
+
+
+def whole_characters(line: bytes | None) -> bytes | None:
+    """`line` with each half of a surrogate pair escaped alone read as U+FFFD, which is how
+    Python reads it when decoding text; any other line as it is."""
+    if line is None or not LONE_SURROGATE.search(line):
+        return line
+    try:
+        text = json.dumps(json.loads(line), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return line
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
 
 
 def is_json_object(line: bytes) -> bool:
