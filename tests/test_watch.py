@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, run_process
 from truth import served
 
+from pipelines.analytics import check
 from pipelines.simulator import TERMINAL, Simulator, World
 from pipelines.warehouse import database
 
@@ -654,3 +655,17 @@ def test_prometheus_never_overwrites_a_file_it_did_not_write(db_path, run, tmp_p
     assert "was not written by sfbatches" in outcome.err
     assert target.read_bytes() == content
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.prom", "warehouse.duckdb"]
+
+
+@pytest.mark.parametrize(
+    ("value_h", "text"),
+    [
+        (0.0001, "0.36 s"),  # a limit of a fraction of a second still reads as itself
+        (12 / 3600, "12 s"),
+        (0.5, "30 min"),
+        (3.25, "3.2 h"),
+        (60, "2.5 days"),
+    ],
+)
+def test_ages_and_limits_read_in_the_unit_that_shows_them(value_h, text):
+    assert check.hours(value_h) == text

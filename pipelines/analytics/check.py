@@ -356,9 +356,11 @@ def percent(fraction: float) -> str:
 
 
 def hours(value: float) -> str:
-    """Hours as a person reads them: '40 min', '3.2 h', '2.5 days'."""
+    """Hours as a person reads them: '12 s', '0.36 s', '40 min', '3.2 h', '2.5 days'."""
+    if value * 60 < 1:
+        return f"{max(value * 3600, 0):.2g} s"
     if value < 1:
-        return f"{max(value * 60, 0):.0f} min"
+        return f"{value * 60:.0f} min"
     if value < 48:
         return f"{value:.1f} h"
     return f"{value / 24:.1f} days"
