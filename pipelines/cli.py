@@ -359,13 +359,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.config import SourceConfig
     from pipelines.simulator.process import served_elsewhere
-    from pipelines.warehouse.database import local_file, mark_as_demo, remove_demo_database
+    from pipelines.warehouse.database import local_file, new_demo_database
 
     db_path = local_file(args.db)
-    remove_demo_database(db_path)
-    # marked before it holds anything, so that the next demo replaces one this demo left half
-    # made (Ctrl-C, a failure)
-    mark_as_demo(db_path)
+    new_demo_database(db_path)
     with served_elsewhere("--batches", str(args.batches)) as simulator:
         say(f"sfbatches: demo simulator with {args.batches:,} batches at {simulator.base_url}")
         config = SourceConfig(api_key=simulator.api_key, base_url=simulator.base_url)

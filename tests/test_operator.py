@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pytest
 from conftest import REPO, run_process
+from filelock import FileLock, Timeout
 
 from pipelines.simulator import TERMINAL
 
@@ -141,6 +144,48 @@ def test_a_demo_stopped_with_ctrl_c_is_replaced_by_the_next_one(tmp_path):
     again = run_process("demo", "--db", str(db_path), "--batches", "300")
     assert again.code == 0, again.err
     assert "models built" in again.out
+
+
+@contextmanager
+def sync_using(db_path: Path, simulator, user: str) -> Iterator[None]:
+    """While the block runs, `user` holds the database's sync lock: a slow sync of it, or a
+    bare lock as a sync takes it."""
+    lock = FileLock(f"{db_path.resolve()}.lock")
+    if user == "a bare lock":
+        with lock:
+            yield
+        return
+    simulator.faults.latency_ms = 1000
+    argv = [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--no-models"]
+    sync = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while True:  # until the sync holds its lock
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            break
+        lock.release()
+        assert sync.poll() is None, sync.communicate()
+        time.sleep(0.05)
+    yield
+    _, err = sync.communicate(timeout=300)
+    assert sync.returncode == 0, err
+
+
+@pytest.mark.parametrize("user", ["a sync", "a bare lock"])
+def test_a_demo_waits_for_a_sync_of_its_database_and_leaves_it_be(simulator, tmp_path, user):
+    db_path = tmp_path / "demo.duckdb"
+    assert run_process("demo", "--db", str(db_path), "--batches", "100").code == 0
+
+    with sync_using(db_path, simulator, user):
+        outcome = run_process(
+            "demo", "--db", str(db_path), "--batches", "100", env={"SFBATCHES_LOCK_TIMEOUT": "1"}
+        )
+
+    assert outcome.code == 5 and "unexpected" not in outcome.err, outcome.err
+    assert outcome.err.startswith(f"sfbatches: another sync is using {db_path}")
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        (batches,) = con.execute("select count(*) from siliconflow.batches").fetchone()
+    assert batches > 0
 
 
 def test_demo_refuses_to_replace_a_database_that_is_not_a_demo(simulator, db_path, run):

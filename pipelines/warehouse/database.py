@@ -349,9 +349,16 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def remove_demo_database(db_path: Path) -> None:
-    """Delete the database an earlier demo left at `db_path`, so each demo starts empty; any
-    other file there is refused, never replaced."""
+def new_demo_database(db_path: Path) -> None:
+    """An empty demo database at `db_path` in place of the one an earlier demo left (any other
+    file there is refused, never replaced), once no sync or demo is using it. Marked before it
+    holds anything, so that the next demo replaces one this demo leaves half made."""
+    with sync_lock(db_path):
+        _remove_demo_database(db_path)
+        _mark_as_demo(db_path)
+
+
+def _remove_demo_database(db_path: Path) -> None:
     if not db_path.exists():
         return
     with connect(db_path, read_only=True) as con:
@@ -369,7 +376,7 @@ def remove_demo_database(db_path: Path) -> None:
     shutil.rmtree(work_dir(db_path), ignore_errors=True)
 
 
-def mark_as_demo(db_path: Path) -> None:
+def _mark_as_demo(db_path: Path) -> None:
     with connect(db_path) as con:
         con.execute(f"create schema if not exists {DATASET}")
         con.execute(f"create table if not exists {DATASET}.{DEMO_MARK} as select now() as made_at")
