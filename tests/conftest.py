@@ -19,6 +19,15 @@ START = 1_764_000_000
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """dlt's working folders (one per database, under the user's cache) go to a folder of the
+    test run's own, not by the thousand into the cache of whoever runs the tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reaches the real API: unless a test says otherwise, key and URL lead nowhere."""
