@@ -234,6 +234,19 @@ def test_open_batches_are_still_refreshed_when_the_server_ignores_after(
     assert_warehouse_equals(db_path, simulator.world.visible())
 
 
+def test_a_sweep_of_older_pages_says_when_the_server_ignores_after(simulator, db_path, run):
+    simulator.world.advance(60 * 86_400)  # every batch has ended: none is read again as open
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.faults.ignore_after = True
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert outcome.code == 0
+    assert "ignores `after`" in outcome.err and "stopped re-reading older pages" in outcome.err
+    assert outcome.err.count("\n") == 1
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
 def test_everything_in_one_page_just_works(simulator, db_path, run, synced):
     simulator.faults.single_page = True
 

@@ -480,6 +480,11 @@ def sweep(
             stats.sweep_after = paginator.after if paginator.has_next_page else None
             if count >= pages:
                 return
+            if paginator.stop == "loop":
+                stats.warn(
+                    f"the API {STALLS['loop']}: stopped re-reading older pages; the next sync "
+                    "starts them again from the top"
+                )
     except HTTPError as error:
         if error.response is None or error.response.status_code != 400 or after is None:
             raise
