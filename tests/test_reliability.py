@@ -170,12 +170,26 @@ def test_wrong_base_url_says_to_check_it(simulator, db_path, run, monkeypatch):
     assert "404" in outcome.err and "base_url" in outcome.err
 
 
-def test_unreachable_api_exits_4(db_path, run, monkeypatch):
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        ("http://127.0.0.1:9/v1", "the connection was refused"),
+        ("http://nonexistent.invalid/v1", "the host name did not resolve"),
+    ],
+)
+def test_unreachable_api_exits_4_saying_why_in_plain_words(
+    db_path, run, monkeypatch, base_url, reason
+):
     monkeypatch.setenv("SILICONFLOW_API_KEY", "sk-anything")
+    monkeypatch.setenv("SOURCES__SILICONFLOW__BASE_URL", base_url)
 
     outcome = run("sync", "--db", str(db_path))
 
-    assert outcome.code == 4 and "could not reach" in outcome.err
+    assert outcome.code == 4
+    assert outcome.err == (
+        f"sfbatches: could not reach the SiliconFlow API after retries ({reason} at "
+        f"{base_url}/batches?…); check the network and sources.siliconflow.base_url\n"
+    )
 
 
 def test_bad_page_size_is_a_configuration_error(simulator, db_path, run, monkeypatch):

@@ -430,6 +430,26 @@ def test_the_api_refusing_the_key_for_result_files_exits_3_with_the_batches_stor
     assert_results_equal(db_path, simulator)
 
 
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ("drop", "the server closed the connection without answering"),
+        ("cut_short", "the connection broke off in the middle of the answer"),
+    ],
+)
+def test_a_download_without_a_whole_answer_says_why_in_plain_words(
+    simulator, db_path, run, fault, said
+):
+    simulator.faults.queue(kind=fault, times=100_000, files=True)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    failed = "select message from siliconflow.batch_files where state = 'failed'"
+    messages = [message for (message,) in query(db_path, failed)]
+    assert messages and all(message.startswith(f"{said} at http") for message in messages)
+    assert f"output: {said} at http" in outcome.err
+
+
 def test_a_download_that_fails_once_is_fetched_again_within_the_sync(simulator, db_path, run):
     # one of each transient trouble, on the API or the storage, whichever file comes first
     for kind in ("file_error", "cut_short", "cut_unsized", "envelope", "drop"):

@@ -9,10 +9,12 @@ once the sync's own deadline has passed.
 import codecs
 import os
 import re
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http.client import IncompleteRead, RemoteDisconnected
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -30,12 +32,20 @@ from requests.exceptions import (
     HTTPError,
     ReadTimeout,
     RequestException,
+    Timeout,
 )
 from requests.exceptions import JSONDecodeError as RequestsJSONDecodeError
 from requests.utils import get_environ_proxies
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
+from urllib3.exceptions import NameResolutionError, ProtocolError, ReadTimeoutError
 
-from pipelines.errors import ApiError, AuthError, RateLimited, SfBatchesError, SyncTimeout
+from pipelines.errors import (
+    ApiError,
+    AuthError,
+    RateLimited,
+    SfBatchesError,
+    SyncTimeout,
+    first_line,
+)
 
 from .settings import BATCHES_PATH, FIRST_TRANSIENT_CODE, PARALLEL_REQUESTS, SUCCESS_CODES
 
@@ -267,12 +277,50 @@ def _api_message(response: Response) -> str:
 
 # A URL's query, as requests quotes URLs in its errors.
 QUERY = re.compile(r"\?[^\s'\")]*")
+# What met a request that got no (whole) answer, most telling first, and how a person says it.
+NO_ANSWER = (
+    (NameResolutionError, "the host name did not resolve"),
+    (ConnectionRefusedError, "the connection was refused"),
+    (RemoteDisconnected, "the server closed the connection without answering"),
+    (ConnectionResetError, "the connection was reset"),
+    (IncompleteRead, "the connection broke off in the middle of the answer"),
+    (ChunkedEncodingError, "the connection broke off in the middle of the answer"),
+    (Timeout, "no answer in time"),
+    (ssl.SSLError, "the TLS handshake failed"),
+)
 
 
 def redact(text: str) -> str:
-    """`text` without the queries of the URLs it quotes: the key never travels in a URL, but a
-    signed storage URL carries its signature in the query, and a base URL could hold one."""
-    return QUERY.sub("?…", text)[:200]
+    """`text` without the queries of the URLs it quotes (the key never travels in a URL, but a
+    signed storage URL carries its signature in the query, and a base URL could hold one), cut
+    at a word past 200 characters."""
+    text = QUERY.sub("?…", text)
+    return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + " …"
+
+
+def plain_reason(error: BaseException) -> str:
+    """Why a request got no (whole) answer, and where, as a person says it; else the error's
+    own words."""
+    causes = list(_causes(error))
+    for kind, said in NO_ANSWER:
+        if any(isinstance(cause, kind) for cause in causes):
+            request = getattr(error, "request", None)
+            return f"{said} at {_short(request.url)}" if request is not None else said
+    return f"{type(error).__name__}: {redact(first_line(error))}"
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the errors inside it: requests and urllib3 wrap them in `args` and `reason`."""
+    seen: set[int] = set()
+    waiting = [error]
+    while waiting:
+        cause = waiting.pop(0)
+        if id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        yield cause
+        inner = [*cause.args, getattr(cause, "reason", None), cause.__cause__, cause.__context__]
+        waiting += [found for found in inner if isinstance(found, BaseException)]
 
 
 # --- the API ----------------------------------------------------------------------------------
@@ -396,8 +444,8 @@ class BatchApi:
             return self.describe(error.response)
         if isinstance(error, RequestException):
             return ApiError(
-                f"could not reach the SiliconFlow API after retries ({type(error).__name__}: "
-                f"{redact(str(error))}); check the network and sources.siliconflow.base_url"
+                f"could not reach the SiliconFlow API after retries ({plain_reason(error)}); "
+                "check the network and sources.siliconflow.base_url"
             )
         return None
 

@@ -33,7 +33,15 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from pipelines.errors import AuthError, SyncTimeout, first_line, naming
 from pipelines.vocabulary import BATCH_FILES, BATCH_REQUESTS, FAILED, GONE, LOADED
 
-from .client import READ_BYTES, BatchApi, api_code, is_under, read_chunks, redact
+from .client import (
+    READ_BYTES,
+    BatchApi,
+    api_code,
+    is_under,
+    plain_reason,
+    read_chunks,
+    redact,
+)
 from .rows import no_rows, rows_table
 from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
@@ -846,4 +854,4 @@ def _safe(name: str) -> str:
 
 
 def _said(error: BaseException) -> str:
-    return redact(first_line(error))
+    return plain_reason(error) if isinstance(error, RequestException) else redact(first_line(error))
