@@ -364,7 +364,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     db_path = local_file(args.db)
     new_demo_database(db_path)
     with served_elsewhere("--batches", str(args.batches)) as simulator:
-        say(f"sfbatches: demo simulator with {args.batches:,} batches at {simulator.base_url}")
+        say(
+            f"sfbatches: demo simulator at {simulator.base_url} listing {simulator.visible:,} "
+            f"batches (of {args.batches:,}: the rest are created later in its simulated time)"
+        )
         config = SourceConfig(api_key=simulator.api_key, base_url=simulator.base_url)
         _sync_and_build(db_path, config, full_refresh=False, models=True)
     say("")

@@ -117,10 +117,10 @@ def test_demo_starts_from_an_empty_database_every_time(tmp_path):
     assert "full sync" in second.out
     # the demo's result files hold malformed lines on purpose: it shows how they are reported
     assert all(line.startswith("sfbatches: warning: ") for line in second.err.splitlines())
-    assert (
-        second.out.split("batches read")[0].split()[-1]
-        == (first.out.split("batches read")[0].split()[-1])
-    )
+    read = second.out.split("batches read")[0].split()[-1]
+    assert read == first.out.split("batches read")[0].split()[-1]
+    # the banner says how many batches the simulator lists, the ones a sync can read
+    assert f" listing {read} batches (of 300: the rest are created later" in second.out
 
 
 def test_a_demo_stopped_with_ctrl_c_is_replaced_by_the_next_one(tmp_path):

@@ -12,17 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-BANNER = re.compile(r"simulator: (?P<url>\S+) api key (?P<key>\S+)")
+BANNER = re.compile(
+    r"simulator: (?P<url>\S+) api key (?P<key>\S+) \((?P<visible>[\d,]+) batches visible"
+)
 START_TIMEOUT_S = 300.0
 
 
 @dataclass
 class Served:
-    """A running `sfbatches simulate`: where it answers and with which key."""
+    """A running `sfbatches simulate`: where it answers, with which key, and how many batches
+    it lists now (the others are created later in its simulated time)."""
 
     process: subprocess.Popen[str]
     base_url: str
     api_key: str
+    visible: int
 
 
 @contextmanager
@@ -36,7 +40,8 @@ def served_elsewhere(*args: str, env: dict[str, str] | None = None) -> Iterator[
         banner = BANNER.search(process.stdout.readline() if process.stdout else "")
         if banner is None:
             raise RuntimeError(f"the simulator did not start (exit {process.wait()})")
-        served = Served(process, banner["url"], banner["key"])
+        visible = int(banner["visible"].replace(",", ""))
+        served = Served(process, banner["url"], banner["key"], visible)
         _wait_until_answering(served)
         yield served
     finally:
