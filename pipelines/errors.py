@@ -134,7 +134,9 @@ def _setup_problem(error: BaseException) -> str | None:
     if damage := damaged(error):
         return f"the database file is damaged ({first_line(damage)}): {DAMAGED_ADVICE}"
     if toml := _bad_toml(error):
-        where = " or ".join(toml.full_paths)
+        # dlt names every place it looks: only those that hold the file are the one to fix
+        found = [path for path in toml.full_paths if os.path.isfile(path)]
+        where = " or ".join(found or toml.full_paths)
         if isinstance(unread := toml.__context__, OSError):  # the file is fine, not its access
             return (
                 f"cannot read {toml.file_name} ({unread.strerror}): let the user who runs "

@@ -463,6 +463,8 @@ def test_a_toml_file_dlt_cannot_read_exits_2_naming_it(simulator, tmp_path, name
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{name} is not valid TOML" in done.stderr and "line 2" in done.stderr
     assert "sk-cut" not in done.stderr and "unexpected" not in done.stderr
+    # the file to fix, and no place dlt looked in vain
+    assert done.stderr.endswith(f": fix it in ./.dlt/{name}\n")
 
 
 @pytest.mark.parametrize(("name", "command"), [("secrets.toml", "sync"), ("config.toml", "check")])
@@ -496,6 +498,7 @@ sys.exit(main(sys.argv[1:]))
 
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"cannot read {name} (Permission denied): let the user who runs sfbatches" in done.stderr
+    assert done.stderr.endswith(f"read it, in ./.dlt/{name}\n")
     assert "not valid TOML" not in done.stderr
 
 
