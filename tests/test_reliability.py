@@ -131,8 +131,10 @@ def test_retries_run_out_exit_4_and_the_database_is_unchanged(
         ({"status": 404}, 4, "404 page not found"),
         ({"kind": "no_data"}, 4, "without `data`"),
         ({"kind": "malformed"}, 4, "without an id"),
+        ({"status": 200, "body": {"data": {"id": "b"}}}, 4, "`data` that is dict, not a list"),
+        ({"status": 200, "body": {"data": "none today"}}, 4, "`data` that is str, not a list"),
     ],
-    ids=["401", "403", "400", "404", "no-data", "batch-without-id"],
+    ids=["401", "403", "400", "404", "no-data", "batch-without-id", "data-object", "data-text"],
 )
 def test_permanent_error_fails_at_once_and_loads_nothing(
     simulator, db_path, run, synced, fault, code, said

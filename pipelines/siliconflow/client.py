@@ -253,6 +253,13 @@ def _is_transient(response: Response) -> bool:
     )
 
 
+def _is_listing(response: Response) -> bool:
+    """Whether the answer is to `GET /batches` (not to one batch's own route)."""
+    request = response.request
+    path = urlsplit(request.url or "").path if request is not None else ""
+    return path.rstrip("/").endswith(f"/{BATCHES_PATH}")
+
+
 def _where(response: Response) -> str:
     request = response.request
     return f"{request.method} {request.path_url}" if request is not None else "?"
@@ -418,6 +425,8 @@ class BatchApi:
         usable = isinstance(body, dict) and not is_error_envelope(body)
         if not is_success(response) or not usable or ("data" not in body and "id" not in body):
             raise HTTPError(response=response)
+        if _is_listing(response) and not isinstance(body["data"], list | None):
+            raise HTTPError(response=response)  # dlt would take one object for a page of it
 
     def refuse_long_waits(self, response: Response) -> None:
         """Fail at once when told to wait longer than the retries may (or the sync has left)."""
@@ -488,6 +497,12 @@ class BatchApi:
             return ApiError, (
                 f"the SiliconFlow API answered {where} with a body that is not JSON "
                 f"({response.headers.get('content-type', 'no content type')}){tries}; retry later"
+            )
+        if isinstance(body, dict) and "data" in body and _is_listing(response):
+            return ApiError, (
+                f"the SiliconFlow API answered {where} with `data` that is "
+                f"{type(body['data']).__name__}, not a list of batches; nothing was loaded, "
+                "retry later or report it to SiliconFlow"
             )
         return ApiError, (
             f"the SiliconFlow API answered {where} without `data` and without an id "
