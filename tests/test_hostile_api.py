@@ -740,6 +740,31 @@ def test_an_unknown_status_is_stored_as_sent_counted_open_and_named_once(simulat
     assert set(paused[:3]) <= open_now
 
 
+def test_a_request_count_below_zero_counts_nothing_in_the_views(simulator, db_path, run):
+    visible = simulator.world.visible()
+    running = next(b["id"] for b in visible if b["status"] == "in_progress")
+    done = next(
+        b["id"] for b in visible if b["status"] == "completed" and b["request_counts"]["completed"]
+    )
+    simulator.faults.overrides = {
+        running: {"request_counts": {"total": -1, "completed": -5, "failed": 0}},
+        done: {"request_counts": {"total": 10, "completed": -3, "failed": -1}},
+    }
+
+    assert run("sync", "--db", str(db_path)).code == 0
+
+    assert query(
+        db_path,
+        "select requests_total, requests_completed, requests_failed, progress "
+        f"from analytics.open_batches where batch_id = '{running}'",
+    ) == [(None, None, 0, None)]
+    assert query(
+        db_path,
+        "select requests_total, requests_completed, requests_failed, requests_per_second "
+        f"from analytics.batch_turnaround where batch_id = '{done}'",
+    ) == [(10, None, None, None)]
+
+
 def test_a_status_with_spaces_counts_as_its_status_and_none_as_open(
     simulator, db_path, run, monkeypatch
 ):

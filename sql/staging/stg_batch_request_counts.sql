@@ -11,11 +11,12 @@ source as (
 
 final as (
 
+    -- a count below zero counts nothing: the API sent no count there
     select
         batch_id,
-        total as requests_total,
-        completed as requests_completed,
-        failed as requests_failed
+        if(total >= 0, total, null) as requests_total,
+        if(completed >= 0, completed, null) as requests_completed,
+        if(failed >= 0, failed, null) as requests_failed
     from source
 
 )

@@ -15,9 +15,10 @@ final as (
         batch_id,
         observed_at,
         lower(trim(status, e' \t\n\r\f' || chr(11))) as status,
-        requests_total,
-        requests_completed,
-        requests_failed
+        -- a count below zero counts nothing, as in stg_batch_request_counts
+        if(requests_total >= 0, requests_total, null) as requests_total,
+        if(requests_completed >= 0, requests_completed, null) as requests_completed,
+        if(requests_failed >= 0, requests_failed, null) as requests_failed
     from source
 
 )
