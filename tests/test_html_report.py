@@ -501,19 +501,20 @@ def test_every_chart_reads_utc_whatever_the_machines_time_zone(warehouse, tmp_pa
         assert charts_drawn_in(zone, warehouse, tmp_path) == in_utc, zone
 
 
-def page_figures(db_path: Path) -> dict:
+def page_figures(db_path: Path, days: int = 7) -> dict:
     """Each chart of the page `report --html` makes from `db_path`, by name, as the figure it
-    was drawn from."""
+    was drawn from, with its title as `figure.page_title`."""
     drawn = {}
     shown = dashboard.chart
 
     def keep(name: str, title: str, figure, caption: str):
         drawn[name] = figure
+        figure.page_title = title
         return shown(name, title, figure, caption)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dashboard, "chart", keep)
-        dashboard.render_html_at(db_path, Limits())
+        dashboard.render_html_at(db_path, Limits(), days)
     return drawn
 
 
@@ -526,10 +527,51 @@ def test_the_hourly_throughput_bars_stand_on_utc_hours(warehouse):
         [datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=6)],
     )
     top = drawn["throughput"].axes[0]
-    starts = {bar.get_x() for bar in top.patches} | {
-        segment[0][0] for lines in top.collections for segment in lines.get_segments()
-    }
+    starts = {bar.get_x() for bar in top.patches}
+    assert drawn["throughput"].page_title == "Throughput per hour"
     assert {num2date(x).strftime("%Y-%m-%d %H:00") for x in starts} == {h for (h,) in hours}
+
+
+@pytest.mark.parametrize("back", [0, 450], ids=["a month", "one batch 450 days back"])
+def test_a_long_window_shows_throughput_per_day_as_its_batches_add_up(warehouse, tmp_path, back):
+    db_path = tmp_path / "long.duckdb"
+    shutil.copy(warehouse, db_path)
+    with duckdb.connect(str(db_path)) as con:  # the first completed batch, `back` days earlier
+        con.execute(
+            "update siliconflow.batches set completed_at = completed_at - to_days(?) "
+            "where id = (select id from siliconflow.batches where status = 'completed' "
+            "order by completed_at limit 1)",
+            [back],
+        )
+    days = 30 if not back else 500
+    last = datetime.now(UTC).date()
+    expected = {last - timedelta(days=n): 0.0 for n in range(days)}
+    for completed_at, requests in query(
+        db_path,
+        "select batches.completed_at, counts.completed from siliconflow.batches "
+        "inner join siliconflow.batch_request_counts as counts on counts.batch_id = batches.id "
+        "where batches.status = 'completed'",
+    ):
+        day = completed_at.astimezone(UTC).date()
+        if day in expected:
+            expected[day] += (requests or 0) / 86_400  # requests per second of the day
+    held = [day for day, value in expected.items() if value]  # from the first day with data
+
+    figure = page_figures(db_path, days)["throughput"]
+
+    top = figure.axes[0]
+    if max(held) - min(held) < timedelta(days=charts.MOST_BARS):  # a bar a day
+        shown = {num2date(bar.get_x()).date(): bar.get_height() for bar in top.patches}
+        assert {bar.get_width() for bar in top.patches} == {1.0}
+    else:  # so many days that they are one filled outline
+        [outline] = top.patches
+        steps = outline.get_data()
+        shown = {num2date(x).date(): v for x, v in zip(steps.edges[:-1], steps.values, strict=True)}
+    assert figure.page_title == "Throughput per day"
+    assert len(shown) > (400 if back else 7)
+    assert shown == pytest.approx(
+        {day: value for day, value in expected.items() if min(held) <= day <= max(held)}
+    )
 
 
 @pytest.mark.parametrize(

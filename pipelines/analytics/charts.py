@@ -160,35 +160,39 @@ def daily_quantiles(
 
 
 def throughput(
-    hours: Sequence[datetime],
+    starts: Sequence[datetime],
     requests_per_second: Sequence[float],
-    token_hours: Sequence[datetime],
+    token_starts: Sequence[datetime],
     tokens_per_second: Sequence[float],
+    width_days: float,
 ) -> Figure:
-    """Requests per second per hour, and completion tokens per second when results exist."""
-    with_tokens = bool(token_hours)
+    """Requests per second in each period (an hour, a day) from its start, and completion
+    tokens per second when results exist."""
+    with_tokens = bool(token_starts)
     figure = new_figure(rows=2 if with_tokens else 1)
     with rc_context(STYLE):
         top = figure.axes[0]
-        hourly_bars(top, hours, requests_per_second, COLOURS[0])
+        period_bars(top, starts, requests_per_second, width_days, COLOURS[0])
         top.set_ylabel("requests/s")
         if with_tokens:
             bottom = figure.axes[1]
-            hourly_bars(bottom, token_hours, tokens_per_second, COLOURS[2])
+            period_bars(bottom, token_starts, tokens_per_second, width_days, COLOURS[2])
             bottom.set_ylabel("completion tokens/s")
             bottom.yaxis.set_major_formatter(count_formatter())
         figure.autofmt_xdate()
     return figure
 
 
-def hourly_bars(
-    axes: Axes, hours: Sequence[datetime], values: Sequence[float], colour: str
+def period_bars(
+    axes: Axes, starts: Sequence[datetime], values: Sequence[float], width_days: float, colour: str
 ) -> None:
-    """A bar over each hour; past MOST_BARS hours, one line each, thinner than a bar would be."""
-    if len(hours) <= MOST_BARS:
-        axes.bar(hours, values, width=1 / 24, align="edge", color=colour)
-    else:
-        axes.vlines(hours, 0, values, color=colour, linewidth=0.8)
+    """A bar over each period from its start; past MOST_BARS periods (then one after the
+    other, none left out) the same outline as one filled shape."""
+    if len(starts) <= MOST_BARS:
+        axes.bar(starts, values, width=width_days, align="edge", color=colour)
+        return
+    edges = [*date2num(starts), date2num(starts[-1]) + width_days]
+    axes.stairs(values, edges, fill=True, color=colour)
 
 
 def with_data(

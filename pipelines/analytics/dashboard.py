@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import duckdb
@@ -203,7 +203,7 @@ def page_context(con: duckdb.DuckDBPyConnection, window: Window, health: Health)
         "cards": cards(con, window, span, open_count),
         "charts": [
             *turnaround_charts(con, span),
-            *throughput_charts(con, span),
+            *throughput_charts(con, window),
             *status_charts(con),
             *usage_charts(usage, window, currencies),
         ],
@@ -298,27 +298,45 @@ def turnaround_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[
     ]
 
 
-def throughput_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[Chart]:
+def throughput_charts(con: duckdb.DuckDBPyConnection, window: Window) -> list[Chart]:
+    """Rates per hour, or per day when the window has more hours than a chart has bars."""
+    span = [window.first, window.last]
     hourly = con.execute(_HOURLY, span).fetchall()
     if not hourly:
         return []
     tokens = con.execute(_HOURLY_TOKENS, span).fetchall()
-    caption = "requests of batches completed in each UTC hour, per second of that hour"
+    period, width_days = "hour", 1 / 24
+    if len(window.days) * 24 > charts.MOST_BARS:
+        period, width_days = "day", 1.0
+        hourly, tokens = per_day(hourly, window), per_day(tokens, window) if tokens else []
+    caption = f"requests of batches completed in each UTC {period}, per second of that {period}"
     if tokens:
         caption += "; below, completion tokens of the batches with result files"
     return [
         chart(
             "throughput",
-            "Throughput per hour",
+            f"Throughput per {period}",
             charts.throughput(
                 [row[0] for row in hourly],
                 [row[1] for row in hourly],
                 [row[0] for row in tokens],
                 [row[1] for row in tokens],
+                width_days,
             ),
             caption,
         )
     ]
+
+
+def per_day(hourly: list[tuple], window: Window) -> list[tuple[datetime, float]]:
+    """For each UTC day from the first with a rate to the last, the mean of its hours' rates
+    (an hour without a row is 0), from the day's start: a decade's window of a month's data
+    shows the month."""
+    sums: dict[date, float] = defaultdict(float)
+    for hour, per_second in hourly:
+        sums[hour.date()] += per_second
+    days = [day for day in window.days if min(sums) <= day <= max(sums)]
+    return [(datetime.combine(day, time(0), UTC), sums[day] / 24) for day in days]
 
 
 def status_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
