@@ -70,6 +70,27 @@ def test_the_warehouse_opens_in_duckdb_1x(simulator, db_path, run):
     assert (int(batches), int(turnaround)) == wanted == (len(simulator.world.visible()),) * 2
 
 
+def test_every_view_reads_the_same_in_duckdb_1x(simulator, db_path, run):
+    assert run("sync", "--db", str(db_path)).code == 0
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        views = [
+            name
+            for (name,) in con.execute(
+                "select view_name from duckdb_views() where schema_name = 'analytics'"
+            ).fetchall()
+        ]
+        counts = " union all ".join(
+            f"select '{name}', count(*) from analytics.{name}" for name in views
+        )
+        wanted = {(name, str(rows)) for name, rows in con.execute(counts).fetchall()}
+
+    done = duckdb_1x("-readonly", str(db_path), "-c", counts)
+
+    assert done.returncode == 0, done.stderr
+    assert len(views) >= 15
+    assert {tuple(line.split(",")) for line in done.stdout.splitlines()} == wanted
+
+
 def test_the_warehouse_holds_no_key_constraint_duckdb_1_0_cannot_read(simulator, db_path, run):
     # DuckDB 1.0 refuses a whole file whose catalog holds a PRIMARY KEY or UNIQUE written by
     # DuckDB 2.0 ("Failed to deserialize ... field id: 103"), even in storage version v1.0.0

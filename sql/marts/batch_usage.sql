@@ -97,12 +97,16 @@ final as (
         case
             when prices.model is not null
                 then (
-                    if(totals.prompt_tokens > 0, totals.prompt_tokens * prices.input_per_million, 0)
-                    + if(
-                        totals.completion_tokens > 0,
-                        totals.completion_tokens * prices.output_per_million,
-                        0
-                    )
+                    case
+                        when totals.prompt_tokens > 0
+                            then totals.prompt_tokens * prices.input_per_million
+                        else 0
+                    end
+                    + case
+                        when totals.completion_tokens > 0
+                            then totals.completion_tokens * prices.output_per_million
+                        else 0
+                    end
                 ) / 1e6
         end as estimated_cost,
         prices.currency

@@ -11,12 +11,13 @@ source as (
 
 final as (
 
-    -- a count below zero counts nothing: the API sent no count there
+    -- a count below zero counts nothing: the API sent no count there (`case`, not `if`: the
+    -- DuckDB 1.x users read the views with has no `if`)
     select
         batch_id,
-        if(total >= 0, total, null) as requests_total,
-        if(completed >= 0, completed, null) as requests_completed,
-        if(failed >= 0, failed, null) as requests_failed
+        case when total >= 0 then total end as requests_total,
+        case when completed >= 0 then completed end as requests_completed,
+        case when failed >= 0 then failed end as requests_failed
     from source
 
 )

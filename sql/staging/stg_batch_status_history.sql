@@ -16,9 +16,9 @@ final as (
         observed_at,
         lower(trim(status, e' \t\n\r\f' || chr(11))) as status,
         -- a count below zero counts nothing, as in stg_batch_request_counts
-        if(requests_total >= 0, requests_total, null) as requests_total,
-        if(requests_completed >= 0, requests_completed, null) as requests_completed,
-        if(requests_failed >= 0, requests_failed, null) as requests_failed
+        case when requests_total >= 0 then requests_total end as requests_total,
+        case when requests_completed >= 0 then requests_completed end as requests_completed,
+        case when requests_failed >= 0 then requests_failed end as requests_failed
     from source
 
 )
