@@ -30,7 +30,7 @@ from pipelines import cli
 from pipelines.analytics import charts, dashboard
 from pipelines.analytics.check import Limits
 from pipelines.analytics.report import counted, duration
-from pipelines.simulator import Simulator, World
+from pipelines.simulator import TERMINAL, Simulator, World
 from pipelines.warehouse.database import open_database
 
 HOUR = 3600
@@ -516,6 +516,38 @@ def page_figures(db_path: Path, days: int = 7) -> dict:
         patch.setattr(dashboard, "chart", keep)
         dashboard.render_html_at(db_path, Limits(), days)
     return drawn
+
+
+def test_files_no_sync_fetched_yet_are_a_card_saying_the_figures_leave_them_out(
+    chromium, warehouse, tmp_path
+):
+    db_path = tmp_path / "unfetched.duckdb"
+    shutil.copy(warehouse, db_path)
+    with duckdb.connect(str(db_path)) as con:  # as a first sync that took 10,000 files leaves
+        deleted = con.execute(
+            "delete from siliconflow.batch_files where state = 'loaded' and batch_id in "
+            "(select id from siliconflow.batches order by id limit 60) returning batch_id"
+        ).fetchall()
+    first_day = datetime.now(UTC).date() - timedelta(days=6)
+    ended_in_window = set()
+    for batch_id, status, *times in query(
+        db_path,
+        "select id, status, completed_at, failed_at, expired_at, cancelled_at "
+        "from siliconflow.batches",
+    ):
+        ended = next((time for time in times if time is not None), None)  # SPEC's ended_at
+        if status in TERMINAL and ended and ended.astimezone(UTC).date() >= first_day:
+            ended_in_window.add(batch_id)
+    unfetched = sum(batch_id in ended_in_window for (batch_id,) in deleted)
+    page = tmp_path / "unfetched.html"
+    assert unfetched and cli.main(["report", "--db", str(db_path), "--html", str(page)]) == 0
+
+    show(chromium, page, LAPTOP)
+
+    note = chromium.find_element(By.CSS_SELECTOR, '[data-figure="files_not_loaded"] .note').text
+    assert note.startswith(f"{counted(unfetched, 'file')} not fetched yet (later syncs fetch")
+    assert note.endswith(": not counted")
+    assert int(card(chromium, "files_not_loaded").replace(",", "")) >= unfetched
 
 
 def test_the_hourly_throughput_bars_stand_on_utc_hours(warehouse):

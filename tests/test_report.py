@@ -275,17 +275,25 @@ NOT_LOADED = [
         "insert into siliconflow.batch_files (batch_id, kind, state) values "
         "('r2', 'error', 'gone'), ('r3', 'output', 'failed'), ('r4', 'output', 'gone')",
         "  Cost        CNY 2.40 estimated; 1 batch of models without a price",
-        "1 file gone (404, expired link), 1 failed",
+        "1 file gone (404, expired link), 1 failed (retried next sync)",
     ),
     (
         "update siliconflow.batch_files set state = 'gone'",  # r1's two files and r2's output
         "Result files             none loaded for batches that ended in these days",
-        "3 files gone (404, expired link), 0 failed",
+        "3 files gone (404, expired link), 0 failed (retried next sync)",
+    ),
+    (  # r2 and r3 name files no sync fetched yet (r4 ended before the window)
+        "update siliconflow.batches set error_file_id = 'file-' || id "
+        "where id in ('r2', 'r3', 'r4')",
+        "  Cost        CNY 2.40 estimated; 1 batch of models without a price",
+        "2 files not fetched yet (later syncs fetch them)",
     ),
 ]
 
 
-@pytest.mark.parametrize(("change", "above", "said"), NOT_LOADED, ids=["some", "all"])
+@pytest.mark.parametrize(
+    ("change", "above", "said"), NOT_LOADED, ids=["some", "all", "not fetched yet"]
+)
 def test_result_files_not_loaded_are_named_under_the_figures_they_leave_out(
     warehouse, change, above, said
 ):
@@ -294,7 +302,7 @@ def test_result_files_not_loaded_are_named_under_the_figures_they_leave_out(
     lines = render_report(warehouse, days=7, now=NOW).splitlines()
 
     at = lines.index(above)
-    assert lines[at + 1] == f"  Not loaded  {said} (retried next sync); not counted above"
+    assert lines[at + 1] == f"  Not loaded  {said}; not counted above"
 
 
 def test_turnaround_says_how_many_completed_batches_it_is_timed_over(warehouse):

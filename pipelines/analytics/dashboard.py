@@ -36,6 +36,7 @@ from .report import (
     fetch_one,
     freshness_line,
     last_sync,
+    not_loaded,
     rate,
     shown_statuses,
 )
@@ -265,6 +266,11 @@ def cards(
                 else ("all priced" if costs else "no tokens to price"),
             ),
         ]
+    missing, why = not_loaded(con, span)
+    if missing:
+        found.append(
+            Card("files_not_loaded", "Files not loaded", f"{missing:,}", f"{why}: not counted")
+        )
     return found
 
 
