@@ -93,8 +93,8 @@ with open(sys.argv[1], "w") as out:
 """
 
 SUMMARY = re.compile(
-    r"sync of .*?: (?P<batches>[\d,]+) batches read .*? from (?P<pages>[\d,]+) pages "
-    r"and (?P<lookups>[\d,]+) lookups"
+    r"sync of .*?: (?P<batches>[\d,]+) batch(?:es)? read .*? from (?P<pages>[\d,]+) pages? "
+    r"and (?P<lookups>[\d,]+) lookups?"
 )
 REQUEST_LINES = re.compile(r"\((?P<lines>[\d,]+) request lines?\)")
 

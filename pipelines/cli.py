@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
 
 from pipelines.errors import ConfigError, Terminated, exit_code_of, one_line, printable
 from pipelines.vocabulary import ALERT_DEFAULTS
+from pipelines.wording import counted
 
 if TYPE_CHECKING:
     from pipelines.config import SourceConfig
@@ -365,8 +366,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     new_demo_database(db_path)
     with served_elsewhere("--batches", str(args.batches)) as simulator:
         say(
-            f"sfbatches: demo simulator at {simulator.base_url} listing {simulator.visible:,} "
-            f"batches (of {args.batches:,}: the rest are created later in its simulated time)"
+            f"sfbatches: demo simulator at {simulator.base_url} listing "
+            f"{counted(simulator.visible, 'batch')} (of {args.batches:,}: the rest are created "
+            "later in its simulated time)"
         )
         config = SourceConfig(api_key=simulator.api_key, base_url=simulator.base_url)
         _sync_and_build(db_path, config, full_refresh=False, models=True)

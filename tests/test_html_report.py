@@ -29,9 +29,10 @@ from selenium.webdriver.common.by import By
 from pipelines import cli
 from pipelines.analytics import charts, dashboard
 from pipelines.analytics.check import Limits
-from pipelines.analytics.report import counted, duration
+from pipelines.analytics.report import duration
 from pipelines.simulator import TERMINAL, Simulator, World
 from pipelines.warehouse.database import open_database
+from pipelines.wording import counted
 
 HOUR = 3600
 LAPTOP = (1280, 900)

@@ -9,6 +9,7 @@ from conftest import run_process
 from truth import assert_warehouse_equals, expected_latest_history, latest_history
 
 from pipelines.simulator import Simulator, World
+from pipelines.warehouse.sync import SyncResult
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 PAGE = 100
@@ -385,3 +386,18 @@ def test_an_unforeseen_failure_inside_dlt_is_named_by_its_cause(tmp_path, error)
         f"unexpected {type(error).__name__}: {error} "
         "(rerun with --verbose for details, and report it)"
     )
+
+
+@pytest.mark.parametrize(
+    ("batches", "pages", "said"),
+    [
+        (1, 1, "1 batch read (1 new, 0 changed) from 1 page and 0 lookups"),
+        (2, 3, "2 batches read (1 new, 0 changed) from 3 pages and 0 lookups"),
+    ],
+)
+def test_the_summary_counts_in_the_right_number(batches, pages, said):
+    result = SyncResult(Path("w.duckdb"), full=True, new=1)
+    result.stats.batches, result.stats.pages = batches, pages
+
+    summary = result.summary()
+    assert summary.startswith(f"sfbatches: full sync of w.duckdb: {said}, 0 result files (0 ")

@@ -26,8 +26,9 @@ from pipelines.vocabulary import (
     status_sql,
 )
 from pipelines.warehouse.database import open_database
+from pipelines.wording import counted
 
-from .report import TABLES_SQL, counted
+from .report import TABLES_SQL
 
 HOUR = 3600.0
 NAMED = 3  # batch ids a text line shows before "and N more"

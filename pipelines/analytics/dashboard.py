@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from pipelines.errors import ViewsOutOfDate
 from pipelines.warehouse.database import open_database
+from pipelines.wording import counted
 
 from . import charts
 from .check import Health, Limits, check
@@ -30,7 +31,6 @@ from .report import (
     as_utc,
     by_lifecycle,
     cost_amounts,
-    counted,
     created_figures,
     duration,
     fetch_one,

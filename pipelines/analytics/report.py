@@ -13,6 +13,7 @@ import duckdb
 from pipelines.errors import ViewsOutOfDate, printable
 from pipelines.vocabulary import DATASET, FAILED, GONE, LIFECYCLE
 from pipelines.warehouse.database import open_database
+from pipelines.wording import counted
 
 WIDTH = 80
 OPEN_SHOWN = 5
@@ -491,24 +492,6 @@ def section(label: str, text: str) -> str:
 def detail(label: str, text: str) -> str:
     """A line under a section: indented, its figures aligned with the other details."""
     return f"  {label:<{DETAIL_COLUMN - 4}}  {text}"
-
-
-def counted(count: int, noun: str, plural: str | None = None) -> str:
-    """'1 batch', '2 batches', '1,123 pages': the count, then the noun in the right number.
-
-    The plural is made the regular English way unless given (`plural`); in a phrase like
-    'ended batch' the last word takes it.
-    """
-    return f"{count:,} {noun if count == 1 else plural or plural_of(noun)}"
-
-
-def plural_of(noun: str) -> str:
-    """batch -> batches, page -> pages, entry -> entries, day -> days."""
-    if noun.endswith(("s", "x", "z", "ch", "sh")):
-        return noun + "es"
-    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u", ""):
-        return noun[:-1] + "ies"
-    return noun + "s"
 
 
 def percent_in(part: int, whole: int, digits: int = 2) -> str:

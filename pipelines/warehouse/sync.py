@@ -38,6 +38,7 @@ from pipelines.siliconflow import (
     siliconflow,
 )
 from pipelines.vocabulary import DATASET
+from pipelines.wording import counted
 
 from . import database, history, plan
 
@@ -83,10 +84,11 @@ class SyncResult:
         kind = "full" if self.full else "incremental"
         stats, files = self.stats, self.files
         return (
-            f"sfbatches: {kind} sync of {self.db_path.name}: {stats.batches:,} batches read "
-            f"({self.new:,} new, {self.changed:,} changed) from {_count(stats.pages, 'page')} "
-            f"and {_count(stats.lookups, 'lookup')}, {_count(files.loaded, 'result file')} "
-            f"({_count(files.lines, 'request line')}) in {self.seconds:.1f} s"
+            f"sfbatches: {kind} sync of {self.db_path.name}: "
+            f"{counted(stats.batches, 'batch')} read "
+            f"({self.new:,} new, {self.changed:,} changed) from {counted(stats.pages, 'page')} "
+            f"and {counted(stats.lookups, 'lookup')}, {counted(files.loaded, 'result file')} "
+            f"({counted(files.lines, 'request line')}) in {self.seconds:.1f} s"
         )
 
     def run_row(self, error: BaseException | None = None) -> dict[str, object]:
@@ -111,10 +113,6 @@ class SyncResult:
             "request_lines": self.files.lines if self.files.stored else 0,
             "warnings": len(self.warnings),
         }
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def run_sync(
