@@ -90,9 +90,26 @@ class Deadline:
 class ApiResponse(Response):
     """A response whose whole body was read within its deadline; its JSON is parsed once."""
 
+    # What requests' adapter sets on a response (those it set), by their public names.
+    FIELDS = (
+        "status_code",
+        "headers",
+        "raw",
+        "url",
+        "encoding",
+        "reason",
+        "cookies",
+        "elapsed",
+        "request",
+        "connection",
+        "history",
+    )
+
     def __init__(self, response: Response, body: bytes) -> None:
         super().__init__()
-        self.__dict__.update(vars(response))
+        for name in self.FIELDS:
+            if hasattr(response, name):
+                setattr(self, name, getattr(response, name))
         self.body = body
         try:
             # JSON forbids a byte order mark, but some servers write one; what follows is JSON
