@@ -1,6 +1,7 @@
 """The web page's charts as figures: what their axes and marks show."""
 
-from datetime import date, timedelta
+import itertools
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -69,7 +70,7 @@ def legend_texts(figure: Figure) -> list[str]:
 @pytest.mark.parametrize(
     "chart",
     [
-        lambda today: charts.daily_quantiles(WEEK, [1.0] * 7, [2.0] * 7, today),
+        lambda today: charts.daily_quantiles(WEEK, [1.0] * 7, [2.0] * 7, WEEK[0], today),
         lambda today: charts.stacked_by_model(WEEK, {"model-a": [5.0] * 7}, "tokens", today),
     ],
     ids=["turnaround per day", "tokens per day"],
@@ -83,12 +84,48 @@ def test_per_day_charts_hatch_today_alone(chart):
     assert hatched_days(past) == [] and charts.PARTIAL_LABEL not in legend_texts(past)
 
 
-def test_a_single_day_is_shown_with_a_day_either_side():
-    figure = charts.daily_quantiles([TODAY], [7.5], [7.5], TODAY)
+def test_a_per_day_chart_spans_its_window_though_one_day_has_data():
+    figure = charts.daily_quantiles([TODAY], [7.5], [7.5], WEEK[0], TODAY)
 
     low, high = figure.axes[0].get_xlim()
 
-    assert (low, high) == (date2num(TODAY) - 1, date2num(TODAY) + 1)
+    assert (low, high) == (date2num(WEEK[0]) - 0.5, date2num(TODAY) + 0.5)
+    FigureCanvasAgg(figure).draw()
+    assert [label for _, label in shown_dates(figure)] == [f"{day.day:02}" for day in WEEK]
+
+
+def shown_dates(figure: Figure) -> list[tuple[object, str]]:
+    """(extent, text) of each date label drawn under the last axes, left to right."""
+    axes = figure.axes[-1]
+    low, high = axes.get_xlim()
+    labels = [
+        label
+        for label in axes.xaxis.get_ticklabels()
+        if label.get_text() and low <= label.get_position()[0] <= high
+    ]
+    return sorted(
+        ((label.get_window_extent(), label.get_text()) for label in labels),
+        key=lambda shown: shown[0].x0,
+    )
+
+
+@pytest.mark.parametrize("days", [1, 7, 30, 90, 400, 3650])
+def test_date_labels_never_run_into_each_other(days):
+    first = TODAY - timedelta(days=days - 1)
+    window = [first + timedelta(days=n) for n in range(days)]
+    starts = [datetime(day.year, day.month, day.day, tzinfo=UTC) for day in window]
+    figures = {
+        "turnaround": charts.daily_quantiles(window, [1.0] * days, [2.0] * days, first, TODAY),
+        "tokens": charts.stacked_by_model(window, {"m": [1.0] * days}, "tokens", TODAY),
+        "throughput": charts.throughput(starts, [1.0] * days, [], [], 1.0, (first, TODAY)),
+    }
+
+    for name, figure in figures.items():
+        FigureCanvasAgg(figure).draw()
+        shown = shown_dates(figure)
+        assert 1 <= len(shown) <= 10, (name, shown)
+        for (left, _), (right, _) in itertools.pairwise(shown):
+            assert left.x1 < right.x0, (name, [text for _, text in shown])
 
 
 def test_a_long_model_name_is_cut_in_the_legend():
@@ -118,3 +155,23 @@ def test_past_eight_models_the_seven_with_most_tokens_are_apart_and_the_rest_one
     assert len(bands.colours) == 8 and len(set(bands.colours.values())) == 8
     assert bands.colour("model-00") == bands.colour("model-04") == charts.OTHER_COLOUR
     assert bands.colour("model-11") != charts.OTHER_COLOUR
+
+
+def test_the_turnaround_legend_stands_below_the_plot_not_on_its_points():
+    figure = charts.daily_quantiles(WEEK, [1.0] * 7, [9.0] * 7, WEEK[0], TODAY)
+    FigureCanvasAgg(figure).draw()
+
+    [legend] = figure.legends
+    assert legend.get_window_extent().y1 < figure.axes[0].get_window_extent().y0
+
+
+def test_each_status_bar_says_its_count_so_one_batch_beside_thousands_shows():
+    figure = charts.status_mix(["in_progress", "completed", "failed"], [1, 20_000, 35])
+    FigureCanvasAgg(figure).draw()
+
+    axes = figure.axes[0]
+    said = {text.get_text() for text in axes.texts}
+    assert said == {"1", "20,000", "35"}
+    inside = axes.get_window_extent()
+    assert all(inside.contains(*text.get_window_extent().p1) for text in axes.texts)
+    assert all(float(tick).is_integer() for tick in axes.get_xticks())

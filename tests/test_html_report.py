@@ -792,3 +792,10 @@ def test_many_models_get_a_colour_each_and_the_rest_one_band_alike_on_every_char
         assert labels[-1] == f"{models - len(charts.COLOURS) + 1} other models", name
         for label, colour in zip(labels, colours, strict=True):
             assert colour_of.setdefault(label, colour) == colour, (name, label)
+
+
+def test_the_cost_chart_says_models_without_a_price_are_left_out(chromium, page):
+    show(chromium, page, LAPTOP)
+
+    caption = chromium.find_element(By.CSS_SELECTOR, '[data-chart="cost"] + figcaption').text
+    assert caption.endswith("; models without a price are left out")

@@ -42,6 +42,7 @@ from pipelines.analytics.notebooks import (
     count_label,
     database_path,
     duration,
+    duration_histogram,
     hours_axis,
     load,
     partial_days,
@@ -1226,3 +1227,23 @@ def test_long_model_names_are_cut_in_legends_and_labels():
     shown = [text.get_text() for text in axes.get_legend().get_texts()]
     assert shown == ["Qwen/QwQ-32B", long[:31] + "…"]
     assert short_label("短名") == "短名"
+
+
+@pytest.mark.parametrize(
+    "hours",
+    [[5.0] * 40, [0.1, 0.5, 1, 2, 2, 3, 3, 3, 4, 5, 8, 12, 24, 30]],
+    ids=["one duration", "spread"],
+)
+def test_the_quantiles_legend_of_a_histogram_covers_no_bar(hours):
+    use_style()
+    figure = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+
+    duration_histogram(axes, pd.Series(hours), "Turnaround", "hours")
+    figure.canvas.draw()
+
+    legend = axes.get_legend().get_window_extent()
+    bars = [bar.get_window_extent() for bar in axes.patches if bar.get_height() > 0]
+    assert bars and not [bar for bar in bars if bar.overlaps(legend)]
+    assert all(float(tick).is_integer() for tick in axes.get_yticks())  # no half batches

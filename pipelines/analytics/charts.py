@@ -13,9 +13,9 @@ from datetime import date, datetime
 
 from matplotlib import rc_context
 from matplotlib.axes import Axes
-from matplotlib.dates import date2num
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DayLocator, date2num
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pipelines.analytics.report import short_count
 
@@ -46,6 +46,7 @@ MOST_BARS = 400
 LABEL_WIDTH = 32
 # how a per-day chart names the day not over yet, hatched (the notebooks do the same)
 PARTIAL_LABEL = "today (partial)"
+FEW_DAYS = 10  # a per-day chart of fewer days has a tick on each
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,18 @@ def hatch_day(axes: Axes, day: date, centred: bool = True, labelled: bool = True
     )
 
 
+def day_axis(axes: Axes, first: date, last: date, centred: bool = True) -> None:
+    """The x axis from day `first` to day `last` (UTC), each day's marks `centred` on it or
+    starting at it: a quiet stretch of the window still shows. Ticked in whole days when there
+    are few, labelled concisely: dates never run into each other."""
+    start = date2num(first) - (0.5 if centred else 0)
+    axes.set_xlim(start, start + (last - first).days + 1)
+    few_days = centred and (last - first).days < FEW_DAYS
+    locator = DayLocator() if few_days else AutoDateLocator(minticks=3, maxticks=7)
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
 def short_label(name: str, width: int = LABEL_WIDTH) -> str:
     """`name` cut to `width` characters (the last one an ellipsis): a model named at length must
     not squeeze the chart beside its legend or its axis labels."""
@@ -127,13 +140,15 @@ def turnaround_histogram(hours: Sequence[float]) -> Figure:
         axes.hist(hours, bins=min(40, max(5, len(hours) // 5)), color=COLOURS[0])
         axes.set_xlabel("turnaround (hours, created to completed)")
         axes.set_ylabel("batches")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # no half batches
     return figure
 
 
 def daily_quantiles(
-    days: Sequence[date], p50: Sequence[float], p90: Sequence[float], today: date
+    days: Sequence[date], p50: Sequence[float], p90: Sequence[float], first: date, today: date
 ) -> Figure:
-    """Turnaround p50 and p90 per day the batches were created; `today` hatched."""
+    """Turnaround p50 and p90 per day the batches were created, over the days from `first` to
+    `today`, hatched."""
     figure = new_figure()
     axes = figure.axes[0]
     with rc_context(STYLE):
@@ -150,12 +165,11 @@ def daily_quantiles(
         )
         if today in days:
             hatch_day(axes, today)
-        if len(set(days)) == 1:  # one point: a day either side, not years of empty axis
-            axes.set_xlim(date2num(days[0]) - 1, date2num(days[0]) + 1)
+        day_axis(axes, first, today)
         axes.set_ylabel("turnaround (hours)")
         axes.set_ylim(bottom=0)
-        axes.legend(loc="upper left")
-        figure.autofmt_xdate()
+        # below the chart, as the stacked charts have it: inside, it covered the first days
+        figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     return figure
 
 
@@ -165,9 +179,10 @@ def throughput(
     token_starts: Sequence[datetime],
     tokens_per_second: Sequence[float],
     width_days: float,
+    days: tuple[date, date],
 ) -> Figure:
     """Requests per second in each period (an hour, a day) from its start, and completion
-    tokens per second when results exist."""
+    tokens per second when results exist, over `days` (the first and the last)."""
     with_tokens = bool(token_starts)
     figure = new_figure(rows=2 if with_tokens else 1)
     with rc_context(STYLE):
@@ -179,7 +194,8 @@ def throughput(
             period_bars(bottom, token_starts, tokens_per_second, width_days, COLOURS[2])
             bottom.set_ylabel("completion tokens/s")
             bottom.yaxis.set_major_formatter(count_formatter())
-        figure.autofmt_xdate()
+        for axes in figure.axes:
+            day_axis(axes, *days, centred=False)
     return figure
 
 
@@ -207,12 +223,16 @@ def with_data(
 
 
 def status_mix(statuses: Sequence[str], counts: Sequence[int]) -> Figure:
-    """Batches per status, in lifecycle order from the top."""
+    """Batches per status, in lifecycle order from the top, each bar with its count: one batch
+    beside thousands has no bar to see."""
     figure = new_figure()
     axes = figure.axes[0]
     with rc_context(STYLE):
-        axes.barh(list(statuses)[::-1], list(counts)[::-1], color=COLOURS[0])
+        bars = axes.barh(list(statuses)[::-1], list(counts)[::-1], color=COLOURS[0])
+        axes.bar_label(bars, labels=[f"{count:,}" for count in list(counts)[::-1]], padding=3)
+        axes.margins(x=0.12)  # room for the longest bar's count
         axes.set_xlabel("batches")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
 
@@ -247,6 +267,6 @@ def stacked_by_model(
         axes.set_ylabel(label)
         axes.set_ylim(bottom=0)  # all zero (every request failed): not -0.04 to 0.04 tokens
         axes.yaxis.set_major_formatter(count_formatter())
+        day_axis(axes, days[0], days[-1])
         figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-        figure.autofmt_xdate()
     return figure

@@ -297,6 +297,7 @@ def turnaround_charts(con: duckdb.DuckDBPyConnection, span: list[date]) -> list[
                 [row[0] for row in daily],
                 [row[1] for row in daily],
                 [row[2] for row in daily],
+                first=span[0],
                 today=span[-1],
             ),
             "all endpoints together; the table below has them one by one",
@@ -328,10 +329,19 @@ def throughput_charts(con: duckdb.DuckDBPyConnection, window: Window) -> list[Ch
                 [row[0] for row in tokens],
                 [row[1] for row in tokens],
                 width_days,
+                shown_days(hourly, window),
             ),
             caption,
         )
     ]
+
+
+def shown_days(rates: list[tuple], window: Window) -> tuple[date, date]:
+    """The window's days, or (past the bars a chart draws) those from the first with a rate
+    to the last: a decade's window of a month's data shows the month."""
+    if len(window.days) <= charts.MOST_BARS:
+        return window.first, window.last
+    return rates[0][0].date(), rates[-1][0].date()
 
 
 def per_day(hourly: list[tuple], window: Window) -> list[tuple[datetime, float]]:
@@ -397,7 +407,7 @@ def cost_chart(
             window.last,
             bands.colours,
         ),
-        "from the batch prices in sql/seeds/model_prices.csv; unpriced models count 0",
+        "from the batch prices in sql/seeds/model_prices.csv; models without a price are left out",
     )
 
 

@@ -75,6 +75,8 @@ DURATION_TICKS_H = {
 }
 # space between two tick labels, in multiples of the label font size
 TICK_GAP_EM = 1.0
+# a histogram's height over its highest bar: room for a one-row legend above the bars
+LEGEND_ROOM = 1.3
 
 
 class NotebookStop(Exception):
@@ -428,7 +430,10 @@ def duration_histogram(
         ax.axvline(value, color="black", linestyle=style, label=f"p{q * 100:g} {duration(value)}")
     hours_axis(ax, label, axis="x")
     ax.set_ylabel("batches")
-    ax.legend()
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    # the quantiles in one row over room kept free above the bars, which they never cover
+    ax.set_ylim(top=ax.get_ylim()[1] * LEGEND_ROOM)
+    ax.legend(loc="upper center", ncols=3, handlelength=1.5, columnspacing=1.0)
 
 
 def usage_bands(batches: pd.DataFrame, failures: pd.DataFrame) -> Bands:
