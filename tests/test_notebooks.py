@@ -1247,3 +1247,27 @@ def test_the_quantiles_legend_of_a_histogram_covers_no_bar(hours):
     bars = [bar.get_window_extent() for bar in axes.patches if bar.get_height() > 0]
     assert bars and not [bar for bar in bars if bar.overlaps(legend)]
     assert all(float(tick).is_integer() for tick in axes.get_yticks())  # no half batches
+
+
+@pytest.mark.parametrize("world", [MONTH_OF_BATCHES], indirect=True)
+def test_the_endpoint_table_shows_each_batch_rate_to_three_figures(synced_db: Path, shown):
+    rates: dict[str, list[float]] = defaultdict(list)
+    for endpoint, requests, started, finalized in query(
+        synced_db,
+        "select batches.endpoint, counts.completed, batches.in_progress_at, "
+        "batches.finalizing_at from siliconflow.batches "
+        "inner join siliconflow.batch_request_counts as counts on counts.batch_id = batches.id "
+        "where batches.status = 'completed'",
+    ):
+        seconds = (finalized - started).total_seconds() if started and finalized else 0
+        if seconds > 0 and requests is not None:
+            rates[endpoint].append(requests / seconds)  # SPEC's requests_per_second
+
+    tables = shown(THROUGHPUT).tables
+
+    [endpoints] = [table for table in tables if "batch_rps_p50" in table.columns]
+    shown_rates = dict(zip(endpoints.endpoint, map(number, endpoints.batch_rps_p50), strict=True))
+    assert shown_rates.keys() == rates.keys()
+    for endpoint, values in rates.items():
+        assert shown_rates[endpoint] == pytest.approx(float(np.median(values)), rel=5e-3)
+        assert shown_rates[endpoint] > 0
