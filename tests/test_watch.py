@@ -18,6 +18,7 @@ from conftest import REPO, run_process
 from truth import served
 
 from pipelines.analytics import check
+from pipelines.analytics.check import hours
 from pipelines.simulator import TERMINAL, Simulator, World
 from pipelines.warehouse import database
 
@@ -346,6 +347,8 @@ def test_check_names_exactly_the_batches_the_api_shows_stuck(simulator, db_path,
     assert report["ok"] is (not wanted)
     # the stuck batches trip their rule unless a limit is above their age
     assert picked["past_window"] in found["past_window"]["batch_ids"]
+    overdue = hours(found["past_window"]["value"])  # the one furthest past its window
+    assert f", the most overdue by {overdue}: " in found["past_window"]["message"]
     queue_limit = limits.get("max_queue_hours", 12.0)
     assert (picked["queue"] in found.get("queue", {}).get("batch_ids", [])) is (queue_limit < 15)
 

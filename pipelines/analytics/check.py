@@ -315,7 +315,7 @@ def past_window(facts: Facts) -> Problem | None:
         "past_window",
         facts.past_window(),
         0.0,
-        "still open past the end of the completion window, the latest by {value}",
+        "still open past the end of the completion window, the most overdue by {value}",
     )
 
 
