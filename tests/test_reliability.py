@@ -131,10 +131,21 @@ def test_retries_run_out_exit_4_and_the_database_is_unchanged(
         ({"status": 404}, 4, "404 page not found"),
         ({"kind": "no_data"}, 4, "without `data`"),
         ({"kind": "malformed"}, 4, "without an id"),
-        ({"status": 200, "body": {"data": {"id": "b"}}}, 4, "`data` that is dict, not a list"),
-        ({"status": 200, "body": {"data": "none today"}}, 4, "`data` that is str, not a list"),
+        ({"status": 200, "body": {"data": {"id": "b"}}}, 4, "list of batches (`data` is dict;"),
+        ({"status": 200, "body": {"data": "none today"}}, 4, "list of batches (`data` is str;"),
+        ({"status": 200, "body": {"id": "b", "object": "batch"}}, 4, "batches (no `data`; keys"),
     ],
-    ids=["401", "403", "400", "404", "no-data", "batch-without-id", "data-object", "data-text"],
+    ids=[
+        "401",
+        "403",
+        "400",
+        "404",
+        "no-data",
+        "batch-without-id",
+        "data-object",
+        "data-text",
+        "one-batch",
+    ],
 )
 def test_permanent_error_fails_at_once_and_loads_nothing(
     simulator, db_path, run, synced, fault, code, said

@@ -442,7 +442,7 @@ class BatchApi:
         usable = isinstance(body, dict) and not is_error_envelope(body)
         if not is_success(response) or not usable or ("data" not in body and "id" not in body):
             raise HTTPError(response=response)
-        if _is_listing(response) and not isinstance(body["data"], list | None):
+        if _is_listing(response) and not isinstance(body.get("data", ""), list | None):
             raise HTTPError(response=response)  # dlt would take one object for a page of it
 
     def refuse_long_waits(self, response: Response) -> None:
@@ -515,11 +515,12 @@ class BatchApi:
                 f"the SiliconFlow API answered {where} with a body that is not JSON "
                 f"({response.headers.get('content-type', 'no content type')}){tries}; retry later"
             )
-        if isinstance(body, dict) and "data" in body and _is_listing(response):
+        if isinstance(body, dict) and _is_listing(response):
+            found = f"`data` is {type(body['data']).__name__}" if "data" in body else "no `data`"
             return ApiError, (
-                f"the SiliconFlow API answered {where} with `data` that is "
-                f"{type(body['data']).__name__}, not a list of batches; nothing was loaded, "
-                "retry later or report it to SiliconFlow"
+                f"the SiliconFlow API answered {where} without `data` as a list of batches "
+                f"({found}; keys: {sorted(body)[:8]}); nothing was loaded, retry later or report "
+                "it to SiliconFlow"
             )
         return ApiError, (
             f"the SiliconFlow API answered {where} without `data` and without an id "
