@@ -66,13 +66,6 @@ BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some writers put before 
 GZIP_MAGIC = b"\x1f\x8b"  # how a gzip file starts; no JSON text starts so
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's setting for the gzip format
 PART = ".gz.part"  # an archived file while it is written
-# Half of a UTF-16 surrogate pair escaped alone (`\ud83d`, as a completion cut inside an emoji
-# may end): JSON to Python and most readers, but DuckDB's refuses the whole line.
-LONE_SURROGATE = re.compile(
-    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-)
-SURROGATE_ESCAPES = (b"\\ud", b"\\uD")  # how each such escape starts
 
 FILES_SCHEMA = pa.schema(
     [
@@ -159,9 +152,20 @@ REQUEST_FIELDS = {
 REQUEST_SHAPE = json.dumps(REQUEST_FIELDS)
 # A line's request, or null when the line is not a JSON object. json_valid and json_type would
 # read each line twice more and (DuckDB 2.0) hold whole vectors of parses, past 256 MB.
-PARSED = (
-    f"case when ltrim(raw, e' \\t\\r') like '{{%' then try(from_json(raw, '{REQUEST_SHAPE}')) end"
-)
+
+
+def parsed(column: str) -> str:
+    return (
+        f"case when ltrim({column}, e' \\t\\r') like '{{%' "
+        f"then try(from_json({column}, '{REQUEST_SHAPE}')) end"
+    )
+
+
+# Half of a UTF-16 surrogate pair escaped alone (`\ud83d`, as a completion cut inside an emoji
+# may end) is JSON to Python and most readers, but DuckDB's refuses the line: a line refused
+# that holds a surrogate escape is read again with each one (a whole pair beside it too) as
+# U+FFFD. Only refused lines pay for it.
+WHOLE_CHARACTERS = r"regexp_replace(raw, '\\u[dD][89a-fA-F][0-9a-fA-F]{2}', '\\ufffd', 'g')"
 
 BLANK = r"e' \t\r\n'"  # what a blank text is made of, in DuckDB's escaped string syntax
 
@@ -202,8 +206,19 @@ REQUEST_ROWS_SQL = f"""
         r is null as is_bad,
         file
     from (
-        select batch_id, kind, file, line, raw, {PARSED} as r
-        from ({NUMBERED_LINES})
+        select batch_id, kind, file, line, text as raw, coalesce(first, {parsed("text")}) as r
+        from (
+            select
+                *,
+                case
+                    when first is null and contains(raw, '\\u') then {WHOLE_CHARACTERS}
+                    else raw
+                end as text
+            from (
+                select batch_id, kind, file, line, raw, {parsed("raw")} as first
+                from ({NUMBERED_LINES})
+            )
+        )
     )
 """
 # One thread: the downloads use the other core. Rows come out in any order: each has its number.
@@ -705,10 +720,7 @@ class Numbered:
             chunk = chunk.translate(TO_READER)  # seldom: a scan for either costs far less
         *ended, rest = chunk.split(b"\n")
         if ended:
-            # the first line began in an earlier chunk: it is looked at alone
-            ended[0] = whole_characters(self._end(ended[0]))
-            if any(escape in chunk for escape in SURROGATE_ESCAPES):
-                ended = [whole_characters(line) for line in ended]
+            ended[0] = self._end(ended[0])
             self.out.write(b"".join(self._numbered(ended)))
         self._go_on(rest)
 
@@ -746,7 +758,7 @@ class Numbered:
 
     def close(self) -> None:
         if self.started and not self.out.closed:
-            self.unended = whole_characters(self._end(b""))
+            self.unended = self._end(b"")
             self.out.write(b"".join(self._numbered([self.unended])))
         self.out.close()
 
@@ -764,18 +776,6 @@ class Numbered:
         with contextlib.suppress(OSError):
             self.out.close()
         self.path.unlink(missing_ok=True)
-
-
-def whole_characters(line: bytes | None) -> bytes | None:
-    """`line` with each half of a surrogate pair escaped alone read as U+FFFD, which is how
-    Python reads it when decoding text; any other line as it is."""
-    if line is None or not LONE_SURROGATE.search(line):
-        return line
-    try:
-        text = json.dumps(json.loads(line), ensure_ascii=False)
-    except (ValueError, RecursionError):
-        return line
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
 
 
 def is_json_object(line: bytes) -> bool:
