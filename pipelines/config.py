@@ -3,7 +3,7 @@
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -67,7 +67,7 @@ def resolve_limits(flags: dict[str, float | None]) -> Limits:
     """`sfbatches check`'s limits: each from its flag, else `alerts.<name>`, else the default."""
     defaults = Limits()
     values = {}
-    for name in Limits.__dataclass_fields__:
+    for name in [limit.name for limit in fields(Limits)]:
         flag = flags.get(name)
         if flag is not None:
             values[name] = flag

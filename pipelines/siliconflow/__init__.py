@@ -49,9 +49,9 @@ __all__ = [
     "siliconflow",
 ]
 
-# dlt's deduplicating window over every merged row needed more memory than the rest of a full
-# refresh of 1M batches. A load may still hold a batch twice (a job re-run after a kill):
-# warehouse/history.py keeps one row per key after every load.
+# dlt's deduplicating window sorts every merged row in memory, more than the rest of a long
+# history's full refresh needs (bench/README.md). A load may still hold a batch twice (a job
+# re-run after a kill): warehouse/history.py keeps one row per key after every load.
 MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 
@@ -110,7 +110,7 @@ def siliconflow(
         resources += result_resources(batch_chunks)
     if plan.is_first_load:
         # Nothing stored yet, so nothing to merge with: appending skips dlt's staging tables
-        # and merge SQL (a third of the load time).
+        # and merge SQL, much of a first load's time.
         for resource in resources:
             resource.apply_hints(write_disposition="append")
     return [*resources, batch_chunks | part(SYNC_STATE, write_disposition="replace")]
@@ -141,9 +141,10 @@ def batches_resource() -> DltResource:
 
 def child_resource(name: str) -> DltResource:
     # Children are replaced per batch: delete-insert on `batch_id` drops the rows of every batch
-    # in the load before inserting its current ones (warehouse.py drops those of batches that
-    # have none any more). No primary key hint: dlt would delete on "key OR batch_id", a join
-    # DuckDB cannot hash, slow and memory-bound at 1M batches; `batch_id` alone covers it.
+    # in the load before inserting its current ones (warehouse/history.py drops those of batches
+    # that have none any more). No primary key hint: dlt would delete on "key OR batch_id", a
+    # join DuckDB cannot hash, slow and memory-bound on a long history; `batch_id` alone covers
+    # it.
     return part(name, write_disposition=MERGE, merge_key="batch_id")
 
 

@@ -67,9 +67,8 @@ class HeldIds:
 
 
 class IdSet:
-    """Ids by a 64-bit hash, in little memory: a sorted array (8 bytes an id) and a set of those
-    added since it was last merged into it. A full sync of 1M batches would hold ~70 MB in a set
-    of Python ints; 8 MB so."""
+    """Ids by a 64-bit hash, in little memory: a sorted array (8 bytes an id, a fraction of what
+    a set of Python ints holds) and a set of those added since it was last merged into it."""
 
     def __init__(self) -> None:
         self.merged = np.empty(0, np.int64)

@@ -150,11 +150,12 @@ REQUEST_FIELDS = {
     "error": {"code": "VARCHAR", "message": "VARCHAR"},
 }
 REQUEST_SHAPE = json.dumps(REQUEST_FIELDS)
-# A line's request, or null when the line is not a JSON object. json_valid and json_type would
-# read each line twice more and (DuckDB 2.0) hold whole vectors of parses, past 256 MB.
 
 
 def parsed(column: str) -> str:
+    """SQL for the request in the line in `column`, or null when the line is not a JSON object.
+    json_valid and json_type would read each line twice more and hold whole vectors of parses,
+    beyond the reader's memory limit."""
     return (
         f"case when ltrim({column}, e' \\t\\r') like '{{%' "
         f"then try(from_json({column}, '{REQUEST_SHAPE}')) end"

@@ -33,12 +33,12 @@ DUCKDB_MAGIC = b"DUCK"
 # DuckDB would take most of the machine's memory for a merge or a window over the history; a
 # cron job should stay small. With dlt loading one job at a time (sync.py) and no
 # deduplicating window in its merges (siliconflow/__init__.py), 64 MB carries a full refresh
-# of 1M batches; what does not fit spills into dlt's work folder.
+# of a long history (bench/README.md); what does not fit spills into dlt's work folder.
 MEMORY_LIMIT = "64MB"
 # Every sfbatches connection that writes keeps the tables in row groups of this many rows. At
-# DuckDB's default (122,880) a full sync of 100k batches fills no row group, so DuckDB logs every
-# row to the WAL and compresses it all again in the checkpoint at close; at this size it writes
-# a large insert straight into the file. A checkpoint by a connection with another size
+# DuckDB's default (122,880) a full sync of a modest account fills no row group, so DuckDB logs
+# every row to the WAL and compresses it all again in the checkpoint at close; at this size it
+# writes a large insert straight into the file. A checkpoint by a connection with another size
 # regroups every table once: a DuckDB shell opened read-write does that, read-only ones never.
 ROW_GROUP_SIZE = 16_384
 # Every connection attaches the file under this name: only an attached database takes a row

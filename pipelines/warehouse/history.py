@@ -265,8 +265,8 @@ def _append_history(
         )
     """
     if _history_is_empty(con):
-        # Nothing observed yet, so every batch is new: no last observation to look up (that
-        # lookup was half of a first sync's bookkeeping).
+        # Nothing observed yet, so every batch is new: no last observation to look up, much of
+        # a first sync's bookkeeping otherwise.
         (new,) = con.execute(
             f"insert into {SCHEMA}.{STATUS_HISTORY} by name "
             f"with {current_state} select * from current_state",
@@ -290,7 +290,7 @@ def _append_history(
             current_state.*,
             last_observed.batch_id is null as is_new
         from current_state
-        -- each batch's newest history row: a sorted join, so a full refresh of 1M batches fits
+        -- each batch's newest history row: a sorted join, so a long history's full refresh fits
         -- in the memory limit, where a window over them would not
         asof left join observed_before as last_observed
             on last_observed.batch_id = current_state.batch_id

@@ -242,8 +242,8 @@ def load_and_record(
     if stats is not None:
         history.widen_columns(con, stats.columns.widened)
     _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
-    # Rows the load merged stay in memory until a checkpoint; at 1M batches they left the
-    # bookkeeping's join over the history too little of DuckDB's memory.
+    # Rows the load merged stay in memory until a checkpoint: on a long history they would leave
+    # the bookkeeping's join over the history too little of DuckDB's memory.
     con.execute("checkpoint")
     new, changed = history.record_observations(con)
     drop_loaded_packages(pipeline)
