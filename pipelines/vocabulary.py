@@ -15,6 +15,9 @@ BATCH_FILES = "batch_files"
 BATCH_REQUESTS = "batch_requests"
 FILE_KINDS = ("output", "error")  # a batch's output_file_id, error_file_id
 LOADED, GONE, FAILED = "loaded", "gone", "failed"  # a file's state
+# SQL: whether a batch names a file in `column`, by an id or a link (null or blank text names
+# none), for the sync's plan and the report's files not loaded alike
+NAMES_A_FILE = "regexp_matches({column}, '[^[:space:]]')"
 # One row per sync that got the database, written at its end, ok or failed.
 SYNC_RUNS = "sync_runs"
 # One row: the floor a broken walk left and the sweep's cursor, for the next sync.

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import duckdb
 
 from pipelines.errors import ViewsOutOfDate, printable
-from pipelines.vocabulary import DATASET, FAILED, GONE, LIFECYCLE
+from pipelines.vocabulary import DATASET, FAILED, GONE, LIFECYCLE, NAMES_A_FILE
 from pipelines.warehouse.database import open_database
 from pipelines.wording import counted
 
@@ -117,9 +117,13 @@ MISSING_SQL = f"""
     ),
 
     named as (
-        select batch_id, 'output' as kind from ended where trim(output_file_id) <> ''
+        select batch_id, 'output' as kind
+        from ended
+        where {NAMES_A_FILE.format(column="output_file_id")}
         union all
-        select batch_id, 'error' from ended where trim(error_file_id) <> ''
+        select batch_id, 'error'
+        from ended
+        where {NAMES_A_FILE.format(column="error_file_id")}
     ),
 
     tried as (

@@ -16,6 +16,7 @@ from pipelines.vocabulary import (
     FAILED,
     FINGERPRINTS,
     GONE,
+    NAMES_A_FILE,
     SYNC_STATE,
     is_terminal_sql,
 )
@@ -26,8 +27,6 @@ IS_OPEN = f"not {is_terminal_sql('status')}"
 # Result files one sync tries at most; the rest wait for the next.
 MAX_FILES = 10_000
 RESULT_TABLES = {BATCH_FILES, BATCH_REQUESTS}
-# A batch names a file with an id or a link; null or blank text names none.
-NAMES_A_FILE = "regexp_matches({column}, '[^[:space:]]')"
 TRIED = f"select batch_id, kind, file_id, state, attempts from {DATASET}.{BATCH_FILES}"
 NONE_TRIED = (
     "select ''::varchar as batch_id, ''::varchar as kind, ''::varchar as file_id, "
