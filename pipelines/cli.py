@@ -7,9 +7,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -17,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
 
-from pipelines.errors import ConfigError, Terminated, exit_code_of, one_line, printable
+from pipelines.errors import STOPS, ConfigError, exit_code_of, one_line, printable
 from pipelines.vocabulary import ALERT_DEFAULTS
 from pipelines.wording import counted
 
@@ -62,24 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # matplotlib warns of a home folder it cannot write (it then uses a temporary one) and of
     # fonts it looks for and lacks: nothing the report's reader has to act on
     logging.getLogger("matplotlib").setLevel(logging.INFO if args.verbose else logging.ERROR)
-    stopping = signal.getsignal(signal.SIGTERM)
-    # left alone when whoever runs us chose otherwise (only the main thread may choose)
-    ours = stopping is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
-    if ours:
-        signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return args.command(args)
-    except BrokenPipeError:
-        return _reader_gone()
-    except (Exception, KeyboardInterrupt) as error:
-        return _fail(one_line(error), exit_code_of(error), args.verbose)
-    finally:
-        if ours:
-            signal.signal(signal.SIGTERM, stopping)
-
-
-def _terminate(signum: int, frame: object) -> NoReturn:
-    raise Terminated
+    with STOPS.noted():
+        try:
+            return args.command(args)
+        except BrokenPipeError:
+            return _reader_gone()
+        except (Exception, KeyboardInterrupt) as error:
+            return _fail(one_line(error), exit_code_of(error), args.verbose)
 
 
 def _reader_gone() -> int:

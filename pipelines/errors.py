@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,63 @@ class Terminated(KeyboardInterrupt):
     that the same clean-up runs and the run is recorded."""
 
 
+class Stops:
+    """The stop signals (Ctrl-C, SIGTERM) received while a command runs.
+
+    DuckDB catches the KeyboardInterrupt that a signal raises inside a query and raises
+    `RuntimeError: Query interrupted` instead: this record still tells that the run was
+    stopped, and by which signal. Within `held()` a stop waits for the block to end.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.holding = 0
+
+    @contextmanager
+    def noted(self) -> Iterator[None]:
+        """Within the block Ctrl-C and SIGTERM are noted and raised (SIGTERM as `Terminated`),
+        where their handlers are still Python's defaults (only the main thread may set them)."""
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        ours = [
+            number
+            for number, default in defaults.items()
+            if signal.getsignal(number) is default
+            and threading.current_thread() is threading.main_thread()
+        ]
+        for number in ours:
+            signal.signal(number, self._stop)
+        try:
+            yield
+        finally:
+            for number in ours:
+                signal.signal(number, defaults[number])
+            self.received.clear()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A stop that comes within the block is raised at its end, so that a write to the
+        database finishes with its bookkeeping; a second stop is raised at once."""
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if self.received and not self.holding:
+            raise _stop_error(self.received[0])
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if not self.holding or len(self.received) > 1:
+            raise _stop_error(signum)
+
+
+def _stop_error(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+STOPS = Stops()
+
+
 class ModelError(ConfigError):
     """A SQL model could not be built; `path` and `line` locate the failing file when known."""
 
@@ -102,20 +160,20 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def exit_code_of(error: BaseException) -> int:
     """The exit code the CLI gives for `error`."""
+    if interrupted(error):
+        return 128 + _stopped_by(error)
     if isinstance(error, SfBatchesError):
         return error.exit_code
-    if _interrupted(error):
-        return 128 + _stopped_by(error)
     return 2 if _setup_problem(error) else 1
 
 
 def one_line(error: BaseException) -> str:
     """The line the CLI prints for `error` (without the `sfbatches: ` in front)."""
-    if isinstance(error, SfBatchesError):
-        return str(error)
-    if _interrupted(error):
+    if interrupted(error):
         how = "stopped by SIGTERM" if _stopped_by(error) == signal.SIGTERM else "interrupted"
         return f"{how}; the database keeps its last complete sync"
+    if isinstance(error, SfBatchesError):
+        return str(error)
     if said := _setup_problem(error):
         return said
     # dlt's wrappers say only where a step failed: the innermost error says why
@@ -166,14 +224,17 @@ def _setup_problem(error: BaseException) -> str | None:
     return None
 
 
-def _interrupted(error: BaseException) -> bool:
+def interrupted(error: BaseException) -> bool:
     """Ctrl-C or a signal, also where dlt wrapped it (dlt's own signal error is a
-    KeyboardInterrupt too)."""
-    return any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error))
+    KeyboardInterrupt too) or a library turned it into an error of its own."""
+    chain = _chain(error)
+    return bool(STOPS.received) or any(isinstance(cause, KeyboardInterrupt) for cause in chain)
 
 
 def _stopped_by(error: BaseException) -> int:
     """The signal that stopped the run: SIGTERM (ours, or dlt's record of it), else SIGINT."""
+    if STOPS.received:
+        return STOPS.received[0]
     for cause in _chain(error):
         if isinstance(cause, Terminated) or getattr(cause, "signal_code", None) == signal.SIGTERM:
             return signal.SIGTERM

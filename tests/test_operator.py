@@ -161,7 +161,10 @@ def test_a_demo_stopped_with_ctrl_c_is_replaced_by_the_next_one(tmp_path):
     demo.send_signal(signal.SIGINT)
     _, err = demo.communicate(timeout=120)
 
-    assert demo.returncode == 130 and "unexpected" not in err, err
+    # `python -m` in Python 3.11 ends by SIGINT itself, after our exit code, when the
+    # KeyboardInterrupt rose inside exec()'d code (dataclasses make methods so): $? is 130 both ways
+    assert demo.returncode in (130, -signal.SIGINT), err
+    assert err.splitlines()[-1].startswith("sfbatches: interrupted;"), err
     again = run_process("demo", "--db", str(db_path), "--batches", "300")
     assert again.code == 0, again.err
     assert "models built" in again.out

@@ -1,5 +1,6 @@
 """Faults, API quirks, crashes, concurrent runs and secrets: the warehouse stays correct."""
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -7,14 +8,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import duckdb
 import pytest
 from conftest import REPO, held_open, run_process
 from truth import assert_warehouse_equals, expected_latest_history, latest_history
 
+from pipelines.config import resolve_source_config
+from pipelines.errors import STOPS, exit_code_of
 from pipelines.siliconflow import siliconflow
-from pipelines.warehouse import database, history, sync
+from pipelines.warehouse import database, history, plan, sync
 
 TABLES = (
     "batches",
@@ -500,6 +504,112 @@ def test_a_sync_waiting_for_a_held_database_stops_at_once_when_told(
 
     assert waiting.returncode == code
     assert rest.splitlines()[-1].startswith("sfbatches: ")
+
+
+STOPS_SAID = [
+    (signal.SIGINT, 130, "interrupted; the database keeps its last complete sync"),
+    (signal.SIGTERM, 143, "stopped by SIGTERM; the database keeps its last complete sync"),
+]
+
+
+def swallow_as_duckdb_does(stop: int) -> NoReturn:
+    """What DuckDB does with a stop signal that arrives during a query: its handler runs, and
+    the KeyboardInterrupt it raises becomes an error that does not name it."""
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.raise_signal(stop)
+    raise RuntimeError("Query interrupted")
+
+
+def last_run(db_path: Path) -> tuple[int, str]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        return con.execute(
+            "select exit_code, message from siliconflow.sync_runs order by finished_at desc"
+        ).fetchone()
+
+
+@pytest.mark.parametrize(("stop", "code", "said"), STOPS_SAID, ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("step", ["pending_files", "read_plan"])
+def test_a_stop_that_duckdb_reports_as_its_own_error_reads_as_the_stop(
+    simulator, db_path, run, monkeypatch, step, stop, code, said
+):
+    assert run("sync", "--db", str(db_path), "--no-models").code == 0
+    simulator.world.advance(3600)
+    monkeypatch.setattr(plan, step, lambda *args, **kwargs: swallow_as_duckdb_does(stop))
+
+    outcome = run("sync", "--db", str(db_path), "--no-models")
+
+    assert (outcome.code, outcome.err) == (code, f"sfbatches: {said}\n")
+    assert last_run(db_path) == (code, said)
+    # the note of the stop ends with the command: a later plain error is no stop
+    assert exit_code_of(RuntimeError("Query interrupted")) == 1
+
+
+@pytest.mark.parametrize(("stop", "code", "said"), STOPS_SAID, ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    ("module", "step"), [(sync, "load_credentials"), (history, "record_observations")]
+)
+def test_a_stop_during_a_load_waits_for_its_bookkeeping(
+    simulator, db_path, run, monkeypatch, module, step, stop, code, said
+):
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    simulator.world.advance(6 * 3600)
+    calls = []
+    original = getattr(module, step)
+
+    def stopped_first(*args, **kwargs):
+        calls.append(step)
+        signal.raise_signal(stop)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, step, stopped_first)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models", "--no-results")
+
+    assert calls == [step]  # stopped at the first load, the batches'
+    assert (outcome.code, outcome.err) == (code, f"sfbatches: {said}\n")
+    assert last_run(db_path) == (code, said)
+    # the load it was stopped in ended whole, its bookkeeping too
+    assert_warehouse_equals(db_path, simulator.world.visible())
+    assert latest_history(db_path) == expected_latest_history(simulator.world.visible())
+
+
+def test_a_stop_while_a_killed_syncs_data_loads_waits_for_the_load(
+    simulator, db_path, run, monkeypatch
+):
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    simulator.world.advance(6 * 3600)
+    # a sync killed after reading the pages leaves them to the next one, to load first
+    stats = sync.ReadStats()
+    pipeline, sync_plan = sync.prepare(db_path, False, False, stats)
+    config = resolve_source_config()
+    sync.extract(pipeline, sync.source(config, sync_plan, stats, sync.Deadline(60)))
+    assert stored_ids(db_path) < {b["id"] for b in simulator.world.visible()}
+    original = sync.load_credentials
+
+    def stopped_first(con):
+        signal.raise_signal(signal.SIGINT)
+        return original(con)
+
+    monkeypatch.setattr(sync, "load_credentials", stopped_first)
+
+    outcome = run("sync", "--db", str(db_path), "--no-models", "--no-results")
+
+    assert outcome.code == 130
+    assert stored_ids(db_path) == {b["id"] for b in simulator.world.visible()}
+    monkeypatch.setattr(sync, "load_credentials", original)
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    assert_warehouse_equals(db_path, simulator.world.visible())
+
+
+def test_a_second_stop_during_a_held_block_stops_at_once():
+    went_on = []
+    with STOPS.noted(), pytest.raises(KeyboardInterrupt), STOPS.held():
+        signal.raise_signal(signal.SIGINT)
+        went_on.append("after the first")
+        signal.raise_signal(signal.SIGINT)
+        went_on.append("after the second")
+    assert went_on == ["after the first"]
+    assert STOPS.received == []  # the note ends with the command
 
 
 # --- secrets ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dlt.sources import DltSource
 
 from pipelines.config import SourceConfig, resolve_source_config
 from pipelines.errors import (
+    STOPS,
     ConfigError,
     DatabaseBusy,
     SfBatchesError,
@@ -54,6 +55,9 @@ DLT_SETTINGS = {
     "LOAD__WORKERS": "1",
     # A loaded job's file is of no use: a cron job must not pile them up.
     "LOAD__DELETE_COMPLETED_JOBS": "true",
+    # `STOPS.held()` lets a load finish and then stops; dlt's own handler would forget a signal
+    # that came during the package's last job, and the run would go on.
+    "RUNTIME__INTERCEPT_SIGNALS": "false",
 }
 
 
@@ -193,7 +197,8 @@ def extract(pipeline: dlt.Pipeline, batches: DltSource) -> None:
     """Read the API into a load package; the database is not opened meanwhile, so notebooks
     and DuckDB shells are shut out for the load alone, not for the whole download."""
     _guard(pipeline, lambda: pipeline.extract(batches))
-    _guard(pipeline, pipeline.normalize)
+    with STOPS.held():
+        _guard(pipeline, pipeline.normalize)
     # Arrow's allocator keeps what the chunks used for reuse; DuckDB is about to take its
     # memory, so hand it back first.
     pa.default_memory_pool().release_unused()
@@ -238,15 +243,17 @@ def fetch_results(
 def load_and_record(
     pipeline: dlt.Pipeline, con: duckdb.DuckDBPyConnection, stats: ReadStats | None = None
 ) -> tuple[int, int]:
-    """Load the package through `con` and do the bookkeeping on it; return (new, changed)."""
-    if stats is not None:
-        history.widen_columns(con, stats.columns.widened)
-    _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
-    # Rows the load merged stay in memory until a checkpoint: on a long history they would leave
-    # the bookkeeping's join over the history too little of DuckDB's memory.
-    con.execute("checkpoint")
-    new, changed = history.record_observations(con)
-    drop_loaded_packages(pipeline)
+    """Load the package through `con` and do the bookkeeping on it; return (new, changed).
+    A stop meanwhile waits for the bookkeeping to end: until then a table may hold a key twice."""
+    with STOPS.held():
+        if stats is not None:
+            history.widen_columns(con, stats.columns.widened)
+        _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
+        # Rows the load merged stay in memory until a checkpoint: on a long history they would
+        # leave the bookkeeping's join over the history too little of DuckDB's memory.
+        con.execute("checkpoint")
+        new, changed = history.record_observations(con)
+        drop_loaded_packages(pipeline)
     return new, changed
 
 
@@ -327,11 +334,12 @@ def finish_pending_loads(pipeline: dlt.Pipeline, db_path: Path) -> Leftovers:
     if not pipeline.has_pending_data:
         return Leftovers.NONE
     try:
-        if pipeline.list_extracted_load_packages():
-            _guard(pipeline, pipeline.normalize)
-        if pipeline.list_normalized_load_packages():
-            with database.connect_for_sync(db_path) as con:
-                _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
+        with STOPS.held():
+            if pipeline.list_extracted_load_packages():
+                _guard(pipeline, pipeline.normalize)
+            if pipeline.list_normalized_load_packages():
+                with database.connect_for_sync(db_path) as con:
+                    _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
     except SfBatchesError:
         raise
     except Exception:
