@@ -552,7 +552,9 @@ def test_a_stop_during_a_load_waits_for_its_bookkeeping(
     simulator, db_path, run, monkeypatch, module, step, stop, code, said
 ):
     assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    stored = stored_ids(db_path)
     simulator.world.advance(6 * 3600)
+    new = {b["id"] for b in simulator.world.visible()} - stored
     calls = []
     original = getattr(module, step)
 
@@ -571,6 +573,11 @@ def test_a_stop_during_a_load_waits_for_its_bookkeeping(
     # the load it was stopped in ended whole, its bookkeeping too
     assert_warehouse_equals(db_path, simulator.world.visible())
     assert latest_history(db_path) == expected_latest_history(simulator.world.visible())
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        recorded = con.execute(
+            "select batches_new from siliconflow.sync_runs order by finished_at desc"
+        ).fetchone()
+    assert new and recorded == (len(new),)  # the run's record counts what it loaded
 
 
 def test_a_stop_while_a_killed_syncs_data_loads_waits_for_the_load(

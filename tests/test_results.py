@@ -1557,6 +1557,34 @@ def test_a_sync_stopped_before_its_files_load_records_none_of_them(
     ) == [(130, 0, 0)]
 
 
+def test_a_sync_stopped_during_its_files_load_records_the_files_it_loaded(
+    simulator, db_path, run, monkeypatch
+):
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    loads = []
+    load_credentials = sync.load_credentials
+
+    def stopped_in_the_files_load(con):
+        loads.append(con)
+        if len(loads) == 2:  # the batches' load came first
+            signal.raise_signal(signal.SIGTERM)
+        return load_credentials(con)
+
+    monkeypatch.setattr(sync, "load_credentials", stopped_in_the_files_load)
+
+    assert run("sync", "--db", str(db_path), "--no-models").code == 143
+
+    [(loaded,)] = query(
+        db_path, "select count(*) from siliconflow.batch_files where state = 'loaded'"
+    )
+    assert len(loads) == 2 and loaded > 0
+    assert query(
+        db_path,
+        "select exit_code, files_loaded from siliconflow.sync_runs "
+        "order by finished_at desc limit 1",
+    ) == [(143, loaded)]
+
+
 @pytest.mark.parametrize("psutil", [True, False], ids=["with-psutil", "without-psutil"])
 def test_a_terminal_sees_counts_not_memory_figures_nor_a_psutil_warning(
     simulator, db_path, tmp_path, psutil

@@ -156,7 +156,8 @@ def sync_into(result: SyncResult, config: SourceConfig, full_refresh: bool, prog
     extract(pipeline, source(config, sync_plan, result.stats, deadline))
     deadline.check()
     with database.connect_for_sync(db_path) as con:
-        result.new, result.changed = load_and_record(pipeline, con, result.stats)
+        with STOPS.held():
+            result.new, result.changed = load_and_record(pipeline, con, result.stats)
         todo = plan.pending_files(con, config.results, retry_gone=full_refresh)
     fetch_results(pipeline, db_path, todo, config, deadline, result.files)
 
@@ -235,25 +236,25 @@ def fetch_results(
             key_source=config.key_source,
         ),
     )
-    with database.connect_for_sync(db_path) as con:
+    with database.connect_for_sync(db_path) as con, STOPS.held():
         load_and_record(pipeline, con)
-    stats.stored = True
+        stats.stored = True
 
 
 def load_and_record(
     pipeline: dlt.Pipeline, con: duckdb.DuckDBPyConnection, stats: ReadStats | None = None
 ) -> tuple[int, int]:
     """Load the package through `con` and do the bookkeeping on it; return (new, changed).
-    A stop meanwhile waits for the bookkeeping to end: until then a table may hold a key twice."""
-    with STOPS.held():
-        if stats is not None:
-            history.widen_columns(con, stats.columns.widened)
-        _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
-        # Rows the load merged stay in memory until a checkpoint: on a long history they would
-        # leave the bookkeeping's join over the history too little of DuckDB's memory.
-        con.execute("checkpoint")
-        new, changed = history.record_observations(con)
-        drop_loaded_packages(pipeline)
+    Callers hold stops meanwhile (`STOPS.held()`): until the bookkeeping ends a table may hold a
+    key twice, and the run's record should count what was loaded."""
+    if stats is not None:
+        history.widen_columns(con, stats.columns.widened)
+    _guard(pipeline, lambda: pipeline.load(credentials=load_credentials(con)))
+    # Rows the load merged stay in memory until a checkpoint: on a long history they would leave
+    # the bookkeeping's join over the history too little of DuckDB's memory.
+    con.execute("checkpoint")
+    new, changed = history.record_observations(con)
+    drop_loaded_packages(pipeline)
     return new, changed
 
 
