@@ -695,6 +695,28 @@ def test_costs_in_two_currencies_stay_apart_and_a_failed_batch_is_not_unpriced(
     )
 
 
+def test_a_window_where_every_request_failed_draws_no_empty_usage_charts(
+    chromium, warehouse, tmp_path
+):
+    db_path = tmp_path / "failed.duckdb"
+    shutil.copy(warehouse, db_path)
+    with duckdb.connect(str(db_path)) as con:
+        con.execute(
+            "update siliconflow.batch_requests set model = null, prompt_tokens = null, "
+            "completion_tokens = null, total_tokens = null, status_code = 500, "
+            "error_code = 'server_error'"
+        )
+    page = tmp_path / "failed.html"
+    assert cli.main(["report", "--db", str(db_path), "--html", str(page)]) == 0
+
+    show(chromium, page, LAPTOP)
+
+    charts = [i.get_attribute("data-chart") for i in chromium.find_elements(By.CSS_SELECTOR, "img")]
+    assert charts == ["turnaround", "daily_turnaround", "throughput", "statuses"]
+    table = rows(chromium, "usage")
+    assert table and all(row[3] == row[4] and row[5:] == ["-", "-", "-"] for row in table), table
+
+
 def test_a_batch_without_a_status_shows_as_such_on_the_page_and_in_the_report(
     chromium, warehouse, tmp_path
 ):

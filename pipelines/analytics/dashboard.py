@@ -372,10 +372,12 @@ def status_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
 
 def usage_charts(usage: list[dict], window: Window, currencies: list[str]) -> list[Chart]:
     """Tokens per day and model, then the cost in each currency apart: amounts in two
-    currencies do not add up."""
-    if not usage:
+    currencies do not add up. None when no request returned tokens (every one failed): the
+    table says so, and the charts would be empty."""
+    totals = token_totals(usage)
+    if not any(totals.values()):
         return []
-    bands = charts.model_bands(token_totals(usage))
+    bands = charts.model_bands(totals)
     return [
         chart(
             "tokens",
