@@ -98,7 +98,11 @@ class Stops:
     @contextmanager
     def held(self) -> Iterator[None]:
         """A stop that comes within the block is raised at its end, so that a write to the
-        database finishes with its bookkeeping; a second stop is raised at once."""
+        database finishes with its bookkeeping; a second stop is raised at once. Signals reach
+        the main thread alone: elsewhere this holds nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
         self.holding += 1
         try:
             yield

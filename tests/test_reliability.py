@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -16,8 +17,9 @@ from conftest import REPO, held_open, run_process
 from truth import assert_warehouse_equals, expected_latest_history, latest_history
 
 from pipelines.config import resolve_source_config
-from pipelines.errors import STOPS, exit_code_of
+from pipelines.errors import STOPS, Terminated, exit_code_of
 from pipelines.siliconflow import siliconflow
+from pipelines.siliconflow.prefetch import worker_pool
 from pipelines.warehouse import database, history, plan, sync
 
 TABLES = (
@@ -617,6 +619,40 @@ def test_a_second_stop_during_a_held_block_stops_at_once():
         went_on.append("after the second")
     assert went_on == ["after the first"]
     assert STOPS.received == []  # the note ends with the command
+
+
+def test_a_stop_while_a_pool_of_threads_ends_waits_for_its_threads():
+    ended = []
+
+    def work() -> None:
+        time.sleep(0.2)  # the main thread waits in the pool's shutdown by now
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        ended.append("the task")
+
+    with STOPS.noted(), pytest.raises(Terminated), worker_pool(1) as pool:
+        pool.submit(work)
+    # raised inside Thread.join, the stop could leave Python waiting for the thread at exit
+    assert ended == ["the task"]
+
+
+def test_a_hold_in_another_thread_leaves_the_main_threads_stops_alone():
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with STOPS.held():
+            holding.set()
+            done.wait(10)
+
+    other = threading.Thread(target=hold)
+    with STOPS.noted(), pytest.raises(KeyboardInterrupt):
+        other.start()
+        holding.wait(10)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        finally:
+            done.set()
+            other.join()
 
 
 # --- secrets ----------------------------------------------------------------------------------

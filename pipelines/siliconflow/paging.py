@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import math
 from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from requests.exceptions import HTTPError, RequestException
 from pipelines.vocabulary import KNOWN_STATUSES, normal_status
 
 from .client import BatchApi
+from .prefetch import worker_pool
 from .rows import ExtraColumns, batch_text, check_batches, fingerprint, rows_table
 from .settings import CONNECT_RUN, MERGE_AFTER, PARALLEL_REQUESTS
 
@@ -402,7 +402,7 @@ def reread_pages(
     first_ids: set[str] = set()
     misplaced = False
     window = PARALLEL_REQUESTS * 2  # pages in flight: enough to hide latency, few to hold
-    with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
+    with worker_pool(PARALLEL_REQUESTS) as pool:
         for offset in range(0, len(starts), window):
             wanted = starts[offset : offset + window]
             pages = pool.map(lambda start: api.page_after(start[0], page_size), wanted)
@@ -446,7 +446,7 @@ def look_up(api: BatchApi, batch_ids: list[str], stats: ReadStats) -> Iterator[l
     """`GET /batches/{id}` for each id, a few at a time: each one is a full round trip."""
     if not batch_ids:
         return
-    with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
+    with worker_pool(PARALLEL_REQUESTS) as pool:
         found = [batch for batch in pool.map(api.batch, batch_ids) if batch]
     stats.read(found, pages=0)
     stats.lookups += len(batch_ids)

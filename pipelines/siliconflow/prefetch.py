@@ -1,9 +1,14 @@
-"""Downloading ahead: a generator's items produced by a thread of their own."""
+"""Work in threads: a generator's items produced ahead by a thread of their own, and pools of
+threads that a stop signal lets end."""
 
 import queue
 import threading
 from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
+
+from pipelines.errors import STOPS
 
 _END = object()
 T = TypeVar("T")
@@ -50,3 +55,16 @@ def prefetched(items: Generator[T, None, None], depth: int) -> Iterator[T]:
             yield item
     finally:
         stopped.set()
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of `workers` threads; leaving the block waits for them, and a stop signal meanwhile
+    waits too: raised inside `Thread.join`, it can leave Python 3.11 waiting at exit for a thread
+    that has ended (python/cpython#90882). Tasks not yet started are dropped."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool
+    finally:
+        with STOPS.held():
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -16,7 +16,7 @@ import re
 import zlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -42,6 +42,7 @@ from .client import (
     read_chunks,
     redact,
 )
+from .prefetch import worker_pool
 from .rows import no_rows, rows_table
 from .settings import FILE_DOWNLOADS, FILES_PATH, REQUEST_ROWS
 
@@ -478,7 +479,7 @@ class Fetcher:
         for leftover in self.scratch.glob("*.lines"):
             leftover.unlink()
         waiting = iter(files)
-        with ThreadPoolExecutor(max_workers=FILE_DOWNLOADS) as pool:
+        with worker_pool(FILE_DOWNLOADS) as pool:
             running: deque[Future[Download]] = deque()
             refused = False
             for file in waiting:
