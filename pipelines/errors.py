@@ -111,6 +111,12 @@ class Stops:
         if self.received and not self.holding:
             raise _stop_error(self.received[0])
 
+    def check(self) -> None:
+        """Raise the stop the command received, if any: in a download thread, which signals do
+        not reach, so that the rest of a large file is not read for nothing."""
+        if self.received:
+            raise _stop_error(self.received[0])
+
     def _stop(self, signum: int, frame: object) -> None:
         self.received.append(signum)
         if not self.holding or len(self.received) > 1:
@@ -164,7 +170,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def exit_code_of(error: BaseException) -> int:
     """The exit code the CLI gives for `error`."""
-    if interrupted(error):
+    if _interrupted(error):
         return 128 + _stopped_by(error)
     if isinstance(error, SfBatchesError):
         return error.exit_code
@@ -173,7 +179,7 @@ def exit_code_of(error: BaseException) -> int:
 
 def one_line(error: BaseException) -> str:
     """The line the CLI prints for `error` (without the `sfbatches: ` in front)."""
-    if interrupted(error):
+    if _interrupted(error):
         how = "stopped by SIGTERM" if _stopped_by(error) == signal.SIGTERM else "interrupted"
         return f"{how}; the database keeps its last complete sync"
     if isinstance(error, SfBatchesError):
@@ -228,7 +234,7 @@ def _setup_problem(error: BaseException) -> str | None:
     return None
 
 
-def interrupted(error: BaseException) -> bool:
+def _interrupted(error: BaseException) -> bool:
     """Ctrl-C or a signal, also where dlt wrapped it (dlt's own signal error is a
     KeyboardInterrupt too) or a library turned it into an error of its own."""
     chain = _chain(error)

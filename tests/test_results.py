@@ -556,6 +556,36 @@ def test_a_stopped_sync_says_so_and_the_next_sync_brings_it_current(
     assert_results_equal(db_path, simulator)
 
 
+@pytest.mark.parametrize(
+    ("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_stop_does_not_wait_for_the_rest_of_the_files_being_downloaded(
+    simulator, db_path, run, stop, code
+):
+    assert run("sync", "--db", str(db_path), "--no-models", "--no-results").code == 0
+    # every file 16 bytes every half second: minutes for the smallest
+    simulator.faults.queue(kind="trickle", seconds=0.5, files=True, times=100_000)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "sync", "--db", str(db_path), "--no-models"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while len(simulator.file_requests()) < 2 and process.poll() is None:
+            time.sleep(0.02)
+        assert process.poll() is None, "the sync ended before it was stopped"
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)  # the downloads under way would take minutes
+    finally:
+        process.kill()
+
+    assert process.returncode == code and "unexpected" not in err, err
+    assert query(db_path, "select count(*) from siliconflow.batch_files") == [(0,)]
+    assert not list((database.work_dir(db_path) / "results").glob("*.lines"))
+
+
 def test_copies_a_killed_sync_left_go_with_the_next_fetch(simulator, db_path, run):
     simulator.faults.queue(kind="file_error", times=100_000)
     assert run("sync", "--db", str(db_path), "--no-models").code == 0

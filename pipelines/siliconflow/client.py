@@ -39,6 +39,7 @@ from requests.utils import get_environ_proxies
 from urllib3.exceptions import NameResolutionError, ProtocolError, ReadTimeoutError
 
 from pipelines.errors import (
+    STOPS,
     ApiError,
     AuthError,
     RateLimited,
@@ -192,6 +193,7 @@ def read_chunks(response: Response, deadline: "Deadline | None" = None) -> Itera
     try:
         while chunk := raw.read1(READ_BYTES, decode_content=True):
             yield chunk
+            STOPS.check()
             if deadline is not None:
                 deadline.check()
     except ProtocolError as error:
