@@ -83,8 +83,7 @@ class Stops:
         ours = [
             number
             for number, default in defaults.items()
-            if signal.getsignal(number) is default
-            and threading.current_thread() is threading.main_thread()
+            if _on_main_thread() and signal.getsignal(number) is default
         ]
         for number in ours:
             signal.signal(number, self._stop)
@@ -100,7 +99,7 @@ class Stops:
         """A stop that comes within the block is raised at its end, so that a write to the
         database finishes with its bookkeeping; a second stop is raised at once. Signals reach
         the main thread alone: elsewhere this holds nothing."""
-        if threading.current_thread() is not threading.main_thread():
+        if not _on_main_thread():
             yield
             return
         self.holding += 1
@@ -108,12 +107,12 @@ class Stops:
             yield
         finally:
             self.holding -= 1
-        if self.received and not self.holding:
-            raise _stop_error(self.received[0])
+        if not self.holding:
+            self.check()
 
     def check(self) -> None:
-        """Raise the stop the command received, if any: in a download thread, which signals do
-        not reach, so that the rest of a large file is not read for nothing."""
+        """Raise the stop the command received, if any: at a held block's end, and in download
+        threads, which signals do not reach, so that a large file is not read on for nothing."""
         if self.received:
             raise _stop_error(self.received[0])
 
@@ -121,6 +120,10 @@ class Stops:
         self.received.append(signum)
         if not self.holding or len(self.received) > 1:
             raise _stop_error(signum)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _stop_error(signum: int) -> KeyboardInterrupt:

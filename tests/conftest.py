@@ -1,12 +1,14 @@
 """Fixtures: a simulator on 127.0.0.1 with a clock the test drives, and ways to run the CLI."""
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -17,6 +19,12 @@ from pipelines.simulator import Simulator, World
 # A fixed clock: results do not depend on the day the tests run.
 START = 1_764_000_000
 REPO = Path(__file__).resolve().parent.parent
+# Each stop signal, the CLI's exit code for it and what it says
+STOPS_SAID = [
+    (signal.SIGINT, 130, "interrupted; the database keeps its last complete sync"),
+    (signal.SIGTERM, 143, "stopped by SIGTERM; the database keeps its last complete sync"),
+]
+STOPS_IDS = ["ctrl-c", "sigterm"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -100,6 +108,21 @@ def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 
         cwd=REPO,
     )
     return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+class StopAt:
+    """`original`, with `stop` sent to this process just before its `call`-th call: a user's
+    Ctrl-C or `timeout`'s SIGTERM landing at that step."""
+
+    def __init__(self, original: Any, stop: int, call: int = 1) -> None:
+        self.original, self.stop, self.call = original, stop, call
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.call:
+            signal.raise_signal(self.stop)
+        return self.original(*args, **kwargs)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import duckdb
 import pytest
-from conftest import REPO, held_open, run_process
+from conftest import REPO, STOPS_IDS, STOPS_SAID, StopAt, held_open, run_process
 from truth import assert_warehouse_equals, expected_latest_history, latest_history
 
 from pipelines.config import resolve_source_config
@@ -508,12 +508,6 @@ def test_a_sync_waiting_for_a_held_database_stops_at_once_when_told(
     assert rest.splitlines()[-1].startswith("sfbatches: ")
 
 
-STOPS_SAID = [
-    (signal.SIGINT, 130, "interrupted; the database keeps its last complete sync"),
-    (signal.SIGTERM, 143, "stopped by SIGTERM; the database keeps its last complete sync"),
-]
-
-
 def swallow_as_duckdb_does(stop: int) -> NoReturn:
     """What DuckDB does with a stop signal that arrives during a query: its handler runs, and
     the KeyboardInterrupt it raises becomes an error that does not name it."""
@@ -529,7 +523,7 @@ def last_run(db_path: Path) -> tuple[int, str]:
         ).fetchone()
 
 
-@pytest.mark.parametrize(("stop", "code", "said"), STOPS_SAID, ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(("stop", "code", "said"), STOPS_SAID, ids=STOPS_IDS)
 @pytest.mark.parametrize("step", ["pending_files", "read_plan"])
 def test_a_stop_that_duckdb_reports_as_its_own_error_reads_as_the_stop(
     simulator, db_path, run, monkeypatch, step, stop, code, said
@@ -546,7 +540,7 @@ def test_a_stop_that_duckdb_reports_as_its_own_error_reads_as_the_stop(
     assert exit_code_of(RuntimeError("Query interrupted")) == 1
 
 
-@pytest.mark.parametrize(("stop", "code", "said"), STOPS_SAID, ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(("stop", "code", "said"), STOPS_SAID, ids=STOPS_IDS)
 @pytest.mark.parametrize(
     ("module", "step"), [(sync, "load_credentials"), (history, "record_observations")]
 )
@@ -557,19 +551,12 @@ def test_a_stop_during_a_load_waits_for_its_bookkeeping(
     stored = stored_ids(db_path)
     simulator.world.advance(6 * 3600)
     new = {b["id"] for b in simulator.world.visible()} - stored
-    calls = []
-    original = getattr(module, step)
-
-    def stopped_first(*args, **kwargs):
-        calls.append(step)
-        signal.raise_signal(stop)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, step, stopped_first)
+    stopper = StopAt(getattr(module, step), stop)
+    monkeypatch.setattr(module, step, stopper)
 
     outcome = run("sync", "--db", str(db_path), "--no-models", "--no-results")
 
-    assert calls == [step]  # stopped at the first load, the batches'
+    assert stopper.calls == 1  # stopped at the first load, the batches'
     assert (outcome.code, outcome.err) == (code, f"sfbatches: {said}\n")
     assert last_run(db_path) == (code, said)
     # the load it was stopped in ended whole, its bookkeeping too
@@ -594,12 +581,7 @@ def test_a_stop_while_a_killed_syncs_data_loads_waits_for_the_load(
     sync.extract(pipeline, sync.source(config, sync_plan, stats, sync.Deadline(60)))
     assert stored_ids(db_path) < {b["id"] for b in simulator.world.visible()}
     original = sync.load_credentials
-
-    def stopped_first(con):
-        signal.raise_signal(signal.SIGINT)
-        return original(con)
-
-    monkeypatch.setattr(sync, "load_credentials", stopped_first)
+    monkeypatch.setattr(sync, "load_credentials", StopAt(original, signal.SIGINT))
 
     outcome = run("sync", "--db", str(db_path), "--no-models", "--no-results")
 
