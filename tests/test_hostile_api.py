@@ -22,7 +22,7 @@ import pytest
 import requests
 from conftest import REPO, START, run_process
 from requests import Response
-from truth import assert_warehouse_equals, served
+from truth import assert_warehouse_equals, count_of, served
 
 from pipelines.siliconflow.client import ApiResponse, BatchApi, BatchPages, Deadline, RetryPolicy
 from pipelines.siliconflow.rows import KNOWN_FIELDS, MOST_ADDED_COLUMNS
@@ -744,9 +744,7 @@ def test_an_unknown_status_is_stored_as_sent_counted_open_and_named_once(simulat
 def test_a_request_count_below_zero_counts_nothing_in_the_views(simulator, db_path, run):
     visible = simulator.world.visible()
     running = next(b["id"] for b in visible if b["status"] == "in_progress")
-    done = next(
-        b["id"] for b in visible if b["status"] == "completed" and b["request_counts"]["completed"]
-    )
+    done = next(b["id"] for b in visible if b["status"] == "completed" and count_of(b, "completed"))
     simulator.faults.overrides = {
         running: {"request_counts": {"total": -1, "completed": -5, "failed": 0}},
         done: {"request_counts": {"total": 10, "completed": -3, "failed": -1}},

@@ -120,12 +120,14 @@ def latest_history(db_path: Any) -> dict[str, tuple]:
     return {row[0]: row[1:] for row in rows}
 
 
-def expected_latest_history(api: list[dict]) -> dict[str, tuple]:
-    def counts(b: dict, key: str) -> Any:
-        return (b.get("request_counts") or {}).get(key)
+def count_of(batch: dict, key: str) -> Any:
+    """One of a batch's request counts; None where the API sent no counts or not this one."""
+    return (batch.get("request_counts") or {}).get(key)
 
+
+def expected_latest_history(api: list[dict]) -> dict[str, tuple]:
     return {
-        b["id"]: (b["status"], counts(b, "total"), counts(b, "completed"), counts(b, "failed"))
+        b["id"]: (b["status"], *(count_of(b, key) for key in ("total", "completed", "failed")))
         for b in api
     }
 
