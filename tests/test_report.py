@@ -16,6 +16,8 @@ from pipelines.analytics.check import Limits, read_facts
 from pipelines.analytics.dashboard import render_html
 from pipelines.analytics.models import build_models
 from pipelines.analytics.report import (
+    NO_STATUS,
+    WIDTH,
     amount,
     counted,
     duration,
@@ -477,6 +479,27 @@ def test_status_counts_wrap_without_splitting_a_status_from_its_count():
     assert status_lines(counts) == [
         "  in_queue 10, in_progress 39, completed 1,098, failed 58, expired 40,",
         "  cancelled 60, paused 1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("odd", "line_two"),
+    [
+        (NO_STATUS, f"  {NO_STATUS} 1"),  # a batch the API sent without a status
+        ("awaiting review", "  awaiting review 1"),  # statuses the API may add: a space, a hyphen
+        ("re-queued", "  re-queued 1"),
+    ],
+)
+def test_a_status_with_a_space_or_hyphen_wraps_whole(odd, line_two):
+    counts = {"validating": 1444, "in_progress": 874, "finalizing": 452, "cancelling": 1073}
+    # each odd status has room for its first part at the end of the first line
+    assert len("  validating 1,444, in_progress 874, finalizing 452, cancelling 1,073, ") < WIDTH
+
+    lines = status_lines({**counts, odd: 1})
+
+    assert lines == [
+        "  validating 1,444, in_progress 874, finalizing 452, cancelling 1,073,",
+        line_two,
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -312,11 +313,16 @@ def window_met_lines(met: int, ended: int) -> list[str]:
 
 
 def status_lines(counts: dict[str, int]) -> list[str]:
-    """'status count' pairs in lifecycle order, wrapped to the width, never split apart."""
+    """'status count' pairs in lifecycle order, wrapped to the width, never split apart: not at
+    the space before the count, nor inside a status such as "(no status)" or one the API
+    spells with a space or a hyphen."""
     pairs = ", ".join(
-        f"{status}\N{NO-BREAK SPACE}{counts[status]:,}" for status in by_lifecycle(counts)
+        re.sub(r"\s", "\N{NO-BREAK SPACE}", f"{status} {counts[status]:,}")
+        for status in by_lifecycle(counts)
     )
-    wrapped = textwrap.wrap(pairs, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    wrapped = textwrap.wrap(
+        pairs, WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+    )
     return [line.replace("\N{NO-BREAK SPACE}", " ") for line in wrapped]
 
 
