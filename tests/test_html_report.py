@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -95,6 +95,13 @@ def query(db_path: Path, sql: str, parameters: list | None = None) -> list[tuple
 def window(days: int = 7) -> list:
     last = datetime.now(UTC).date()
     return [last - timedelta(days=days - 1), last]
+
+
+def stated_window(page: Path) -> list:
+    """The days the page says it covers: the module's page may have been made before a UTC
+    midnight that passed since."""
+    days = re.search(r"(\d{4}-\d\d-\d\d) to (\d{4}-\d\d-\d\d) \(UTC\)", page.read_text())
+    return [date.fromisoformat(day) for day in days.groups()]
 
 
 # --- what is on the page ---------------------------------------------------------------------
@@ -185,7 +192,10 @@ def number(text: str) -> int:
 
 def test_headline_figures_are_the_views(chromium, page, warehouse):
     show(chromium, page, LAPTOP)
-    span = window()
+    span = stated_window(page)
+    # the last 7 days up to the day the page was made: today, or yesterday past midnight
+    assert span[1] - span[0] == timedelta(days=6)
+    assert span[1] in window(2)
     ((created,),) = query(
         warehouse,
         "select count(*) from analytics.batch_turnaround "
@@ -226,7 +236,7 @@ def rows(chromium, section: str) -> list[list[str]]:
 
 def test_tables_are_the_views_row_for_row(chromium, page, warehouse):
     show(chromium, page, LAPTOP)
-    span = window()
+    span = stated_window(page)
     daily = query(
         warehouse,
         "select created_date, endpoint, batches, completed, failed, expired, cancelled, "
