@@ -622,13 +622,28 @@ def test_prometheus_tokens_today_and_no_sync_as_nan(simulator, db_path, run, tmp
     monkeypatch.setenv("SOURCES__SILICONFLOW__RESULTS", "true")
     sync_ok(run, db_path)
     target = tmp_path / "sfbatches.prom"
+    before = last_midnight()
     run("check", "--db", str(db_path), "--prometheus", str(target))
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    ended_today = {b["id"] for b in simulator.world.visible() if (ended_at(b) or 0) >= midnight}
-    tokens = sum(
+    # `check` took "today" at one moment of its run: a UTC midnight may have passed meanwhile
+    today = {tokens_ended_since(simulator, midnight) for midnight in (before, last_midnight())}
+    assert prometheus(target)["sfbatches_tokens_today"] in today
+    with duckdb.connect(str(db_path)) as con:
+        con.execute("delete from siliconflow.sync_runs")
+    run("check", "--db", str(db_path), "--prometheus", str(target))
+    assert math.isnan(prometheus(target)["sfbatches_last_sync_age_seconds"])
+
+
+def last_midnight() -> float:
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def tokens_ended_since(simulator: Simulator, midnight: float) -> int:
+    """Total tokens in the served result files of batches that ended at or after `midnight`."""
+    ended = {b["id"] for b in simulator.world.visible() if (ended_at(b) or 0) >= midnight}
+    return sum(
         line["response"]["body"]["usage"]["total_tokens"]
         for file in simulator.world.result_files()
-        if file.batch_id in ended_today and not file.gone
+        if file.batch_id in ended and not file.gone
         for line in map(json.loads, filter(None, file.content().split(b"\n")))
         if isinstance(line, dict)
         and isinstance(line.get("response"), dict)
@@ -636,11 +651,6 @@ def test_prometheus_tokens_today_and_no_sync_as_nan(simulator, db_path, run, tmp
         and isinstance(line["response"]["body"].get("usage"), dict)
         and isinstance(line["response"]["body"]["usage"].get("total_tokens"), int)
     )
-    assert prometheus(target)["sfbatches_tokens_today"] == tokens
-    with duckdb.connect(str(db_path)) as con:
-        con.execute("delete from siliconflow.sync_runs")
-    run("check", "--db", str(db_path), "--prometheus", str(target))
-    assert math.isnan(prometheus(target)["sfbatches_last_sync_age_seconds"])
 
 
 def test_prometheus_leaves_a_pipe_alone(db_path, run, tmp_path):
